@@ -1,0 +1,92 @@
+"""Communication cost computed from TFF types."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_federated as tff
+
+
+def type_bytes(type_spec: tff.Type) -> int:
+    """Bytes needed to send a value of `type_spec` (sum of its tensors' sizes).
+
+    Args:
+      type_spec: A `tff.Type` made of tensors with fully defined shapes (federated
+        types count their member type once).
+
+    Returns:
+      The number of bytes, an int.
+
+    Raises:
+      ValueError: if a tensor has an undefined shape or a variable-size dtype.
+    """
+    if isinstance(type_spec, tff.FederatedType):
+        return type_bytes(type_spec.member)
+    if isinstance(type_spec, tff.TensorType):
+        if type_spec.shape is None or any(d is None for d in type_spec.shape):
+            raise ValueError(f"Cannot count bytes of a tensor of unknown shape: {type_spec}.")
+        dtype = np.dtype(type_spec.dtype)
+        if dtype.kind in "OSU":
+            raise ValueError(f"Cannot count bytes of variable-size dtype: {type_spec}.")
+        return int(np.prod(type_spec.shape, dtype=np.int64)) * dtype.itemsize
+    if isinstance(type_spec, tff.StructType):
+        return sum(type_bytes(t) for t in type_spec)
+    raise ValueError(f"Cannot count bytes of {type_spec} (not a tensor or struct).")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommunicationCost:
+    """Bytes one client receives and sends per round."""
+
+    broadcast_bytes_per_client: int
+    upload_bytes_per_client: int
+
+    @property
+    def bytes_per_client(self) -> int:
+        return self.broadcast_bytes_per_client + self.upload_bytes_per_client
+
+    def reduction_versus(self, other: CommunicationCost) -> float:
+        """How many times fewer bytes per round this costs than `other`."""
+        return other.bytes_per_client / self.bytes_per_client
+
+
+def communication_cost(process: tff.learning.templates.LearningProcess) -> CommunicationCost:
+    """Per-client bytes per round of a FedPT process or of TFF's composed FedAvg.
+
+    Read from the state type of `process`:
+
+    * a FedPT process (its state has `frozen_seed`) broadcasts its trainable weights
+      and the seed;
+    * a process composed by `tff.learning.templates.compose_learning_process`, such as
+      `tff.learning.algorithms.build_weighted_fed_avg`, broadcasts all of its
+      `global_model_weights`, trainable and non-trainable;
+
+    and both upload the trainable delta plus one float32 client weight (what
+    `build_model_delta_client_work` hands to the aggregator), without compression.
+
+    Args:
+      process: A `tff.learning.templates.LearningProcess`.
+
+    Returns:
+      A `CommunicationCost`.
+
+    Raises:
+      TypeError: if the state type has no `global_model_weights`.
+    """
+    state_type = process.initialize.type_signature.result.member
+    names = dict(tff.structure.iter_elements(state_type))
+    if "global_model_weights" not in names:
+        raise TypeError(
+            "communication_cost needs a process whose state has global_model_weights "
+            f"(a composed TFF learning process or a FedPT process); state type is "
+            f"{state_type}."
+        )
+    weights = names["global_model_weights"]
+    trainable = type_bytes(weights.trainable)
+    upload = trainable + np.dtype(np.float32).itemsize
+    if "frozen_seed" in names:
+        broadcast = trainable + type_bytes(names["frozen_seed"])
+    else:
+        broadcast = type_bytes(weights)
+    return CommunicationCost(broadcast_bytes_per_client=broadcast, upload_bytes_per_client=upload)

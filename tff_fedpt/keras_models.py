@@ -1,0 +1,199 @@
+"""Partially trainable TFF models from Keras models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt import freezing
+
+
+class PartiallyTrainableModel(tff.learning.models.VariableModel):
+    """A `tff.learning.models.VariableModel` whose non-trainable part is seeded.
+
+    Behaves exactly like the model `tff.learning.models.from_keras_model` builds,
+    with the frozen layers' weights in `non_trainable_variables`. It additionally
+    knows how to regenerate every non-trainable variable from an integer seed
+    (`frozen_initializers`) and reports the freeze resolution (`freeze_report`).
+    Build it with `tff_fedpt.from_keras_model`.
+    """
+
+    def __init__(
+        self,
+        inner: tff.learning.models.VariableModel,
+        keras_model: tf.keras.Model,
+        frozen_initializers: Sequence[freezing.FrozenInitializer],
+        freeze_report: freezing.FreezeReport,
+    ):
+        self._inner = inner
+        self._keras_model = keras_model
+        self._frozen_initializers = tuple(frozen_initializers)
+        self._freeze_report = freeze_report
+
+    @property
+    def keras_model(self) -> tf.keras.Model:
+        return self._keras_model
+
+    @property
+    def frozen_initializers(self) -> tuple[freezing.FrozenInitializer, ...]:
+        """One record per `non_trainable_variables` entry, in the same order."""
+        return self._frozen_initializers
+
+    @property
+    def freeze_report(self) -> freezing.FreezeReport:
+        return self._freeze_report
+
+    def assign_frozen_weights(self, frozen_seed) -> None:
+        """Assigns the seed's frozen values to `non_trainable_variables`."""
+        values = freezing.generate_frozen_weights(self._frozen_initializers, frozen_seed)
+        for variable, value in zip(self.non_trainable_variables, values):
+            variable.assign(value)
+
+    # Delegation to TFF's Keras model wrapper.
+    @property
+    def trainable_variables(self):
+        return self._inner.trainable_variables
+
+    @property
+    def non_trainable_variables(self):
+        return self._inner.non_trainable_variables
+
+    @property
+    def local_variables(self):
+        return self._inner.local_variables
+
+    @property
+    def input_spec(self):
+        return self._inner.input_spec
+
+    def predict_on_batch(self, x, training=True):
+        return self._inner.predict_on_batch(x, training=training)
+
+    def forward_pass(self, batch_input, training=True):
+        return self._inner.forward_pass(batch_input, training=training)
+
+    def report_local_unfinalized_metrics(self):
+        return self._inner.report_local_unfinalized_metrics()
+
+    def metric_finalizers(self):
+        return self._inner.metric_finalizers()
+
+    def reset_metrics(self):
+        return self._inner.reset_metrics()
+
+
+def from_keras_model(
+    keras_model: tf.keras.Model,
+    *,
+    loss,
+    input_spec,
+    metrics=None,
+    freeze: freezing.FreezeLike,
+    loss_weights=None,
+    non_trainable_state: str = "error",
+) -> PartiallyTrainableModel:
+    """Builds a partially trainable `tff.learning.models.VariableModel`.
+
+    Like `tff.learning.models.from_keras_model`, plus a freeze specification. The
+    layers that `freeze` selects get `trainable = False`; their weights are never
+    trained and, in `tff_fedpt.build_fedpt_process`, never communicated: every
+    client regenerates them from the process's `frozen_seed` with stateless random
+    ops that follow each layer's own Keras initializer.
+
+    Like `tff.learning.models.from_keras_model`, this must be called inside the
+    `model_fn` passed to the process builder, on a freshly built Keras model.
+
+    Args:
+      keras_model: An uncompiled, built functional or Sequential `tf.keras.Model`.
+      loss: A `tf.keras.losses.Loss` (or a list, as in TFF).
+      input_spec: The `(x, y)` spec of one batch, as in TFF.
+      metrics: Optional list of `tf.keras.metrics.Metric` (or constructors).
+      freeze: A `tff_fedpt.FreezeSpec`, a layer name or regular expression, a list
+        of them, or None to freeze nothing.
+      loss_weights: As in `tff.learning.models.from_keras_model`.
+      non_trainable_state: What to do with variables Keras updates outside the
+        optimizer in layers that stay trainable (BatchNormalization moving mean and
+        variance). "error" (default) refuses such a model. "keep_initial" treats them
+        like frozen weights: they stay at their initializer values on the server,
+        are regenerated on every client, and the client's local updates to them
+        are discarded after each round -- the same as TFF's FedAvg, which never
+        aggregates non-trainable variables. Inference then normalizes with those
+        initial statistics.
+
+    Returns:
+      A `PartiallyTrainableModel`.
+
+    Raises:
+      ValueError: for a freeze specification that matches no layer or freezes
+        everything, a layer that was already non-trainable, unsupported
+        initializers, or non-trainable state without an opt-in.
+      TypeError: for arguments of the wrong type.
+    """
+    if not isinstance(keras_model, tf.keras.Model):
+        raise TypeError(
+            "keras_model must be a tf.keras.Model; received "
+            f"{type(keras_model).__name__}."
+        )
+    if non_trainable_state not in freezing.NON_TRAINABLE_STATE_OPTIONS:
+        raise ValueError(
+            f"non_trainable_state must be one of {freezing.NON_TRAINABLE_STATE_OPTIONS}; "
+            f"received {non_trainable_state!r}."
+        )
+    already_frozen = [
+        layer.name for layer in keras_model.layers if layer.weights and not layer.trainable
+    ]
+    if already_frozen:
+        raise ValueError(
+            f"Layers {already_frozen} already have trainable=False. tff_fedpt "
+            "regenerates frozen weights from a seed, so values set on them would be "
+            "lost; leave them trainable and select them with `freeze` instead."
+        )
+    report = freezing.resolve_freeze(keras_model, freeze)
+    frozen_names = set(report.frozen_layer_names)
+    for layer in keras_model.layers:
+        if layer.name in frozen_names:
+            layer.trainable = False
+    if non_trainable_state == "error":
+        live = [
+            v.name
+            for layer in keras_model.layers
+            if layer.name not in frozen_names
+            for v in layer.non_trainable_weights
+        ]
+        if live:
+            raise ValueError(
+                f"Variables {live} are updated by Keras outside the optimizer "
+                "(BatchNormalization moving statistics) in layers that stay trainable. "
+                "FedPT cannot train or communicate them. Freeze those layers, remove "
+                "them, or pass non_trainable_state='keep_initial' to keep them at their "
+                "initial values (TFF's FedAvg behaviour)."
+            )
+    owners = {}
+    for layer in keras_model.layers:
+        for v in layer.weights:
+            owners[v.ref()] = layer
+    initializers = []
+    for v in keras_model.non_trainable_weights:
+        layer = owners.get(v.ref())
+        if layer is None:
+            raise ValueError(
+                f"Non-trainable variable {v.name} belongs to no top-level layer of the "
+                "model; tff_fedpt cannot regenerate it from a seed."
+            )
+        initializers.append(freezing.frozen_initializer_for(layer, v))
+    inner = tff.learning.models.from_keras_model(
+        keras_model,
+        loss=loss,
+        input_spec=input_spec,
+        loss_weights=loss_weights,
+        metrics=metrics,
+    )
+    if len(inner.non_trainable_variables) != len(initializers) or any(
+        a is not b for a, b in zip(inner.non_trainable_variables, keras_model.non_trainable_weights)
+    ):
+        raise AssertionError(
+            "TFF's non-trainable variables do not line up with the Keras model's."
+        )
+    return PartiallyTrainableModel(inner, keras_model, initializers, report)

@@ -1,0 +1,477 @@
+"""The FedPT learning process: only the trainable part of the model travels."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.aggregators import factory_utils
+from tensorflow_federated.python.learning.templates import model_delta_client_work
+
+from tff_fedpt import communication, freezing, keras_models
+
+ModelWeights = tff.learning.models.ModelWeights
+
+
+class FedPTState(NamedTuple):
+    """Server state of a FedPT process.
+
+    Attributes:
+      global_model_weights: `ModelWeights` holding the trainable weights only
+        (`non_trainable` is empty: frozen weights are regenerated from the seed).
+      frozen_seed: The int64 seed of the frozen weights.
+      distributor: State of the distributor (broadcast) process.
+      client_work: State of the client work process (client optimizer hparams).
+      aggregator: State of the model update aggregator.
+      finalizer: State of the finalizer (server optimizer state).
+      communication: Cumulative bytes broadcast and uploaded over all rounds.
+    """
+
+    global_model_weights: Any
+    frozen_seed: Any
+    distributor: Any
+    client_work: Any
+    aggregator: Any
+    finalizer: Any
+    communication: Any
+
+
+def _frozen_initializers_of(model) -> tuple[freezing.FrozenInitializer, ...]:
+    if isinstance(model, keras_models.PartiallyTrainableModel):
+        return model.frozen_initializers
+    if not isinstance(model, tff.learning.models.VariableModel):
+        raise TypeError(
+            "model_fn must return a tff.learning.models.VariableModel (build it with "
+            f"tff_fedpt.from_keras_model); it returned {type(model).__name__}."
+        )
+    if model.non_trainable_variables:
+        names = [v.name for v in model.non_trainable_variables]
+        raise TypeError(
+            "model_fn returned a model with non-trainable variables "
+            f"{names} that tff_fedpt cannot regenerate from a seed. Build the model "
+            "with tff_fedpt.from_keras_model(..., freeze=...)."
+        )
+    return ()
+
+
+def _build_client_work(
+    model_fn,
+    optimizer,
+    client_weighting,
+    metrics_aggregator,
+    loop_implementation,
+    broadcast_type,
+    data_type,
+    frozen_initializers,
+):
+    """ClientWorkProcess: rebuild frozen weights from the seed, train, send delta.
+
+    The training step is TFF's own FedAvg client update
+    (`build_model_delta_update_with_tff_optimizer`), so with nothing frozen a
+    client computes exactly what TFF's FedAvg client computes.
+    """
+    whimsy_state = optimizer.initialize(tf.TensorSpec(shape=(), dtype=tf.float32))
+    initial_hparams = optimizer.get_hparams(whimsy_state)
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_value(initial_hparams, tff.SERVER)
+
+    hparams_type = init_fn.type_signature.result.member
+
+    @tff.tensorflow.computation(hparams_type)
+    def get_hparams_fn(state):
+        return state
+
+    @tff.tensorflow.computation(hparams_type, hparams_type)
+    def set_hparams_fn(state, hparams):
+        del state
+        return hparams
+
+    @tff.tensorflow.computation(hparams_type, broadcast_type, data_type)
+    def client_update_computation(hparams, broadcast, dataset):
+        frozen = freezing.generate_frozen_weights(
+            frozen_initializers, broadcast["frozen_seed"]
+        )
+        initial_weights = ModelWeights(
+            trainable=list(broadcast["trainable"]), non_trainable=list(frozen)
+        )
+        client_update = model_delta_client_work.build_model_delta_update_with_tff_optimizer(
+            model_fn=model_fn,
+            weighting=client_weighting,
+            loop_implementation=loop_implementation,
+        )
+        return client_update(optimizer, initial_weights, dataset, hparams)
+
+    with tf.Graph().as_default():
+        metrics_aggregation_fn = metrics_aggregator(model_fn().metric_finalizers())
+
+    @tff.federated_computation(
+        init_fn.type_signature.result,
+        tff.FederatedType(broadcast_type, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS),
+    )
+    def next_fn(state, broadcast, client_data):
+        state_at_clients = tff.federated_broadcast(state)
+        client_result, model_outputs = tff.federated_map(
+            client_update_computation, (state_at_clients, broadcast, client_data)
+        )
+        train_metrics = metrics_aggregation_fn(model_outputs)
+        measurements = tff.federated_zip(collections.OrderedDict(train=train_metrics))
+        return tff.templates.MeasuredProcessOutput(state, client_result, measurements)
+
+    return tff.learning.templates.ClientWorkProcess(
+        init_fn, next_fn, get_hparams_fn=get_hparams_fn, set_hparams_fn=set_hparams_fn
+    )
+
+
+def build_fedpt_process(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    client_optimizer_fn: tff.learning.optimizers.Optimizer,
+    server_optimizer_fn: Optional[tff.learning.optimizers.Optimizer] = None,
+    *,
+    frozen_seed: int = 0,
+    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
+    client_weighting: Optional[tff.learning.ClientWeighting] = None,
+    metrics_aggregator=None,
+    loop_implementation: tff.learning.LoopImplementation = (
+        tff.learning.LoopImplementation.DATASET_REDUCE
+    ),
+) -> tff.learning.templates.LearningProcess:
+    """Builds a FedPT learning process (federated training of a partially trainable model).
+
+    Each round the server broadcasts the trainable weights and the int64
+    `frozen_seed`, and nothing else. Each client regenerates the frozen weights
+    from the seed with stateless random ops, trains the trainable variables only
+    (TFF's FedAvg client update), and uploads the trainable delta and its weight.
+    The delta is aggregated with `model_aggregator` and applied to the trainable
+    weights with `server_optimizer_fn`. With nothing frozen this is exactly
+    `tff.learning.algorithms.build_weighted_fed_avg`.
+
+    The returned process has type signatures
+
+    * `initialize`: `( -> S@SERVER)`
+    * `next`: `(<S@SERVER, {B*}@CLIENTS> -> <state=S@SERVER, metrics=M@SERVER>)`
+
+    where `S` is a `tff_fedpt.FedPTState` (trainable `ModelWeights`, the seed,
+    component states and cumulative communication), `B*` the client datasets, and
+    `M` an `OrderedDict` with `distributor`, `client_work` (training metrics),
+    `aggregator`, `finalizer` and `communication` entries. `communication` holds
+    `clients`, `broadcast_bytes_per_client`, `upload_bytes_per_client`,
+    `round_broadcast_bytes`, `round_upload_bytes`, `cumulative_broadcast_bytes` and
+    `cumulative_upload_bytes`, computed from the TFF types of the broadcast value
+    and of the aggregated client values.
+
+    `get_model_weights(state)` returns the full `tff.learning.models.ModelWeights`
+    (trainable and the seed's frozen weights), so `build_fed_eval`, Keras export and
+    `tff.simulation.run_training_process` work unchanged. `set_model_weights(state,
+    weights)` takes a full `ModelWeights` and raises if its frozen part is not the
+    seed's.
+
+    Args:
+      model_fn: A no-argument callable returning a new model from
+        `tff_fedpt.from_keras_model` (or any `tff.learning.models.VariableModel`
+        without non-trainable variables). It must build the model from scratch.
+      client_optimizer_fn: A `tff.learning.optimizers.Optimizer` for clients.
+      server_optimizer_fn: A `tff.learning.optimizers.Optimizer` for the server;
+        defaults to SGD with learning rate 1.0, as in TFF's FedAvg.
+      frozen_seed: Integer seed of the frozen weights.
+      model_aggregator: A `tff.aggregators` factory for the trainable delta,
+        weighted or unweighted. Defaults to `tff.aggregators.MeanFactory()`.
+      client_weighting: A `tff.learning.ClientWeighting`. Defaults to NUM_EXAMPLES
+        for weighted aggregators and UNIFORM for unweighted ones.
+      metrics_aggregator: As in TFF's FedAvg; defaults to
+        `tff.learning.metrics.sum_then_finalize`.
+      loop_implementation: A `tff.learning.LoopImplementation`.
+
+    Returns:
+      A `tff.learning.templates.LearningProcess`.
+
+    Raises:
+      TypeError: for arguments of the wrong type.
+      ValueError: for invalid values (a seed outside int64, NUM_EXAMPLES weighting
+        with an unweighted aggregator).
+    """
+    if not callable(model_fn):
+        raise TypeError(
+            "model_fn must be a no-argument callable returning a new model; received "
+            f"{type(model_fn).__name__}."
+        )
+    if not isinstance(client_optimizer_fn, tff.learning.optimizers.Optimizer):
+        raise TypeError(
+            "client_optimizer_fn must be a tff.learning.optimizers.Optimizer (e.g. "
+            "tff.learning.optimizers.build_sgdm(0.1)); received "
+            f"{type(client_optimizer_fn).__name__}."
+        )
+    if server_optimizer_fn is None:
+        server_optimizer_fn = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
+    if not isinstance(server_optimizer_fn, tff.learning.optimizers.Optimizer):
+        raise TypeError(
+            "server_optimizer_fn must be a tff.learning.optimizers.Optimizer or None; "
+            f"received {type(server_optimizer_fn).__name__}."
+        )
+    if isinstance(frozen_seed, bool) or not isinstance(frozen_seed, (int, np.integer)):
+        raise TypeError(f"frozen_seed must be an integer; received {frozen_seed!r}.")
+    if not np.iinfo(np.int64).min <= int(frozen_seed) <= np.iinfo(np.int64).max:
+        raise ValueError(f"frozen_seed must fit in int64; received {frozen_seed}.")
+    if model_aggregator is None:
+        model_aggregator = tff.aggregators.MeanFactory()
+    if isinstance(model_aggregator, tff.aggregators.WeightedAggregationFactory):
+        weighted = True
+    elif isinstance(model_aggregator, tff.aggregators.UnweightedAggregationFactory):
+        weighted = False
+    else:
+        raise TypeError(
+            "model_aggregator must be a tff.aggregators factory (weighted or "
+            f"unweighted); received {type(model_aggregator).__name__}."
+        )
+    if client_weighting is None:
+        client_weighting = (
+            tff.learning.ClientWeighting.NUM_EXAMPLES
+            if weighted
+            else tff.learning.ClientWeighting.UNIFORM
+        )
+    if not isinstance(client_weighting, tff.learning.ClientWeighting):
+        raise TypeError(
+            "client_weighting must be a tff.learning.ClientWeighting; received "
+            f"{client_weighting!r}."
+        )
+    if not weighted and client_weighting != tff.learning.ClientWeighting.UNIFORM:
+        raise ValueError(
+            f"model_aggregator {type(model_aggregator).__name__} is unweighted, so it "
+            f"cannot apply client_weighting={client_weighting}; use "
+            "tff.learning.ClientWeighting.UNIFORM (or leave it as None)."
+        )
+    if metrics_aggregator is None:
+        metrics_aggregator = tff.learning.metrics.sum_then_finalize
+
+    with tf.Graph().as_default():
+        model = model_fn()
+        frozen_initializers = _frozen_initializers_of(model)
+        data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
+    seed_value = np.int64(frozen_seed)
+
+    @tff.tensorflow.computation
+    def initial_model_weights_fn():
+        return ModelWeights(
+            trainable=[tf.identity(v) for v in model_fn().trainable_variables],
+            non_trainable=[],
+        )
+
+    model_weights_type = initial_model_weights_fn.type_signature.result
+    seed_type = tff.TensorType(np.int64)
+    broadcast_type = tff.StructWithPythonType(
+        [("trainable", model_weights_type.trainable), ("frozen_seed", seed_type)],
+        collections.OrderedDict,
+    )
+
+    distributor = tff.learning.templates.build_broadcast_process(broadcast_type)
+    client_work = _build_client_work(
+        model_fn,
+        client_optimizer_fn,
+        client_weighting,
+        metrics_aggregator,
+        loop_implementation,
+        broadcast_type,
+        data_type,
+        frozen_initializers,
+    )
+    if not weighted:
+        model_aggregator = factory_utils.as_weighted_aggregator(model_aggregator)
+    aggregator = model_aggregator.create(
+        model_weights_type.trainable, tff.TensorType(np.float32)
+    )
+    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+        server_optimizer_fn, model_weights_type
+    )
+
+    broadcast_bytes = communication.type_bytes(broadcast_type)
+    upload_type = aggregator.next.type_signature.parameter[1].member
+    weight_type = aggregator.next.type_signature.parameter[2].member
+    upload_bytes = communication.type_bytes(upload_type) + communication.type_bytes(
+        weight_type
+    )
+
+    @tff.tensorflow.computation
+    def initial_communication_fn():
+        return collections.OrderedDict(
+            broadcast_bytes=tf.constant(0, tf.int64),
+            upload_bytes=tf.constant(0, tf.int64),
+        )
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_zip(
+            FedPTState(
+                global_model_weights=tff.federated_eval(
+                    initial_model_weights_fn, tff.SERVER
+                ),
+                frozen_seed=tff.federated_value(seed_value, tff.SERVER),
+                distributor=distributor.initialize(),
+                client_work=client_work.initialize(),
+                aggregator=aggregator.initialize(),
+                finalizer=finalizer.initialize(),
+                communication=tff.federated_eval(initial_communication_fn, tff.SERVER),
+            )
+        )
+
+    state_type = init_fn.type_signature.result.member
+
+    @tff.tensorflow.computation(model_weights_type, seed_type)
+    def pack_broadcast(weights, seed):
+        return collections.OrderedDict(trainable=weights.trainable, frozen_seed=seed)
+
+    @tff.tensorflow.computation(tff.TensorType(np.float32))
+    def one_client(weight):
+        del weight
+        return tf.constant(1, tf.int64)
+
+    @tff.tensorflow.computation(state_type.communication, tf.int64)
+    def communication_fn(cumulative, clients):
+        round_broadcast = clients * broadcast_bytes
+        round_upload = clients * upload_bytes
+        new_cumulative = collections.OrderedDict(
+            broadcast_bytes=cumulative["broadcast_bytes"] + round_broadcast,
+            upload_bytes=cumulative["upload_bytes"] + round_upload,
+        )
+        metrics = collections.OrderedDict(
+            clients=clients,
+            broadcast_bytes_per_client=tf.constant(broadcast_bytes, tf.int64),
+            upload_bytes_per_client=tf.constant(upload_bytes, tf.int64),
+            round_broadcast_bytes=round_broadcast,
+            round_upload_bytes=round_upload,
+            cumulative_broadcast_bytes=new_cumulative["broadcast_bytes"],
+            cumulative_upload_bytes=new_cumulative["upload_bytes"],
+        )
+        return new_cumulative, metrics
+
+    @tff.federated_computation(
+        init_fn.type_signature.result, client_work.next.type_signature.parameter[2]
+    )
+    def next_fn(state, client_data):
+        broadcast_value = tff.federated_map(
+            pack_broadcast,
+            tff.federated_zip((state.global_model_weights, state.frozen_seed)),
+        )
+        distributor_output = distributor.next(state.distributor, broadcast_value)
+        client_work_output = client_work.next(
+            state.client_work, distributor_output.result, client_data
+        )
+        aggregator_output = aggregator.next(
+            state.aggregator,
+            client_work_output.result.update,
+            client_work_output.result.update_weight,
+        )
+        finalizer_output = finalizer.next(
+            state.finalizer, state.global_model_weights, aggregator_output.result
+        )
+        clients = tff.federated_sum(
+            tff.federated_map(one_client, client_work_output.result.update_weight)
+        )
+        new_communication, communication_metrics = tff.federated_map(
+            communication_fn, tff.federated_zip((state.communication, clients))
+        )
+        new_state = tff.federated_zip(
+            FedPTState(
+                global_model_weights=finalizer_output.result,
+                frozen_seed=state.frozen_seed,
+                distributor=distributor_output.state,
+                client_work=client_work_output.state,
+                aggregator=aggregator_output.state,
+                finalizer=finalizer_output.state,
+                communication=new_communication,
+            )
+        )
+        metrics = tff.federated_zip(
+            collections.OrderedDict(
+                distributor=distributor_output.measurements,
+                client_work=client_work_output.measurements,
+                aggregator=aggregator_output.measurements,
+                finalizer=finalizer_output.measurements,
+                communication=communication_metrics,
+            )
+        )
+        return tff.learning.templates.LearningProcessOutput(new_state, metrics)
+
+    full_weights_type = tff.StructWithPythonType(
+        [
+            ("trainable", model_weights_type.trainable),
+            (
+                "non_trainable",
+                tff.types.tensorflow_to_type(
+                    [tf.TensorSpec(init.shape, init.dtype) for init in frozen_initializers]
+                ),
+            ),
+        ],
+        ModelWeights,
+    )
+
+    @tff.tensorflow.computation(state_type)
+    def get_model_weights_fn(state):
+        frozen = freezing.generate_frozen_weights(frozen_initializers, state.frozen_seed)
+        return ModelWeights(
+            trainable=list(state.global_model_weights.trainable), non_trainable=list(frozen)
+        )
+
+    @tff.tensorflow.computation(state_type, full_weights_type)
+    def set_model_weights_fn(state, model_weights):
+        frozen = freezing.generate_frozen_weights(frozen_initializers, state.frozen_seed)
+        checks = [
+            tf.debugging.assert_equal(
+                given,
+                expected,
+                message=(
+                    f"set_model_weights: frozen (non-trainable) weight {i} "
+                    f"({init.name}) does not match the weights generated from this "
+                    "process's frozen_seed; FedPT cannot accept other frozen values"
+                ),
+            )
+            for i, (given, expected, init) in enumerate(
+                zip(model_weights.non_trainable, frozen, frozen_initializers)
+            )
+        ]
+        with tf.control_dependencies(checks):
+            trainable = [tf.identity(w) for w in model_weights.trainable]
+        return FedPTState(
+            global_model_weights=ModelWeights(trainable=trainable, non_trainable=[]),
+            frozen_seed=state.frozen_seed,
+            distributor=state.distributor,
+            client_work=state.client_work,
+            aggregator=state.aggregator,
+            finalizer=state.finalizer,
+            communication=state.communication,
+        )
+
+    @tff.tensorflow.computation(state_type)
+    def get_hparams_fn(state):
+        return collections.OrderedDict(
+            client_work=client_work.get_hparams(state.client_work),
+            finalizer=finalizer.get_hparams(state.finalizer),
+        )
+
+    hparams_type = get_hparams_fn.type_signature.result
+
+    @tff.tensorflow.computation(state_type, hparams_type)
+    def set_hparams_fn(state, hparams):
+        return FedPTState(
+            global_model_weights=state.global_model_weights,
+            frozen_seed=state.frozen_seed,
+            distributor=state.distributor,
+            client_work=client_work.set_hparams(state.client_work, hparams["client_work"]),
+            aggregator=state.aggregator,
+            finalizer=finalizer.set_hparams(state.finalizer, hparams["finalizer"]),
+            communication=state.communication,
+        )
+
+    return tff.learning.templates.LearningProcess(
+        init_fn,
+        next_fn,
+        get_model_weights_fn,
+        set_model_weights_fn,
+        get_hparams_fn=get_hparams_fn,
+        set_hparams_fn=set_hparams_fn,
+    )

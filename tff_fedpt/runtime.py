@@ -1,0 +1,91 @@
+"""The local TFF runtime, started so that its worker process cannot outlive Python.
+
+`import tensorflow_federated` installs an execution context that starts a C++
+`worker_binary` subprocess on the first computation. TFF only stops it from a
+`__del__`, which does not run reliably at interpreter exit, and never if Python is
+killed: the orphaned worker keeps the parent's stdout/stderr pipes open, which hangs
+any CI job or shell pipeline reading them.
+
+`use_local_runtime()` installs the same C++ context but starts its worker with the
+Linux parent-death signal set (the worker gets SIGKILL when the Python process that
+started it dies, even by SIGKILL) and registers an exit hook that stops it.
+`shutdown()` stops it now.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import gc
+import signal
+import subprocess
+import sys
+import threading
+import types
+
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+
+_PR_SET_PDEATHSIG = 1
+_lock = threading.Lock()
+_installed = False
+_children: list[subprocess.Popen] = []
+
+
+def _set_parent_death_signal():  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _ReapedPopen(subprocess.Popen):
+    """`subprocess.Popen` whose child dies with its parent and is remembered."""
+
+    def __init__(self, args, **kwargs):
+        if sys.platform.startswith("linux"):
+            kwargs.setdefault("preexec_fn", _set_parent_death_signal)
+        super().__init__(args, **kwargs)
+        _children.append(self)
+
+
+def _subprocess_with_reaper() -> types.ModuleType:
+    module = types.ModuleType("subprocess_with_reaper")
+    module.__dict__.update(subprocess.__dict__)
+    module.Popen = _ReapedPopen
+    return module
+
+
+def use_local_runtime(*, default_num_clients: int = 0) -> None:
+    """Installs TFF's local C++ execution context with a worker that cannot leak.
+
+    Safe to call more than once; each call stops the workers of earlier contexts.
+
+    Args:
+      default_num_clients: As in `tff.backends.native.set_sync_local_cpp_execution_context`.
+    """
+    global _installed
+    with _lock:
+        if not _installed:
+            executor_factory.subprocess = _subprocess_with_reaper()
+            atexit.register(shutdown)
+            _installed = True
+    shutdown(default_num_clients=default_num_clients)
+
+
+def shutdown(timeout: float = 10.0, *, default_num_clients: int = 0) -> None:
+    """Stops every TFF worker started so far and installs a fresh local context.
+
+    The fresh context starts a new worker only when the next computation runs.
+    """
+    tff.backends.native.set_sync_local_cpp_execution_context(
+        default_num_clients=default_num_clients
+    )
+    gc.collect()  # the dropped context's service manager stops its worker
+    for process in list(_children):
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        _children.remove(process)
