@@ -63,8 +63,7 @@ class FreezeSpec:
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(
-                    f"FreezeSpec.layers: {pattern!r} is not a valid regular expression "
-                    f"({e})."
+                    f"FreezeSpec.layers: {pattern!r} is not a valid regular expression " f"({e})."
                 ) from e
         if self.all_but_last is not None:
             if (
@@ -85,8 +84,7 @@ class FreezeSpec:
                 or not 0.0 < f <= 1.0
             ):
                 raise ValueError(
-                    "FreezeSpec.trainable_fraction must be a number in (0, 1]; "
-                    f"received {f!r}."
+                    "FreezeSpec.trainable_fraction must be a number in (0, 1]; " f"received {f!r}."
                 )
 
     @property
@@ -367,9 +365,7 @@ class FrozenInitializer:
         if cls == "Constant":
             return tf.fill(shape, tf.cast(cfg.get("value", 0), dtype))
         if cls == "RandomNormal":
-            return tf.random.stateless_normal(
-                shape, seed, cfg["mean"], cfg["stddev"], dtype=dtype
-            )
+            return tf.random.stateless_normal(shape, seed, cfg["mean"], cfg["stddev"], dtype=dtype)
         if cls == "TruncatedNormal":
             return tf.random.stateless_truncated_normal(
                 shape, seed, cfg["mean"], cfg["stddev"], dtype=dtype
@@ -392,9 +388,7 @@ class FrozenInitializer:
                 # Constant from scipy.stats.truncnorm.std(a=-2, b=2, loc=0., scale=1.),
                 # as in Keras.
                 stddev = math.sqrt(scale) / 0.87962566103423978
-                return tf.random.stateless_truncated_normal(
-                    shape, seed, 0.0, stddev, dtype=dtype
-                )
+                return tf.random.stateless_truncated_normal(shape, seed, 0.0, stddev, dtype=dtype)
             if distribution in ("untruncated_normal", "normal"):
                 stddev = math.sqrt(scale)
                 return tf.random.stateless_normal(shape, seed, 0.0, stddev, dtype=dtype)
@@ -506,17 +500,14 @@ def frozen_initializer_for(layer, variable: tf.Variable) -> FrozenInitializer:
     owner = _owning_layer(layer, variable)
     attr = variable.name.split("/")[-1].split(":")[0]
     candidates = [_ATTRIBUTE_ALIASES.get(attr, f"{attr}_initializer"), f"{attr}_initializer"]
-    for candidate in candidates:
-        initializer = getattr(owner, candidate, None)
-        if initializer is not None:
-            break
-    else:
+    found = [getattr(owner, c) for c in candidates if getattr(owner, c, None) is not None]
+    if not found:
         raise ValueError(
             f"Cannot find the initializer of frozen variable {variable.name} in layer "
             f"{layer.name} ({type(owner).__name__} has no attribute {candidates[0]!r}). "
             "Freeze only layers built from standard Keras layers."
         )
-    record = _initializer_record(initializer, variable)
+    record = _initializer_record(found[0], variable)
     if (
         attr == "bias"
         and getattr(owner, "unit_forget_bias", False)

@@ -133,8 +133,7 @@ def from_keras_model(
     """
     if not isinstance(keras_model, tf.keras.Model):
         raise TypeError(
-            "keras_model must be a tf.keras.Model; received "
-            f"{type(keras_model).__name__}."
+            "keras_model must be a tf.keras.Model; received " f"{type(keras_model).__name__}."
         )
     if non_trainable_state not in freezing.NON_TRAINABLE_STATE_OPTIONS:
         raise ValueError(
@@ -193,7 +192,5 @@ def from_keras_model(
     if len(inner.non_trainable_variables) != len(initializers) or any(
         a is not b for a, b in zip(inner.non_trainable_variables, keras_model.non_trainable_weights)
     ):
-        raise AssertionError(
-            "TFF's non-trainable variables do not line up with the Keras model's."
-        )
+        raise AssertionError("TFF's non-trainable variables do not line up with the Keras model's.")
     return PartiallyTrainableModel(inner, keras_model, initializers, report)

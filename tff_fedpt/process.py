@@ -94,9 +94,7 @@ def _build_client_work(
 
     @tff.tensorflow.computation(hparams_type, broadcast_type, data_type)
     def client_update_computation(hparams, broadcast, dataset):
-        frozen = freezing.generate_frozen_weights(
-            frozen_initializers, broadcast["frozen_seed"]
-        )
+        frozen = freezing.generate_frozen_weights(frozen_initializers, broadcast["frozen_seed"])
         initial_weights = ModelWeights(
             trainable=list(broadcast["trainable"]), non_trainable=list(frozen)
         )
@@ -196,9 +194,12 @@ def build_fedpt_process(
       ValueError: for invalid values (a seed outside int64, NUM_EXAMPLES weighting
         with an unweighted aggregator).
     """
-    if not callable(model_fn):
+    if not callable(model_fn) or isinstance(
+        model_fn, (tf.keras.Model, tff.learning.models.VariableModel)
+    ):
         raise TypeError(
-            "model_fn must be a no-argument callable returning a new model; received "
+            "model_fn must be a no-argument callable returning a new model (e.g. "
+            "lambda: tff_fedpt.from_keras_model(...)); received "
             f"{type(model_fn).__name__}."
         )
     if not isinstance(client_optimizer_fn, tff.learning.optimizers.Optimizer):
@@ -282,9 +283,7 @@ def build_fedpt_process(
     )
     if not weighted:
         model_aggregator = factory_utils.as_weighted_aggregator(model_aggregator)
-    aggregator = model_aggregator.create(
-        model_weights_type.trainable, tff.TensorType(np.float32)
-    )
+    aggregator = model_aggregator.create(model_weights_type.trainable, tff.TensorType(np.float32))
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
         server_optimizer_fn, model_weights_type
     )
@@ -292,9 +291,7 @@ def build_fedpt_process(
     broadcast_bytes = communication.type_bytes(broadcast_type)
     upload_type = aggregator.next.type_signature.parameter[1].member
     weight_type = aggregator.next.type_signature.parameter[2].member
-    upload_bytes = communication.type_bytes(upload_type) + communication.type_bytes(
-        weight_type
-    )
+    upload_bytes = communication.type_bytes(upload_type) + communication.type_bytes(weight_type)
 
     @tff.tensorflow.computation
     def initial_communication_fn():
@@ -307,9 +304,7 @@ def build_fedpt_process(
     def init_fn():
         return tff.federated_zip(
             FedPTState(
-                global_model_weights=tff.federated_eval(
-                    initial_model_weights_fn, tff.SERVER
-                ),
+                global_model_weights=tff.federated_eval(initial_model_weights_fn, tff.SERVER),
                 frozen_seed=tff.federated_value(seed_value, tff.SERVER),
                 distributor=distributor.initialize(),
                 client_work=client_work.initialize(),

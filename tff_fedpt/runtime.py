@@ -24,6 +24,10 @@ import threading
 import types
 
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.context_stack import (
+    context_stack_impl,
+    runtime_error_context,
+)
 from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
 
 _PR_SET_PDEATHSIG = 1
@@ -66,9 +70,20 @@ def use_local_runtime(*, default_num_clients: int = 0) -> None:
     with _lock:
         if not _installed:
             executor_factory.subprocess = _subprocess_with_reaper()
-            atexit.register(shutdown)
+            atexit.register(_at_exit)
             _installed = True
     shutdown(default_num_clients=default_num_clients)
+
+
+def _at_exit() -> None:
+    shutdown()
+    # Leave no service manager for interpreter teardown: its `__del__` would run
+    # after module globals are cleared and print a spurious AttributeError.
+    context_stack_impl.context_stack.set_default_context(
+        runtime_error_context.RuntimeErrorContext()
+    )
+    gc.collect()
+    executor_factory.subprocess = subprocess
 
 
 def shutdown(timeout: float = 10.0, *, default_num_clients: int = 0) -> None:
