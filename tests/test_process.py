@@ -181,6 +181,7 @@ def test_emnist_cnn_dense_frozen_is_45x_cheaper():
     fedavg_cost = tff_fedpt.communication_cost(fedavg)
     assert fedpt_cost == tff_fedpt.CommunicationCost(26814 * 4 + 8, 26814 * 4 + 4)
     assert fedavg_cost == tff_fedpt.CommunicationCost(1206590 * 4, 1206590 * 4 + 4)
+    assert tff_fedpt.fedavg_communication_cost(fedavg_fn) == fedavg_cost
     # 1,206,590 / 26,814 parameters = 44.9985x per direction; the 8-byte seed makes the
     # round 44.996x: "45x" to the one decimal that FACTS.md and the paper quote.
     ratio = fedpt_cost.reduction_versus(fedavg_cost)

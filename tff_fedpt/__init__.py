@@ -1,6 +1,11 @@
 """tff_fedpt: Federated learning of Partially Trainable networks on TensorFlow Federated."""
 
-from tff_fedpt.communication import CommunicationCost, communication_cost, type_bytes
+from tff_fedpt.communication import (
+    CommunicationCost,
+    communication_cost,
+    fedavg_communication_cost,
+    type_bytes,
+)
 from tff_fedpt.freezing import (
     FreezeReport,
     FreezeSpec,
@@ -22,6 +27,7 @@ __all__ = [
     "PartiallyTrainableModel",
     "build_fedpt_process",
     "communication_cost",
+    "fedavg_communication_cost",
     "from_keras_model",
     "generate_frozen_weights",
     "resolve_freeze",

@@ -82,11 +82,30 @@ def communication_cost(process: tff.learning.templates.LearningProcess) -> Commu
             f"(a composed TFF learning process or a FedPT process); state type is "
             f"{state_type}."
         )
-    weights = names["global_model_weights"]
-    trainable = type_bytes(weights.trainable)
+    return _cost(names["global_model_weights"], names.get("frozen_seed"))
+
+
+def fedavg_communication_cost(model_fn) -> CommunicationCost:
+    """What `tff.learning.algorithms.build_weighted_fed_avg(model_fn, ...)` sends.
+
+    Equal to `communication_cost` of that process, without building it: the full
+    `ModelWeights` go down, the trainable delta and a float32 weight come up.
+
+    Args:
+      model_fn: A no-argument callable returning a `tff.learning.models.VariableModel`.
+    """
+    import tensorflow as tf
+
+    with tf.Graph().as_default():
+        weights_type = tff.learning.models.weights_type_from_model(model_fn())
+    return _cost(weights_type, None)
+
+
+def _cost(weights_type, seed_type) -> CommunicationCost:
+    trainable = type_bytes(weights_type.trainable)
     upload = trainable + np.dtype(np.float32).itemsize
-    if "frozen_seed" in names:
-        broadcast = trainable + type_bytes(names["frozen_seed"])
+    if seed_type is not None:
+        broadcast = trainable + type_bytes(seed_type)
     else:
-        broadcast = type_bytes(weights)
+        broadcast = type_bytes(weights_type)
     return CommunicationCost(broadcast_bytes_per_client=broadcast, upload_bytes_per_client=upload)

@@ -1,0 +1,1 @@
+"""Baselines that FedPT is compared against; each builder returns a LearningProcess."""

@@ -1,0 +1,35 @@
+"""FedAvg on the full model: TFF's own `build_weighted_fed_avg` / `build_unweighted_fed_avg`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow_federated as tff
+
+
+def build_fedavg_process(
+    model_fn,
+    client_optimizer_fn: tff.learning.optimizers.Optimizer,
+    server_optimizer_fn: Optional[tff.learning.optimizers.Optimizer] = None,
+    *,
+    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
+) -> tff.learning.templates.LearningProcess:
+    """TFF's FedAvg: every parameter is trained and communicated.
+
+    A weighted (or default) `model_aggregator` gives `build_weighted_fed_avg`; an
+    unweighted one (DP aggregators) gives `build_unweighted_fed_avg`. Its
+    communication is accounted with `tff_fedpt.communication_cost`, the same helper
+    as FedPT's.
+    """
+    if server_optimizer_fn is None:
+        server_optimizer_fn = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
+    if isinstance(model_aggregator, tff.aggregators.UnweightedAggregationFactory):
+        return tff.learning.algorithms.build_unweighted_fed_avg(
+            model_fn,
+            client_optimizer_fn,
+            server_optimizer_fn,
+            model_aggregator=model_aggregator,
+        )
+    return tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn, client_optimizer_fn, server_optimizer_fn, model_aggregator=model_aggregator
+    )

@@ -1,0 +1,187 @@
+"""Binaries end to end (subprocess): smoke runs, resume after SIGKILL, flag errors."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from tff_fedpt import training
+from tff_fedpt.tasks import load_task
+
+from . import fake_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+DIGITS_FLAGS = [
+    "--num_clients=20",
+    "--clients_per_round=3",
+    "--client_epochs_per_round=1",
+    "--rounds_per_eval=2",
+    "--rounds_per_checkpoint=2",
+    "--noprogress",
+]
+
+
+def _binary(name, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+        cwd=ROOT,
+    )
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _final_weights(root, name, total_rounds):
+    config = training.ExperimentConfig(
+        task="digits",
+        freeze="dense",
+        total_rounds=total_rounds,
+        clients_per_round=3,
+        client_batch_size=10,
+        client_epochs_per_round=1,
+        root_output_dir=root,
+        experiment_name=name,
+    )
+    task = load_task("digits", num_clients=20)
+    process, _ = training.build_process(config, task)
+    manager = tff.program.FileProgramStateManager(os.path.join(root, "checkpoints", name))
+    import asyncio
+
+    state, version = asyncio.run(manager.load_latest(process.initialize()))
+    assert version == total_rounds
+    return process.get_model_weights(state)
+
+
+def test_digits_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    rounds = 6
+    args = [*DIGITS_FLAGS, f"--total_rounds={rounds}", "--experiment_name=run"]
+    straight = _binary("run_digits.py", *args, f"--root_output_dir={tmp_path}/a")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert "Trainable / frozen parameters" in straight.stdout
+    assert "42.5x less communication" in straight.stdout
+
+    # Start the same run elsewhere and SIGKILL it once round 3 is in the CSV.
+    metrics = tmp_path / "b" / "results" / "run" / "metrics.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/run_digits.py", *args, f"--root_output_dir={tmp_path}/b"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.exists() and len(_rows(metrics)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_rows = len(_rows(metrics))
+    assert 3 <= killed_rows < rounds, "the run must be killed mid-training"
+    resumed = _binary("run_digits.py", *args, f"--root_output_dir={tmp_path}/b")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    rows_a = _rows(tmp_path / "a" / "results" / "run" / "metrics.csv")
+    rows_b = _rows(metrics)
+    assert [int(r["round"]) for r in rows_b] == list(range(1, rounds + 1))
+    for ra, rb in zip(rows_a, rows_b):
+        np.testing.assert_allclose(float(ra["train/loss"]), float(rb["train/loss"]), rtol=1e-5)
+        assert ra["cumulative_broadcast_bytes"] == rb["cumulative_broadcast_bytes"]
+    wa = _final_weights(str(tmp_path / "a"), "run", rounds)
+    wb = _final_weights(str(tmp_path / "b"), "run", rounds)
+    for x, y in zip(wa.trainable + wa.non_trainable, wb.trainable + wb.non_trainable):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+
+    # Same directory, other settings: refused in one line naming the flag.
+    clash = _binary("run_digits.py", *args, f"--root_output_dir={tmp_path}/b", "--frozen_seed=7")
+    assert clash.returncode == 2
+    lines = clash.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--frozen_seed: saved '0', now '7'" in lines[0], clash.stderr
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--model=resnet", "--model: unknown model 'resnet'"),
+        ("--freeze=nothing_like_this", "--freeze='nothing_like_this' is neither a preset"),
+        ("--clients_per_round=500", "--clients_per_round=500 is larger than the number"),
+        ("--total_rounds=0", "--total_rounds must be > 0; received 0"),
+        ("--client_batch_size=-1", "--client_batch_size must be > 0"),
+        ("--client_learning_rate=0", "--client_learning_rate must be > 0"),
+    ],
+)
+def test_bad_flags_in_process(flag, message):
+    name, value = flag[2:].split("=")
+    defaults = training.ExperimentConfig()
+    value = type(getattr(defaults, name) or "")(value) if name != "model" else value
+    config = training.ExperimentConfig(**{name: value})
+    with pytest.raises(training.ConfigError, match=message.replace("(", r"\(")):
+        training.validate(config, load_task("digits"))
+
+
+def test_bad_flag_is_one_line_usage_error():
+    result = _binary("run_digits.py", "--total_rounds=0", "--noprogress")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: --total_rounds must be > 0" in lines[0], result.stderr
+
+
+def test_emnist_without_data_is_one_clear_line(tmp_path):
+    result = _binary("run_emnist.py", f"--cache_dir={tmp_path}", "--noprogress")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"looked for {tmp_path}/emnist_all.sqlite" in lines[0]
+
+
+def test_emnist_binary_smoke(tmp_path):
+    fake_data.write_emnist(str(tmp_path / "cache"))
+    result = _binary(
+        "run_emnist.py",
+        f"--cache_dir={tmp_path}/cache",
+        f"--root_output_dir={tmp_path}/out",
+        "--total_rounds=2",
+        "--clients_per_round=2",
+        "--noprogress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(tmp_path / "out" / "results" / "emnist_fedpt_dense128" / "metrics.csv")
+    assert [r["round"] for r in rows] == ["1", "2"]
+    assert int(rows[0]["broadcast_bytes_per_client"]) == 26814 * 4 + 8
+    assert rows[-1]["eval/accuracy"] != ""
+    assert os.path.exists(tmp_path / "out" / "results" / "emnist_fedpt_dense128" / "hparams.csv")
+    assert os.listdir(tmp_path / "out" / "logdir" / "emnist_fedpt_dense128")
+
+
+@pytest.mark.parametrize("model,freeze", [("lstm", "embedding"), ("transformer", "attention")])
+def test_stackoverflow_binary_smoke(tmp_path, model, freeze):
+    fake_data.write_stackoverflow(str(tmp_path / "cache"))
+    result = _binary(
+        "run_stackoverflow.py",
+        f"--cache_dir={tmp_path}/cache",
+        f"--root_output_dir={tmp_path}/out",
+        f"--model={model}",
+        f"--freeze={freeze}",
+        "--vocab_size=8",
+        "--total_rounds=2",
+        "--clients_per_round=2",
+        "--experiment_name=so",
+        "--noprogress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(tmp_path / "out" / "results" / "so" / "metrics.csv")
+    assert [r["round"] for r in rows] == ["1", "2"]
+    assert 0.0 <= float(rows[-1]["eval/accuracy"]) <= 1.0

@@ -1,0 +1,25 @@
+"""Training tasks: federated data, preprocessing, Keras models and freeze presets."""
+
+from tff_fedpt.tasks.base import DatasetNotFoundError, Preprocessing, Task
+
+TASKS = ("digits", "emnist", "stackoverflow")
+
+
+def load_task(name: str, **kwargs) -> Task:
+    """Loads a task by name ("digits", "emnist" or "stackoverflow")."""
+    if name == "digits":
+        from tff_fedpt.tasks import digits
+
+        return digits.load(**kwargs)
+    if name == "emnist":
+        from tff_fedpt.tasks import emnist
+
+        return emnist.load(**kwargs)
+    if name == "stackoverflow":
+        from tff_fedpt.tasks import stackoverflow
+
+        return stackoverflow.load(**kwargs)
+    raise ValueError(f"task: unknown task {name!r}; valid tasks: {list(TASKS)}.")
+
+
+__all__ = ["TASKS", "DatasetNotFoundError", "Preprocessing", "Task", "load_task"]

@@ -1,0 +1,106 @@
+"""What a training task supplies: federated data, preprocessing, models, presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt import freezing
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A task's data is not on disk and cannot be downloaded here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a client's raw dataset becomes training batches.
+
+    Attributes:
+      batch_size: Examples per batch (> 0).
+      epochs: Local passes over the client's data per round (> 0).
+      max_elements: Keep at most this many examples per client (None: all).
+      shuffle_buffer: Shuffle buffer size (0 disables shuffling).
+    """
+
+    batch_size: int = 20
+    epochs: int = 1
+    max_elements: int | None = None
+    shuffle_buffer: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A federated learning task.
+
+    Attributes:
+      name: Task name ("digits", "emnist", "stackoverflow").
+      train_data: `tff.simulation.datasets.ClientData` of raw training examples.
+      test_data: A centralized `tf.data.Dataset` of raw test examples.
+      to_model_input: Maps a raw-example dataset to (x, y) examples, unbatched.
+      models: Model name -> callable(seed) returning a built, uncompiled Keras model.
+      freeze_presets: Model name -> {preset name -> FreezeSpec}.
+      loss_fn: No-argument callable returning the Keras loss.
+      metrics_fn: No-argument callable returning a list of Keras metrics.
+      default_model: The model used when none is named.
+    """
+
+    name: str
+    train_data: tff.simulation.datasets.ClientData
+    test_data: tf.data.Dataset
+    to_model_input: Callable[[tf.data.Dataset], tf.data.Dataset]
+    models: Mapping[str, Callable[[int], tf.keras.Model]]
+    freeze_presets: Mapping[str, Mapping[str, freezing.FreezeSpec]]
+    loss_fn: Callable[[], tf.keras.losses.Loss]
+    metrics_fn: Callable[[], list]
+    default_model: str
+
+    def client_dataset(
+        self, dataset: tf.data.Dataset, preprocessing: Preprocessing, seed: int
+    ) -> tf.data.Dataset:
+        """Training batches for one client; `seed` fixes the shuffle order."""
+        if preprocessing.max_elements is not None:
+            dataset = dataset.take(preprocessing.max_elements)
+        dataset = self.to_model_input(dataset)
+        if preprocessing.shuffle_buffer <= 0:
+            return dataset.repeat(preprocessing.epochs).batch(preprocessing.batch_size)
+        # One fixed-seed shuffle per epoch: a different order each epoch, and the same
+        # orders whenever the seed is the same (a resumed run sees the same data).
+        epochs = [
+            dataset.shuffle(
+                preprocessing.shuffle_buffer,
+                seed=(seed * 1009 + epoch) % (2**31 - 1),
+                reshuffle_each_iteration=False,
+            )
+            for epoch in range(preprocessing.epochs)
+        ]
+        combined = epochs[0]
+        for more in epochs[1:]:
+            combined = combined.concatenate(more)
+        return combined.batch(preprocessing.batch_size)
+
+    def test_batches(self, batch_size: int = 256) -> tf.data.Dataset:
+        return self.to_model_input(self.test_data).batch(batch_size)
+
+    @property
+    def input_spec(self):
+        """The (x, y) spec of one batch."""
+        element = self.to_model_input(
+            self.train_data.create_tf_dataset_for_client(self.train_data.client_ids[0])
+        ).element_spec
+        return tf.nest.map_structure(lambda s: tf.TensorSpec([None, *s.shape], s.dtype), element)
+
+    def freeze_spec(self, model: str, preset: str) -> freezing.FreezeSpec:
+        """The FreezeSpec of a named preset ("none" freezes nothing)."""
+        presets = self.freeze_presets[model]
+        if preset == "none":
+            return freezing.FreezeSpec()
+        if preset not in presets:
+            raise ValueError(
+                f"freeze: unknown preset {preset!r} for task {self.name} model {model}; "
+                f"valid presets: {sorted([*presets, 'none'])}, or a layer-name pattern."
+            )
+        return presets[preset]

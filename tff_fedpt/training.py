@@ -1,0 +1,499 @@
+"""The simulation training loop: sampling, evaluation, checkpoints, metrics, resume.
+
+Outputs follow google-research/federated's layout:
+
+    root_output_dir/checkpoints/<experiment_name>/   tff.program.FileProgramStateManager
+    root_output_dir/results/<experiment_name>/       metrics.csv, hparams.csv
+    root_output_dir/logdir/<experiment_name>/        TensorBoard summaries
+
+Rerunning the same experiment resumes from its latest checkpoint; the metrics CSV is
+cut back to the checkpointed round first, so every round appears exactly once.
+Nothing here prints: progress goes to the `on_round_end` callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt import communication, freezing, keras_models, process
+from tff_fedpt.tasks import Preprocessing, Task
+
+ALGORITHMS = ("fedpt", "fedavg")
+OPTIMIZERS = ("sgd", "sgdm", "adam")
+
+# Fields that may change between a run and its resumption.
+_RESUMABLE_CHANGES = frozenset(
+    {"total_rounds", "rounds_per_eval", "rounds_per_checkpoint", "root_output_dir"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines a training run. Field names match the binaries' flags."""
+
+    task: str = "digits"
+    algorithm: str = "fedpt"
+    model: Optional[str] = None
+    freeze: str = "dense"
+    frozen_seed: int = 0
+    total_rounds: int = 50
+    clients_per_round: int = 10
+    client_epochs_per_round: int = 1
+    client_batch_size: int = 20
+    max_elements_per_client: Optional[int] = None
+    client_optimizer: str = "sgd"
+    client_learning_rate: float = 0.1
+    client_momentum: float = 0.9
+    server_optimizer: str = "sgd"
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.9
+    server_adam_beta1: float = 0.9
+    server_adam_beta2: float = 0.999
+    server_adam_epsilon: float = 1e-7
+    rounds_per_eval: int = 10
+    rounds_per_checkpoint: int = 10
+    root_output_dir: str = "/tmp/tff_fedpt"
+    experiment_name: str = "experiment"
+    seed: int = 0
+
+    def hparams(self) -> dict[str, str]:
+        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass
+class ExperimentResult:
+    """What a finished run returns."""
+
+    rows: list[dict[str, Any]]
+    final_state: Any
+    model_weights: tff.learning.models.ModelWeights
+    freeze_report: Optional[freezing.FreezeReport]
+    cost: communication.CommunicationCost
+    fedavg_cost: communication.CommunicationCost
+    results_dir: str
+    resumed_from_round: int
+
+    @property
+    def final_eval(self) -> dict[str, Any]:
+        evals = [r for r in self.rows if r.get("eval/accuracy", "") != ""]
+        return evals[-1] if evals else {}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field (flag)."""
+
+
+def _check_positive(config: ExperimentConfig, names: Sequence[str]):
+    for name in names:
+        value = getattr(config, name)
+        if value is None or not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigError(f"--{name} must be > 0; received {value!r}.")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{name} must be finite; received {value!r}.")
+
+
+def validate(config: ExperimentConfig, task: Task) -> None:
+    """Checks `config` against `task`; raises ConfigError naming the flag."""
+    if config.algorithm not in ALGORITHMS:
+        raise ConfigError(
+            f"--algorithm: unknown algorithm {config.algorithm!r}; valid: {list(ALGORITHMS)}."
+        )
+    model = config.model or task.default_model
+    if model not in task.models:
+        raise ConfigError(
+            f"--model: unknown model {model!r} for task {task.name}; valid: "
+            f"{sorted(task.models)}."
+        )
+    _check_positive(
+        config,
+        [
+            "total_rounds",
+            "clients_per_round",
+            "client_epochs_per_round",
+            "client_batch_size",
+            "client_learning_rate",
+            "server_learning_rate",
+            "rounds_per_eval",
+            "rounds_per_checkpoint",
+        ],
+    )
+    if config.max_elements_per_client is not None:
+        _check_positive(config, ["max_elements_per_client"])
+    num_clients = len(task.train_data.client_ids)
+    if config.clients_per_round > num_clients:
+        raise ConfigError(
+            f"--clients_per_round={config.clients_per_round} is larger than the number of "
+            f"training clients of task {task.name} ({num_clients})."
+        )
+    for role in ("client", "server"):
+        name = getattr(config, f"{role}_optimizer")
+        if name not in OPTIMIZERS:
+            raise ConfigError(
+                f"--{role}_optimizer: unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}."
+            )
+    if config.algorithm == "fedpt":
+        freeze_spec(config, task)  # raises ConfigError for unknown presets
+
+
+def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
+    """The FreezeSpec of `config.freeze`: a preset name, or comma-separated patterns."""
+    model = config.model or task.default_model
+    presets = task.freeze_presets.get(model, {})
+    if config.freeze in presets or config.freeze == "none":
+        return task.freeze_spec(model, config.freeze)
+    patterns = tuple(p for p in config.freeze.split(",") if p)
+    keras_model = task.models[model](config.seed)
+    try:
+        spec = freezing.FreezeSpec(layers=patterns)
+        freezing.resolve_freeze(keras_model, spec)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"--freeze={config.freeze!r} is neither a preset of model {model} "
+            f"({sorted([*presets, 'none'])}) nor a valid layer pattern: {e}"
+        ) from e
+    return spec
+
+
+def _optimizer(config: ExperimentConfig, role: str) -> tff.learning.optimizers.Optimizer:
+    name = getattr(config, f"{role}_optimizer")
+    lr = getattr(config, f"{role}_learning_rate")
+    if name == "sgd":
+        return tff.learning.optimizers.build_sgdm(learning_rate=lr)
+    if name == "sgdm":
+        return tff.learning.optimizers.build_sgdm(
+            learning_rate=lr, momentum=getattr(config, f"{role}_momentum")
+        )
+    if role == "server":
+        return tff.learning.optimizers.build_adam(
+            learning_rate=lr,
+            beta_1=config.server_adam_beta1,
+            beta_2=config.server_adam_beta2,
+            epsilon=config.server_adam_epsilon,
+        )
+    return tff.learning.optimizers.build_adam(learning_rate=lr)
+
+
+def model_fns(config: ExperimentConfig, task: Task):
+    """(model_fn of the configured algorithm, fedavg model_fn on the same model)."""
+    model = config.model or task.default_model
+    build = task.models[model]
+    input_spec = task.input_spec
+
+    def fedavg_model_fn():
+        return tff.learning.models.from_keras_model(
+            build(config.seed),
+            loss=task.loss_fn(),
+            input_spec=input_spec,
+            metrics=task.metrics_fn(),
+        )
+
+    if config.algorithm == "fedavg":
+        return fedavg_model_fn, fedavg_model_fn
+    spec = freeze_spec(config, task)
+
+    def fedpt_model_fn():
+        return keras_models.from_keras_model(
+            build(config.seed),
+            loss=task.loss_fn(),
+            input_spec=input_spec,
+            metrics=task.metrics_fn(),
+            freeze=spec,
+        )
+
+    return fedpt_model_fn, fedavg_model_fn
+
+
+def build_process(
+    config: ExperimentConfig, task: Task, model_aggregator=None
+) -> tuple[tff.learning.templates.LearningProcess, Callable]:
+    """The learning process of `config` and its model_fn."""
+    model_fn, _ = model_fns(config, task)
+    client_opt = _optimizer(config, "client")
+    server_opt = _optimizer(config, "server")
+    if config.algorithm == "fedavg":
+        from baselines import fedavg
+
+        return (
+            fedavg.build_fedavg_process(
+                model_fn, client_opt, server_opt, model_aggregator=model_aggregator
+            ),
+            model_fn,
+        )
+    return (
+        process.build_fedpt_process(
+            model_fn,
+            client_opt,
+            server_opt,
+            frozen_seed=config.frozen_seed,
+            model_aggregator=model_aggregator,
+        ),
+        model_fn,
+    )
+
+
+def sample_clients(client_ids: Sequence[str], count: int, seed: int, round_num: int):
+    """`count` distinct client ids, a deterministic function of (seed, round_num)."""
+    rng = np.random.default_rng([seed, round_num])
+    picks = np.sort(rng.choice(len(client_ids), size=count, replace=False))
+    shuffle_seeds = rng.integers(0, 2**31 - 1, size=count)
+    return [client_ids[i] for i in picks], [int(s) for s in shuffle_seeds]
+
+
+class Evaluator:
+    """Centralized evaluation of model weights on a Keras model with the task's metrics.
+
+    `model_fn` is the process's model_fn; its Keras model has the same trainable /
+    non-trainable split as the process's `ModelWeights`.
+    """
+
+    def __init__(self, model_fn: Callable, task: Task, batch_size: int = 256):
+        model = model_fn()
+        self._keras_model = getattr(model, "keras_model", None) or model._keras_model  # noqa: SLF001
+        self._loss_fn = task.loss_fn()
+        self._loss = tf.keras.metrics.Mean(name="loss")
+        self._metrics = [self._loss, *task.metrics_fn()]
+        self._dataset = task.test_batches(batch_size)
+
+        @tf.function
+        def run(dataset):
+            for metric in self._metrics:
+                metric.reset_state()
+            for x, y in dataset:
+                predictions = self._keras_model(x, training=False)
+                self._loss.update_state(self._loss_fn(y, predictions), sample_weight=tf.shape(y)[0])
+                for metric in self._metrics[1:]:
+                    metric.update_state(y, predictions)
+            return {m.name: m.result() for m in self._metrics}
+
+        self._run = run
+
+    def __call__(self, weights: tff.learning.models.ModelWeights) -> dict[str, float]:
+        weights.assign_weights_to(self._keras_model)
+        return {name: float(value) for name, value in self._run(self._dataset).items()}
+
+
+def flatten_metrics(metrics: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested metrics -> {"a/b/c": scalar}; empty groups are dropped."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, name + "/"))
+        elif isinstance(value, (tuple, list)) and not value:
+            continue
+        else:
+            array = np.asarray(value)
+            if array.ndim == 0:
+                flat[name] = array.item()
+    return flat
+
+
+def _round_row(round_num, metrics, cost, previous_row, round_time, clients):
+    flat = flatten_metrics(metrics)
+    row = {"round": round_num}
+    for key, value in flat.items():
+        if key.startswith("client_work/train/"):
+            row["train/" + key[len("client_work/train/") :]] = value
+        elif key.startswith("communication/"):
+            continue
+        else:
+            row[key] = value
+    comm = metrics.get("communication") if isinstance(metrics, Mapping) else None
+    if comm:
+        row.update(
+            clients=int(comm["clients"]),
+            broadcast_bytes_per_client=int(comm["broadcast_bytes_per_client"]),
+            upload_bytes_per_client=int(comm["upload_bytes_per_client"]),
+            round_broadcast_bytes=int(comm["round_broadcast_bytes"]),
+            round_upload_bytes=int(comm["round_upload_bytes"]),
+            cumulative_broadcast_bytes=int(comm["cumulative_broadcast_bytes"]),
+            cumulative_upload_bytes=int(comm["cumulative_upload_bytes"]),
+        )
+    else:  # a process without its own accounting (TFF's FedAvg): from its types
+        before_down = int(previous_row.get("cumulative_broadcast_bytes", 0)) if previous_row else 0
+        before_up = int(previous_row.get("cumulative_upload_bytes", 0)) if previous_row else 0
+        row.update(
+            clients=clients,
+            broadcast_bytes_per_client=cost.broadcast_bytes_per_client,
+            upload_bytes_per_client=cost.upload_bytes_per_client,
+            round_broadcast_bytes=clients * cost.broadcast_bytes_per_client,
+            round_upload_bytes=clients * cost.upload_bytes_per_client,
+            cumulative_broadcast_bytes=before_down + clients * cost.broadcast_bytes_per_client,
+            cumulative_upload_bytes=before_up + clients * cost.upload_bytes_per_client,
+        )
+    row["cumulative_megabytes"] = (
+        row["cumulative_broadcast_bytes"] + row["cumulative_upload_bytes"]
+    ) / 1e6
+    row["round_seconds"] = round_time
+    return row
+
+
+def _read_csv(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _check_hparams(path: str, config: ExperimentConfig) -> None:
+    old = {row["name"]: row["value"] for row in _read_csv(path)}
+    if not old:
+        return
+    new = config.hparams()
+    changed = sorted(
+        k for k in new if k not in _RESUMABLE_CHANGES and k in old and old[k] != new[k]
+    )
+    if changed:
+        details = ", ".join(f"--{k}: saved {old[k]!r}, now {new[k]!r}" for k in changed)
+        raise ConfigError(
+            f"{os.path.dirname(path)} holds experiment {config.experiment_name!r} with other "
+            f"settings ({details}); its checkpoints cannot be resumed with these flags. "
+            "Use another --experiment_name or --root_output_dir."
+        )
+
+
+def output_dirs(config: ExperimentConfig) -> dict[str, str]:
+    return {
+        name: os.path.join(config.root_output_dir, name, config.experiment_name)
+        for name in ("checkpoints", "results", "logdir")
+    }
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    task: Task,
+    *,
+    on_start: Optional[Callable[[int], None]] = None,
+    on_round_end: Optional[Callable[[int, dict], None]] = None,
+    model_aggregator=None,
+) -> ExperimentResult:
+    """Trains `config` on `task`, resuming from the latest checkpoint if there is one.
+
+    Args:
+      config: The experiment configuration.
+      task: The loaded task.
+      on_start: Called with the first round to run (after a resume: the next one).
+      on_round_end: Called with (round_num, metrics row) after every round.
+      model_aggregator: Optional `tff.aggregators` factory for the model update.
+
+    Returns:
+      An `ExperimentResult`.
+
+    Raises:
+      ConfigError: for invalid settings or an incompatible checkpoint.
+    """
+    validate(config, task)
+    dirs = output_dirs(config)
+    for path in dirs.values():
+        os.makedirs(path, exist_ok=True)
+    hparams_path = os.path.join(dirs["results"], "hparams.csv")
+    metrics_path = os.path.join(dirs["results"], "metrics.csv")
+    _check_hparams(hparams_path, config)
+    _write_csv_atomic(hparams_path, [{"name": k, "value": v} for k, v in config.hparams().items()])
+
+    learning_process, model_fn = build_process(config, task, model_aggregator)
+    _, fedavg_model_fn = model_fns(config, task)
+    cost = communication.communication_cost(learning_process)
+    fedavg_cost = communication.fedavg_communication_cost(fedavg_model_fn)
+    with tf.Graph().as_default():
+        probe = model_fn()
+        report = getattr(probe, "freeze_report", None)
+
+    state_manager = tff.program.FileProgramStateManager(
+        dirs["checkpoints"], keep_total=3, keep_first=False
+    )
+    state = learning_process.initialize()
+    try:
+        loaded, version = _run_async(state_manager.load_latest(state))
+    except Exception as e:  # noqa: BLE001 - any failure means an unusable checkpoint
+        raise ConfigError(
+            f"The checkpoint in {dirs['checkpoints']} does not fit this experiment "
+            f"({type(e).__name__}: {str(e)[:200]}). Use another --experiment_name or "
+            "--root_output_dir."
+        ) from e
+    if loaded is not None:
+        state = loaded
+    rows = [r for r in _read_csv(metrics_path) if int(r["round"]) <= version]
+    if version and len(rows) != version:
+        raise ConfigError(
+            f"{metrics_path} has {len(rows)} rows for the {version} checkpointed rounds; "
+            "the results directory was changed by hand. Use another --experiment_name."
+        )
+    _write_csv_atomic(metrics_path, rows)
+
+    preprocessing = Preprocessing(
+        batch_size=config.client_batch_size,
+        epochs=config.client_epochs_per_round,
+        max_elements=config.max_elements_per_client,
+    )
+    evaluator = Evaluator(model_fn, task)
+    writer = tf.summary.create_file_writer(dirs["logdir"])
+    client_ids = list(task.train_data.client_ids)
+    if on_start is not None:
+        on_start(version + 1)
+    for round_num in range(version + 1, config.total_rounds + 1):
+        ids, shuffle_seeds = sample_clients(
+            client_ids, config.clients_per_round, config.seed, round_num
+        )
+        data = [
+            task.client_dataset(task.train_data.create_tf_dataset_for_client(c), preprocessing, s)
+            for c, s in zip(ids, shuffle_seeds)
+        ]
+        start = time.perf_counter()
+        output = learning_process.next(state, data)
+        round_time = time.perf_counter() - start
+        state = output.state
+        row = _round_row(
+            round_num, output.metrics, cost, rows[-1] if rows else None, round_time, len(ids)
+        )
+        if round_num % config.rounds_per_eval == 0 or round_num == config.total_rounds:
+            for key, value in evaluator(learning_process.get_model_weights(state)).items():
+                row[f"eval/{key}"] = value
+        rows.append(row)
+        _write_csv_atomic(metrics_path, rows)
+        with writer.as_default(step=round_num):
+            for key, value in row.items():
+                if key != "round" and isinstance(value, (int, float)):
+                    tf.summary.scalar(key, value)
+        if round_num % config.rounds_per_checkpoint == 0 or round_num == config.total_rounds:
+            _run_async(state_manager.save(state, round_num))
+        if on_round_end is not None:
+            on_round_end(round_num, row)
+    writer.close()
+    return ExperimentResult(
+        rows=rows,
+        final_state=state,
+        model_weights=learning_process.get_model_weights(state),
+        freeze_report=report,
+        cost=cost,
+        fedavg_cost=fedavg_cost,
+        results_dir=dirs["results"],
+        resumed_from_round=version,
+    )
+
+
+def _run_async(coroutine):
+    return asyncio.run(coroutine)
