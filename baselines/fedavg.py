@@ -13,6 +13,7 @@ def build_fedavg_process(
     server_optimizer_fn: Optional[tff.learning.optimizers.Optimizer] = None,
     *,
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
+    client_weighting: Optional[tff.learning.ClientWeighting] = None,
 ) -> tff.learning.templates.LearningProcess:
     """TFF's FedAvg: every parameter is trained and communicated.
 
@@ -31,5 +32,9 @@ def build_fedavg_process(
             model_aggregator=model_aggregator,
         )
     return tff.learning.algorithms.build_weighted_fed_avg(
-        model_fn, client_optimizer_fn, server_optimizer_fn, model_aggregator=model_aggregator
+        model_fn,
+        client_optimizer_fn,
+        server_optimizer_fn,
+        model_aggregator=model_aggregator,
+        client_weighting=client_weighting or tff.learning.ClientWeighting.NUM_EXAMPLES,
     )

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags, logging  # noqa: E402
 
@@ -39,6 +39,22 @@ flags.DEFINE_string("root_output_dir", "/tmp/tff_fedpt", "Root of checkpoints/re
 flags.DEFINE_string("experiment_name", None, "Experiment name (default: task_algorithm_freeze).")
 flags.DEFINE_integer("seed", 0, "Seed of client sampling, shuffling and model init.")
 flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+flags.DEFINE_enum(
+    "client_weighting",
+    None,
+    list(training.CLIENT_WEIGHTINGS),
+    "Default: num_examples (uniform with --dp).",
+)
+flags.DEFINE_enum("sampling", "uniform", ["uniform", "poisson"], "Client sampling per round.")
+# Differential privacy.
+flags.DEFINE_bool("dp", False, "Train with user-level DP (DP-FedAvg aggregation).")
+flags.DEFINE_float("noise_multiplier", None, "DP noise multiplier (or --target_epsilon).")
+flags.DEFINE_float("target_epsilon", None, "Calibrate the noise multiplier to this epsilon.")
+flags.DEFINE_float("clip", 1.0, "L2 clipping norm (initial value with --adaptive_clip).")
+flags.DEFINE_bool("adaptive_clip", False, "Adapt the clip to --target_quantile of update norms.")
+flags.DEFINE_float("target_quantile", 0.5, "Target quantile for --adaptive_clip.")
+flags.DEFINE_float("target_delta", None, "Target delta (default 1/number of training clients).")
+flags.DEFINE_enum("accountant", "rdp", ["rdp", "pld"], "Privacy accountant.")
 
 FLAGS = flags.FLAGS
 
@@ -115,8 +131,14 @@ def run(argv, task_name: str, default_freeze: str, task_kwargs: dict) -> None:
     except training.ConfigError as e:
         _fail(str(e))
     final = result.final_eval
+    epsilon = result.rows[-1].get("privacy/epsilon") if result.rows else None
+    privacy_note = (
+        f", epsilon {float(epsilon):.3f} at delta {result.rows[-1]['privacy/delta']}"
+        if epsilon not in (None, "")
+        else ""
+    )
     print(
         f"Done: {config.total_rounds} rounds, test accuracy "
-        f"{final.get('eval/accuracy', 'n/a')}, results in {result.results_dir}"
+        f"{final.get('eval/accuracy', 'n/a')}{privacy_note}, results in {result.results_dir}"
     )
     runtime.shutdown()

@@ -185,3 +185,57 @@ def test_stackoverflow_binary_smoke(tmp_path, model, freeze):
     rows = _rows(tmp_path / "out" / "results" / "so" / "metrics.csv")
     assert [r["round"] for r in rows] == ["1", "2"]
     assert 0.0 <= float(rows[-1]["eval/accuracy"]) <= 1.0
+
+
+def test_digits_dp_binary_reports_epsilon(tmp_path):
+    result = _binary(
+        "run_digits.py",
+        *DIGITS_FLAGS,
+        "--total_rounds=2",
+        "--dp",
+        "--noise_multiplier=0.3",
+        "--clip=0.5",
+        "--sampling=poisson",
+        "--algorithm=fedavg",
+        f"--root_output_dir={tmp_path}",
+        "--experiment_name=dp",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epsilon" in result.stdout
+    rows = _rows(tmp_path / "results" / "dp" / "metrics.csv")
+    assert float(rows[1]["privacy/epsilon"]) > float(rows[0]["privacy/epsilon"]) > 0
+    assert float(rows[0]["aggregator/clip"]) == 0.5
+    assert 0.0 <= float(rows[0]["aggregator/clip_fraction"]) <= 1.0
+
+
+def test_compute_epsilon_cli():
+    result = _binary(
+        "compute_epsilon.py",
+        "--noise_multiplier=1.0",
+        "--clients_per_round=1",
+        "--population=100",
+        "--rounds=100",
+        "--delta=1e-5",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("epsilon = 1.214")
+    result = _binary(
+        "compute_epsilon.py",
+        "--target_epsilon=1.2141",
+        "--clients_per_round=1",
+        "--population=100",
+        "--rounds=100",
+        "--delta=1e-5",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("noise multiplier = 1.000")
+
+
+def test_demo_smoke(tmp_path):
+    result = _binary(
+        "demo.py", "--total_rounds=2", "--clients_per_round=3", f"--output_dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "42.5x" in result.stdout and "FedAvg" in result.stdout
+    assert (tmp_path / "accuracy_vs_megabytes.png").stat().st_size > 10000
+    assert (tmp_path / "comparison.md").read_text().startswith("| run |")

@@ -98,3 +98,41 @@ def plot_accuracy_vs_megabytes(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_accuracy_vs_noise(
+    points: Mapping[str, Sequence[tuple[float, float, float]]], path: str, title: str = ""
+) -> str:
+    """Writes a PNG of final test accuracy against the noise multiplier.
+
+    Args:
+      points: run label -> [(noise_multiplier, epsilon, accuracy), ...].
+      path: Output PNG path.
+      title: Plot title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, series in points.items():
+        series = sorted(series)
+        ax.plot([p[0] for p in series], [p[2] for p in series], marker="o", label=label)
+    first = sorted(next(iter(points.values())))
+    ax.set_xticks([p[0] for p in first])
+    ax.set_xticklabels(
+        [
+            f"{p[0]:g}\n(eps {p[1]:.3g})" if p[1] != float("inf") else f"{p[0]:g}\n(no DP)"
+            for p in first
+        ]
+    )
+    ax.set_xlabel("noise multiplier (epsilon at the target delta)")
+    ax.set_ylabel("final test accuracy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -26,11 +26,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication, freezing, keras_models, process
+from tff_fedpt import communication, freezing, keras_models, privacy, process
 from tff_fedpt.tasks import Preprocessing, Task
 
 ALGORITHMS = ("fedpt", "fedavg")
 OPTIMIZERS = ("sgd", "sgdm", "adam")
+CLIENT_WEIGHTINGS = ("num_examples", "uniform")
 
 # Fields that may change between a run and its resumption.
 _RESUMABLE_CHANGES = frozenset(
@@ -66,6 +67,17 @@ class ExperimentConfig:
     root_output_dir: str = "/tmp/tff_fedpt"
     experiment_name: str = "experiment"
     seed: int = 0
+    client_weighting: Optional[str] = None
+    # Differential privacy (DP-FedAvg / DP-FedPT).
+    dp: bool = False
+    noise_multiplier: Optional[float] = None
+    target_epsilon: Optional[float] = None
+    clip: float = 1.0
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    target_delta: Optional[float] = None
+    sampling: str = "uniform"
+    accountant: str = "rdp"
 
     def hparams(self) -> dict[str, str]:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
@@ -144,6 +156,85 @@ def validate(config: ExperimentConfig, task: Task) -> None:
             )
     if config.algorithm == "fedpt":
         freeze_spec(config, task)  # raises ConfigError for unknown presets
+    if config.client_weighting not in (None, *CLIENT_WEIGHTINGS):
+        raise ConfigError(
+            f"--client_weighting: unknown weighting {config.client_weighting!r}; valid: "
+            f"{list(CLIENT_WEIGHTINGS)}."
+        )
+    if config.sampling not in privacy.SAMPLINGS:
+        raise ConfigError(
+            f"--sampling: unknown sampling {config.sampling!r}; valid: {list(privacy.SAMPLINGS)}."
+        )
+    if config.dp:
+        _validate_dp(config, num_clients)
+    elif config.noise_multiplier is not None or config.target_epsilon is not None:
+        raise ConfigError("--noise_multiplier / --target_epsilon need --dp.")
+
+
+def _validate_dp(config: ExperimentConfig, population: int) -> None:
+    if config.client_weighting == "num_examples":
+        raise ConfigError(
+            "--client_weighting=num_examples cannot be used with --dp: DP-FedAvg averages "
+            "clients uniformly (a weighted aggregate would leak the example counts and "
+            "break the sensitivity bound). Use --client_weighting=uniform or leave it unset."
+        )
+    if (config.noise_multiplier is None) == (config.target_epsilon is None):
+        raise ConfigError("--dp needs exactly one of --noise_multiplier and --target_epsilon.")
+    if config.noise_multiplier is not None and not config.noise_multiplier >= 0:
+        raise ConfigError(f"--noise_multiplier must be >= 0; received {config.noise_multiplier}.")
+    if config.target_epsilon is not None and not config.target_epsilon > 0:
+        raise ConfigError(f"--target_epsilon must be > 0; received {config.target_epsilon}.")
+    if not config.clip > 0:
+        raise ConfigError(f"--clip must be > 0; received {config.clip}.")
+    if config.adaptive_clip and not 0 < config.target_quantile < 1:
+        raise ConfigError(
+            f"--target_quantile must be in (0, 1); received {config.target_quantile}."
+        )
+    if config.target_delta is not None and not 0 < config.target_delta < 1:
+        raise ConfigError(f"--target_delta must be in (0, 1); received {config.target_delta}.")
+    if config.accountant not in privacy.ACCOUNTANTS:
+        raise ConfigError(
+            f"--accountant: unknown accountant {config.accountant!r}; valid: "
+            f"{list(privacy.ACCOUNTANTS)}."
+        )
+    if config.accountant == "pld" and config.sampling == "uniform":
+        raise ConfigError(
+            "--accountant=pld does not support --sampling=uniform (fixed-size sampling); "
+            "use --accountant=rdp or --sampling=poisson."
+        )
+    noise = noise_multiplier(config, population)
+    if config.adaptive_clip and noise >= 0.1 * config.clients_per_round:
+        raise ConfigError(
+            f"--noise_multiplier={noise:g} is too large for --adaptive_clip with "
+            f"--clients_per_round={config.clients_per_round}: TFF's adaptive clipping needs "
+            f"noise_multiplier < 0.1 * clients_per_round = {0.1 * config.clients_per_round:g}."
+        )
+
+
+def target_delta(config: ExperimentConfig, population: int) -> float:
+    """--target_delta, or 1 / population when not given."""
+    return config.target_delta if config.target_delta is not None else 1.0 / population
+
+
+def privacy_setting(config: ExperimentConfig, population: int) -> privacy.PrivacySetting:
+    return privacy.PrivacySetting(
+        noise_multiplier(config, population), config.clients_per_round, population, config.sampling
+    )
+
+
+def noise_multiplier(config: ExperimentConfig, population: int) -> float:
+    """--noise_multiplier, or the one calibrated to --target_epsilon over total_rounds."""
+    if config.noise_multiplier is not None:
+        return float(config.noise_multiplier)
+    return privacy.calibrate_noise_multiplier(
+        target_epsilon=config.target_epsilon,
+        target_delta=target_delta(config, population),
+        rounds=config.total_rounds,
+        clients_per_round=config.clients_per_round,
+        population=population,
+        sampling=config.sampling,
+        accountant=config.accountant,
+    )
 
 
 def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
@@ -219,6 +310,22 @@ def build_process(
 ) -> tuple[tff.learning.templates.LearningProcess, Callable]:
     """The learning process of `config` and its model_fn."""
     model_fn, _ = model_fns(config, task)
+    if config.dp and model_aggregator is None:
+        population = len(task.train_data.client_ids)
+        model_aggregator = privacy.build_dp_aggregator(
+            noise_multiplier=noise_multiplier(config, population),
+            clients_per_round=config.clients_per_round,
+            clip=float(config.clip),
+            adaptive_clip=config.adaptive_clip,
+            target_quantile=config.target_quantile,
+        )
+    weighting = None
+    if config.client_weighting is not None:
+        weighting = (
+            tff.learning.ClientWeighting.UNIFORM
+            if config.client_weighting == "uniform"
+            else tff.learning.ClientWeighting.NUM_EXAMPLES
+        )
     client_opt = _optimizer(config, "client")
     server_opt = _optimizer(config, "server")
     if config.algorithm == "fedavg":
@@ -226,7 +333,11 @@ def build_process(
 
         return (
             fedavg.build_fedavg_process(
-                model_fn, client_opt, server_opt, model_aggregator=model_aggregator
+                model_fn,
+                client_opt,
+                server_opt,
+                model_aggregator=model_aggregator,
+                client_weighting=weighting,
             ),
             model_fn,
         )
@@ -237,16 +348,19 @@ def build_process(
             server_opt,
             frozen_seed=config.frozen_seed,
             model_aggregator=model_aggregator,
+            client_weighting=weighting,
         ),
         model_fn,
     )
 
 
-def sample_clients(client_ids: Sequence[str], count: int, seed: int, round_num: int):
-    """`count` distinct client ids, a deterministic function of (seed, round_num)."""
-    rng = np.random.default_rng([seed, round_num])
-    picks = np.sort(rng.choice(len(client_ids), size=count, replace=False))
-    shuffle_seeds = rng.integers(0, 2**31 - 1, size=count)
+def sample_clients(config: ExperimentConfig, client_ids: Sequence[str], round_num: int):
+    """The round's client ids and their shuffle seeds, a function of (seed, round)."""
+    picks = privacy.sample_clients(
+        len(client_ids), config.clients_per_round, config.sampling, config.seed, round_num
+    )
+    rng = np.random.default_rng([config.seed, round_num, 1])
+    shuffle_seeds = rng.integers(0, 2**31 - 1, size=len(picks))
     return [client_ids[i] for i in picks], [int(s) for s in shuffle_seeds]
 
 
@@ -452,23 +566,30 @@ def run_experiment(
     evaluator = Evaluator(model_fn, task)
     writer = tf.summary.create_file_writer(dirs["logdir"])
     client_ids = list(task.train_data.client_ids)
+    setting = privacy_setting(config, len(client_ids)) if config.dp else None
+    delta = target_delta(config, len(client_ids))
     if on_start is not None:
         on_start(version + 1)
     for round_num in range(version + 1, config.total_rounds + 1):
-        ids, shuffle_seeds = sample_clients(
-            client_ids, config.clients_per_round, config.seed, round_num
-        )
+        ids, shuffle_seeds = sample_clients(config, client_ids, round_num)
         data = [
             task.client_dataset(task.train_data.create_tf_dataset_for_client(c), preprocessing, s)
             for c, s in zip(ids, shuffle_seeds)
         ]
         start = time.perf_counter()
-        output = learning_process.next(state, data)
+        if data:
+            output = learning_process.next(state, data)
+            state, metrics = output.state, output.metrics
+        else:  # Poisson sampling drew nobody: the model stays, the round still counts
+            metrics = {}
         round_time = time.perf_counter() - start
-        state = output.state
-        row = _round_row(
-            round_num, output.metrics, cost, rows[-1] if rows else None, round_time, len(ids)
-        )
+        row = _round_row(round_num, metrics, cost, rows[-1] if rows else None, round_time, len(ids))
+        if setting is not None:
+            row["privacy/noise_multiplier"] = setting.noise_multiplier
+            row["privacy/epsilon"] = privacy.compute_epsilon(
+                setting, round_num, delta, config.accountant
+            )
+            row["privacy/delta"] = delta
         if round_num % config.rounds_per_eval == 0 or round_num == config.total_rounds:
             for key, value in evaluator(learning_process.get_model_weights(state)).items():
                 row[f"eval/{key}"] = value

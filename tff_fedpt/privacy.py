@@ -1,0 +1,291 @@
+"""User-level differential privacy: DP aggregators on TF Privacy queries, accounting.
+
+The aggregators are TFF's `DifferentiallyPrivateFactory` (TF Privacy's
+`GaussianSumQuery` / `QuantileAdaptiveClipSumQuery` inside a `NormalizedQuery`),
+wrapped to report the clipping norm in force, the fraction of clients whose update
+was clipped and the standard deviation of the noise on the averaged update. They are
+unweighted: DP-FedAvg averages clients uniformly. Clipping and noise apply to
+whatever value they aggregate; in FedPT that is the trainable delta only.
+
+Epsilon comes from `dp_accounting` (RDP or PLD accountant) for the sampling that was
+actually used: Poisson sampling (each client independently with probability q) or
+fixed-size uniform sampling without replacement.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import dp_accounting
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+SAMPLINGS = ("uniform", "poisson")
+ACCOUNTANTS = ("rdp", "pld")
+
+
+def _check_positive_float(value, name, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"{name} must be a number; received {value!r}.")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}; received {value!r}.")
+
+
+class _DiagnosedDPFactory(tff.aggregators.UnweightedAggregationFactory):
+    """A DifferentiallyPrivateFactory whose measurements add clip diagnostics.
+
+    `clip_fraction` is a simulation diagnostic computed in the clear from the
+    clients' update norms; it is not part of the private release.
+    """
+
+    def __init__(self, inner, adaptive: bool, clients_per_round: int):
+        self._inner = inner
+        self._adaptive = adaptive
+        self._clients_per_round = clients_per_round
+
+    def create(self, value_type):
+        inner = self._inner.create(value_type)
+        adaptive = self._adaptive
+        state_type = inner.initialize.type_signature.result.member
+
+        @tff.tensorflow.computation(state_type)
+        def clip_and_stddev(state):
+            query_state = state[0]  # DPAggregatorState.query_state: NormalizedQuery state
+            numerator = query_state[0]
+            sum_state = numerator[1] if adaptive else numerator
+            denominator = tf.cast(query_state[1], tf.float32)
+            clip = tf.cast(sum_state[0], tf.float32)
+            return clip, tf.cast(sum_state[1], tf.float32) / denominator
+
+        @tff.tensorflow.computation(value_type, tf.float32)
+        def is_clipped(value, clip):
+            norm = tf.linalg.global_norm(tf.nest.flatten(value))
+            return tf.cast(norm > clip, tf.float32)
+
+        @tff.federated_computation(
+            inner.initialize.type_signature.result, tff.FederatedType(value_type, tff.CLIENTS)
+        )
+        def next_fn(state, value):
+            clip, stddev = tff.federated_map(clip_and_stddev, state)
+            clipped = tff.federated_map(is_clipped, (value, tff.federated_broadcast(clip)))
+            output = inner.next(state, value)
+            measurements = tff.federated_zip(
+                collections.OrderedDict(
+                    dp=output.measurements,
+                    clip=clip,
+                    clip_fraction=tff.federated_mean(clipped),
+                    noise_stddev=stddev,
+                )
+            )
+            return tff.templates.MeasuredProcessOutput(output.state, output.result, measurements)
+
+        return tff.templates.AggregationProcess(inner.initialize, next_fn)
+
+
+def build_dp_aggregator(
+    *,
+    noise_multiplier: float,
+    clients_per_round: int,
+    clip: float,
+    adaptive_clip: bool = False,
+    target_quantile: float = 0.5,
+    clip_learning_rate: float = 0.2,
+) -> tff.aggregators.UnweightedAggregationFactory:
+    """A DP-FedAvg aggregator: clip each client's update, sum, add Gaussian noise, average.
+
+    The noise standard deviation on the average is
+    `noise_multiplier * clip / clients_per_round`.
+
+    Args:
+      noise_multiplier: Ratio of the noise standard deviation to the clip (>= 0).
+      clients_per_round: Expected clients per round (the average's denominator).
+      clip: The L2 clipping norm (> 0); with `adaptive_clip`, its initial value.
+      adaptive_clip: Adapt the clip to the `target_quantile` of update norms
+        (Andrew et al. 2021), privately, through TF Privacy's quantile estimator.
+      target_quantile: Target quantile of update norms for adaptive clipping.
+      clip_learning_rate: Learning rate of the geometric clip update.
+
+    Returns:
+      A `tff.aggregators.UnweightedAggregationFactory` whose measurements hold `clip`
+      (in force this round), `clip_fraction`, `noise_stddev` and TFF's `dp` entries.
+
+    Raises:
+      ValueError: for a non-positive clip or clients_per_round, a negative noise
+        multiplier, or (adaptive) a noise multiplier of 0.1 * clients_per_round or
+        more, which TFF's adaptive clipping cannot support.
+    """
+    _check_positive_float(noise_multiplier, "noise_multiplier", allow_zero=True)
+    _check_positive_float(clip, "clip")
+    if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int):
+        raise TypeError(f"clients_per_round must be an int; received {clients_per_round!r}.")
+    if clients_per_round < 1:
+        raise ValueError(f"clients_per_round must be >= 1; received {clients_per_round}.")
+    if adaptive_clip:
+        if not 0 < target_quantile < 1:
+            raise ValueError(f"target_quantile must be in (0, 1); received {target_quantile}.")
+        if noise_multiplier >= 0.1 * clients_per_round:
+            raise ValueError(
+                f"noise_multiplier={noise_multiplier} is too large for adaptive clipping "
+                f"with {clients_per_round} clients per round: TFF's adaptive clipping "
+                "spends part of the privacy budget on the clipped-count estimate and "
+                f"needs noise_multiplier < 0.1 * clients_per_round "
+                f"= {0.1 * clients_per_round:g}. Use more clients per round or a fixed clip."
+            )
+        inner = tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+            noise_multiplier=float(noise_multiplier),
+            clients_per_round=float(clients_per_round),
+            initial_l2_norm_clip=float(clip),
+            target_unclipped_quantile=float(target_quantile),
+            learning_rate=float(clip_learning_rate),
+        )
+    else:
+        inner = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+            noise_multiplier=float(noise_multiplier),
+            clients_per_round=float(clients_per_round),
+            clip=float(clip),
+        )
+    return _DiagnosedDPFactory(inner, adaptive_clip, clients_per_round)
+
+
+# ---------------------------------------------------------------------------
+# Accounting.
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacySetting:
+    """The sampled Gaussian mechanism one DP round applies.
+
+    Attributes:
+      noise_multiplier: Noise standard deviation / clip.
+      clients_per_round: Fixed sample size (uniform) or expected size (poisson).
+      population: Number of clients that could be sampled.
+      sampling: "uniform" (fixed size, without replacement) or "poisson".
+    """
+
+    noise_multiplier: float
+    clients_per_round: int
+    population: int
+    sampling: str = "poisson"
+
+    def __post_init__(self):
+        _check_positive_float(self.noise_multiplier, "noise_multiplier", allow_zero=True)
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}; received {self.sampling!r}.")
+        if not 1 <= self.clients_per_round <= self.population:
+            raise ValueError(
+                f"clients_per_round must be in [1, population={self.population}]; "
+                f"received {self.clients_per_round}."
+            )
+
+    @property
+    def sampling_probability(self) -> float:
+        return self.clients_per_round / self.population
+
+    def round_event(self) -> dp_accounting.DpEvent:
+        gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
+        if self.sampling == "poisson":
+            return dp_accounting.PoissonSampledDpEvent(self.sampling_probability, gaussian)
+        return dp_accounting.SampledWithoutReplacementDpEvent(
+            self.population, self.clients_per_round, gaussian
+        )
+
+    def event(self, rounds: int) -> dp_accounting.DpEvent:
+        return dp_accounting.SelfComposedDpEvent(self.round_event(), rounds)
+
+
+def _accountant(name: str, sampling: str):
+    if name == "rdp":
+        # Fixed-size sampling is analysed for replace-one neighbouring datasets.
+        relation = (
+            dp_accounting.NeighboringRelation.REPLACE_ONE
+            if sampling == "uniform"
+            else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+        )
+        return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+    if name == "pld":
+        if sampling == "uniform":
+            raise ValueError(
+                "The PLD accountant does not support fixed-size (uniform) sampling; use "
+                "accountant='rdp' or sampling='poisson'."
+            )
+        return dp_accounting.pld.PLDAccountant()
+    raise ValueError(f"accountant must be one of {ACCOUNTANTS}; received {name!r}.")
+
+
+def compute_epsilon(
+    setting: PrivacySetting, rounds: int, target_delta: float, accountant: str = "rdp"
+) -> float:
+    """Epsilon after `rounds` rounds at `target_delta` (inf with no noise)."""
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0; received {rounds}.")
+    if not 0 < target_delta < 1:
+        raise ValueError(f"target_delta must be in (0, 1); received {target_delta}.")
+    if rounds == 0:
+        return 0.0
+    if setting.noise_multiplier == 0:
+        return math.inf
+    acc = _accountant(accountant, setting.sampling)
+    acc.compose(setting.event(rounds))
+    return float(acc.get_epsilon(target_delta))
+
+
+def calibrate_noise_multiplier(
+    *,
+    target_epsilon: float,
+    target_delta: float,
+    rounds: int,
+    clients_per_round: int,
+    population: int,
+    sampling: str = "poisson",
+    accountant: str = "rdp",
+) -> float:
+    """The smallest noise multiplier whose epsilon after `rounds` is <= target_epsilon.
+
+    Uses `dp_accounting.calibrate_dp_mechanism` (Brent's method on the accountant).
+    """
+    _check_positive_float(target_epsilon, "target_epsilon")
+    if not 0 < target_delta < 1:
+        raise ValueError(f"target_delta must be in (0, 1); received {target_delta}.")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1; received {rounds}.")
+    PrivacySetting(1.0, clients_per_round, population, sampling)  # validates
+    _accountant(accountant, sampling)  # validates the combination
+
+    def calibrate(name, bracket):
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                lambda: _accountant(name, sampling),
+                lambda z: PrivacySetting(z, clients_per_round, population, sampling).event(rounds),
+                target_epsilon,
+                target_delta,
+                bracket,
+                tol=1e-4,
+            )
+        )
+
+    z_rdp = calibrate("rdp", dp_accounting.LowerEndpointAndGuess(1e-3, 1.0))
+    if accountant == "rdp":
+        return z_rdp
+    # PLD is tighter than RDP (its noise is at most z_rdp) but very costly at tiny
+    # noise levels, so it is searched only between z_rdp / 4 and z_rdp.
+    return calibrate("pld", dp_accounting.ExplicitBracketInterval(z_rdp / 4, z_rdp * 1.001))
+
+
+def sample_clients(
+    num_clients: int, clients_per_round: int, sampling: str, seed: int, round_num: int
+) -> np.ndarray:
+    """Indices of the clients of a round, a deterministic function of (seed, round).
+
+    "uniform": exactly `clients_per_round` distinct clients; "poisson": each client
+    independently with probability clients_per_round / num_clients (may be empty).
+    """
+    rng = np.random.default_rng([seed, round_num])
+    if sampling == "uniform":
+        return np.sort(rng.choice(num_clients, size=clients_per_round, replace=False))
+    if sampling == "poisson":
+        return np.flatnonzero(rng.random(num_clients) < clients_per_round / num_clients)
+    raise ValueError(f"sampling must be one of {SAMPLINGS}; received {sampling!r}.")
