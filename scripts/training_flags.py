@@ -45,6 +45,9 @@ flags.DEFINE_enum(
     list(training.CLIENT_WEIGHTINGS),
     "Default: num_examples (uniform with --dp).",
 )
+flags.DEFINE_float(
+    "pvt_trainable_fraction", 0.5, "--algorithm=pvt: fraction of variables trained per round."
+)
 flags.DEFINE_enum("sampling", "uniform", ["uniform", "poisson"], "Client sampling per round.")
 # Differential privacy.
 flags.DEFINE_bool("dp", False, "Train with user-level DP (DP-FedAvg aggregation).")
@@ -89,6 +92,18 @@ def _progress(config):
     return on_start, on_round_end
 
 
+def _print_cost(config, cost, fedavg):
+    print(
+        f"Per client per round: {config.algorithm} sends "
+        f"{cost.broadcast_bytes_per_client / 1e6:.3f} MB down + "
+        f"{cost.upload_bytes_per_client / 1e6:.3f} MB up; FedAvg on the same model "
+        f"{fedavg.broadcast_bytes_per_client / 1e6:.3f} MB + "
+        f"{fedavg.upload_bytes_per_client / 1e6:.3f} MB "
+        f"({cost.reduction_versus(fedavg):.1f}x less communication).",
+        flush=True,
+    )
+
+
 def run(argv, task_name: str, default_freeze: str, task_kwargs: dict) -> None:
     """Builds the config from flags, loads the task and trains. Errors: one line."""
     if len(argv) > 1:
@@ -108,26 +123,31 @@ def run(argv, task_name: str, default_freeze: str, task_kwargs: dict) -> None:
     try:
         training.validate(config, task)
         model_fn, _ = training.model_fns(config, task)
-        process, _ = training.build_process(config, task)
+        process, process_model_fn = training.build_process(config, task)
     except training.ConfigError as e:
         _fail(str(e))
     report = getattr(model_fn(), "freeze_report", None)
     if report is not None:
         print(f"Trainable / frozen parameters:\n{report.format_table()}")
-    cost = communication.communication_cost(process)
     fedavg = communication.fedavg_communication_cost(training.model_fns(config, task)[1])
-    print(
-        f"Per client per round: {config.algorithm} sends "
-        f"{cost.broadcast_bytes_per_client / 1e6:.3f} MB down + "
-        f"{cost.upload_bytes_per_client / 1e6:.3f} MB up; FedAvg on the same model "
-        f"{fedavg.broadcast_bytes_per_client / 1e6:.3f} MB + "
-        f"{fedavg.upload_bytes_per_client / 1e6:.3f} MB "
-        f"({cost.reduction_versus(fedavg):.1f}x less communication).",
-        flush=True,
-    )
+    if config.algorithm == "pvt":
+        print(
+            "Per client per round: pvt sends all weights down "
+            f"({fedavg.broadcast_bytes_per_client / 1e6:.3f} MB) and the round's selected "
+            "variables up (see upload_bytes_per_client in the metrics).",
+            flush=True,
+        )
+    else:
+        _print_cost(config, communication.communication_cost(process), fedavg)
     on_start, on_round_end = _progress(config)
     try:
-        result = training.run_experiment(config, task, on_start=on_start, on_round_end=on_round_end)
+        result = training.run_experiment(
+            config,
+            task,
+            on_start=on_start,
+            on_round_end=on_round_end,
+            built=(process, process_model_fn),
+        )
     except training.ConfigError as e:
         _fail(str(e))
     final = result.final_eval

@@ -127,3 +127,8 @@ def test_stackoverflow_preprocessing_and_masked_accuracy(tmp_path):
             metrics=task.metrics_fn(),
             freeze=task.freeze_spec(model, preset),
         )
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="unknown task 'mnist'; valid tasks"):
+        load_task("mnist")

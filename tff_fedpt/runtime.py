@@ -91,16 +91,20 @@ def shutdown(timeout: float = 10.0, *, default_num_clients: int = 0) -> None:
 
     The fresh context starts a new worker only when the next computation runs.
     """
+    # TFF's own stop (SIGINT, then an unbounded wait, from the service manager's
+    # `__del__`) can hang once a worker has served many computations, so the workers
+    # are killed first; they hold no state worth a graceful exit. They are reaped
+    # below (or by that `__del__`).
+    for process in _children:
+        if process.poll() is None:
+            process.kill()
     tff.backends.native.set_sync_local_cpp_execution_context(
         default_num_clients=default_num_clients
     )
-    gc.collect()  # the dropped context's service manager stops its worker
+    gc.collect()  # drops the old context and its service manager
     for process in list(_children):
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
         _children.remove(process)

@@ -29,7 +29,7 @@ import tensorflow_federated as tff
 from tff_fedpt import communication, freezing, keras_models, privacy, process
 from tff_fedpt.tasks import Preprocessing, Task
 
-ALGORITHMS = ("fedpt", "fedavg")
+ALGORITHMS = ("fedpt", "fedavg", "small_model", "pvt")
 OPTIMIZERS = ("sgd", "sgdm", "adam")
 CLIENT_WEIGHTINGS = ("num_examples", "uniform")
 
@@ -68,6 +68,7 @@ class ExperimentConfig:
     experiment_name: str = "experiment"
     seed: int = 0
     client_weighting: Optional[str] = None
+    pvt_trainable_fraction: float = 0.5
     # Differential privacy (DP-FedAvg / DP-FedPT).
     dp: bool = False
     noise_multiplier: Optional[float] = None
@@ -91,7 +92,7 @@ class ExperimentResult:
     final_state: Any
     model_weights: tff.learning.models.ModelWeights
     freeze_report: Optional[freezing.FreezeReport]
-    cost: communication.CommunicationCost
+    cost: Optional[communication.CommunicationCost]
     fedavg_cost: communication.CommunicationCost
     results_dir: str
     resumed_from_round: int
@@ -154,8 +155,18 @@ def validate(config: ExperimentConfig, task: Task) -> None:
             raise ConfigError(
                 f"--{role}_optimizer: unknown optimizer {name!r}; valid: {list(OPTIMIZERS)}."
             )
-    if config.algorithm == "fedpt":
+    if config.algorithm in ("fedpt", "small_model"):
         freeze_spec(config, task)  # raises ConfigError for unknown presets
+    if config.algorithm == "small_model" and model not in task.narrow_models:
+        raise ConfigError(
+            f"--algorithm=small_model has no narrow variant of model {model} for task "
+            f"{task.name}; models with one: {sorted(task.narrow_models)}."
+        )
+    if config.algorithm == "pvt" and not 0 < config.pvt_trainable_fraction <= 1:
+        raise ConfigError(
+            "--pvt_trainable_fraction must be in (0, 1]; received "
+            f"{config.pvt_trainable_fraction}."
+        )
     if config.client_weighting not in (None, *CLIENT_WEIGHTINGS):
         raise ConfigError(
             f"--client_weighting: unknown weighting {config.client_weighting!r}; valid: "
@@ -275,34 +286,50 @@ def _optimizer(config: ExperimentConfig, role: str) -> tff.learning.optimizers.O
     return tff.learning.optimizers.build_adam(learning_rate=lr)
 
 
-def model_fns(config: ExperimentConfig, task: Task):
-    """(model_fn of the configured algorithm, fedavg model_fn on the same model)."""
+def small_model_width(config: ExperimentConfig, task: Task) -> int:
+    """Width of the narrow model matching FedPT's trainable count for config.freeze."""
+    from baselines import small_model
+
     model = config.model or task.default_model
-    build = task.models[model]
+    report = freezing.resolve_freeze(task.models[model](config.seed), freeze_spec(config, task))
+    narrow = task.narrow_models[model]
+    return small_model.matched_width(lambda w: narrow(config.seed, w), report.trainable_params)
+
+
+def keras_model_fn(config: ExperimentConfig, task: Task) -> Callable[[], tf.keras.Model]:
+    """Builds the configured algorithm's Keras model (before any freezing)."""
+    model = config.model or task.default_model
+    if config.algorithm == "small_model":
+        width = small_model_width(config, task)
+        return lambda: task.narrow_models[model](config.seed, width)
+    return lambda: task.models[model](config.seed)
+
+
+def model_fns(config: ExperimentConfig, task: Task):
+    """(model_fn of the configured algorithm, fedavg model_fn on the full model)."""
+    model = config.model or task.default_model
     input_spec = task.input_spec
 
-    def fedavg_model_fn():
-        return tff.learning.models.from_keras_model(
-            build(config.seed),
-            loss=task.loss_fn(),
-            input_spec=input_spec,
-            metrics=task.metrics_fn(),
+    def plain(build):
+        return lambda: tff.learning.models.from_keras_model(
+            build(), loss=task.loss_fn(), input_spec=input_spec, metrics=task.metrics_fn()
         )
 
-    if config.algorithm == "fedavg":
-        return fedavg_model_fn, fedavg_model_fn
-    spec = freeze_spec(config, task)
+    fedavg_model_fn = plain(lambda: task.models[model](config.seed))
+    if config.algorithm == "fedpt":
+        spec = freeze_spec(config, task)
 
-    def fedpt_model_fn():
-        return keras_models.from_keras_model(
-            build(config.seed),
-            loss=task.loss_fn(),
-            input_spec=input_spec,
-            metrics=task.metrics_fn(),
-            freeze=spec,
-        )
+        def fedpt_model_fn():
+            return keras_models.from_keras_model(
+                task.models[model](config.seed),
+                loss=task.loss_fn(),
+                input_spec=input_spec,
+                metrics=task.metrics_fn(),
+                freeze=spec,
+            )
 
-    return fedpt_model_fn, fedavg_model_fn
+        return fedpt_model_fn, fedavg_model_fn
+    return plain(keras_model_fn(config, task)), fedavg_model_fn
 
 
 def build_process(
@@ -328,7 +355,21 @@ def build_process(
         )
     client_opt = _optimizer(config, "client")
     server_opt = _optimizer(config, "server")
-    if config.algorithm == "fedavg":
+    if config.algorithm == "pvt":
+        from baselines import pvt
+
+        return (
+            pvt.build_pvt_process(
+                model_fn,
+                client_opt,
+                server_opt,
+                trainable_fraction=config.pvt_trainable_fraction,
+                schedule_seed=config.seed,
+                model_aggregator=model_aggregator,
+            ),
+            model_fn,
+        )
+    if config.algorithm in ("fedavg", "small_model"):
         from baselines import fedavg
 
         return (
@@ -367,13 +408,12 @@ def sample_clients(config: ExperimentConfig, client_ids: Sequence[str], round_nu
 class Evaluator:
     """Centralized evaluation of model weights on a Keras model with the task's metrics.
 
-    `model_fn` is the process's model_fn; its Keras model has the same trainable /
-    non-trainable split as the process's `ModelWeights`.
+    `keras_model` must have the same trainable / non-trainable split as the
+    `ModelWeights` it is given (for FedPT: the layers of the freeze spec frozen).
     """
 
-    def __init__(self, model_fn: Callable, task: Task, batch_size: int = 256):
-        model = model_fn()
-        self._keras_model = getattr(model, "keras_model", None) or model._keras_model  # noqa: SLF001
+    def __init__(self, keras_model: tf.keras.Model, task: Task, batch_size: int = 256):
+        self._keras_model = keras_model
         self._loss_fn = task.loss_fn()
         self._loss = tf.keras.metrics.Mean(name="loss")
         self._metrics = [self._loss, *task.metrics_fn()]
@@ -503,6 +543,7 @@ def run_experiment(
     on_start: Optional[Callable[[int], None]] = None,
     on_round_end: Optional[Callable[[int, dict], None]] = None,
     model_aggregator=None,
+    built: Optional[tuple] = None,
 ) -> ExperimentResult:
     """Trains `config` on `task`, resuming from the latest checkpoint if there is one.
 
@@ -512,6 +553,8 @@ def run_experiment(
       on_start: Called with the first round to run (after a resume: the next one).
       on_round_end: Called with (round_num, metrics row) after every round.
       model_aggregator: Optional `tff.aggregators` factory for the model update.
+      built: Optional (process, model_fn) from `build_process(config, task)`, to
+        avoid building them twice.
 
     Returns:
       An `ExperimentResult`.
@@ -528,9 +571,13 @@ def run_experiment(
     _check_hparams(hparams_path, config)
     _write_csv_atomic(hparams_path, [{"name": k, "value": v} for k, v in config.hparams().items()])
 
-    learning_process, model_fn = build_process(config, task, model_aggregator)
+    learning_process, model_fn = built or build_process(config, task, model_aggregator)
     _, fedavg_model_fn = model_fns(config, task)
-    cost = communication.communication_cost(learning_process)
+    cost = (
+        None  # PVT's upload changes every round: see the per-round metrics
+        if config.algorithm == "pvt"
+        else communication.communication_cost(learning_process)
+    )
     fedavg_cost = communication.fedavg_communication_cost(fedavg_model_fn)
     with tf.Graph().as_default():
         probe = model_fn()
@@ -563,7 +610,11 @@ def run_experiment(
         epochs=config.client_epochs_per_round,
         max_elements=config.max_elements_per_client,
     )
-    evaluator = Evaluator(model_fn, task)
+    if config.algorithm == "fedpt":
+        eval_keras_model = model_fn().keras_model  # built with the frozen layers frozen
+    else:
+        eval_keras_model = keras_model_fn(config, task)()
+    evaluator = Evaluator(eval_keras_model, task)
     writer = tf.summary.create_file_writer(dirs["logdir"])
     client_ids = list(task.train_data.client_ids)
     setting = privacy_setting(config, len(client_ids)) if config.dp else None

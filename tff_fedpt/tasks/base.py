@@ -46,6 +46,8 @@ class Task:
       loss_fn: No-argument callable returning the Keras loss.
       metrics_fn: No-argument callable returning a list of Keras metrics.
       default_model: The model used when none is named.
+      narrow_models: Model name -> callable(seed, width) building the same model with
+        its main layer `width` units wide (for the small-model baseline).
     """
 
     name: str
@@ -57,6 +59,9 @@ class Task:
     loss_fn: Callable[[], tf.keras.losses.Loss]
     metrics_fn: Callable[[], list]
     default_model: str
+    narrow_models: Mapping[str, Callable[[int, int], tf.keras.Model]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def client_dataset(
         self, dataset: tf.data.Dataset, preprocessing: Preprocessing, seed: int

@@ -123,4 +123,5 @@ def load(
         loss_fn=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics_fn=lambda: [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         default_model="cnn",
+        narrow_models={"cnn": lambda seed, width: cnn(seed, dense_units=width)},
     )

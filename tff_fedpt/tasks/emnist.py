@@ -17,7 +17,7 @@ def default_cache_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".tff")
 
 
-def cnn(seed: int = 0, num_classes: int = 62) -> tf.keras.Model:
+def cnn(seed: int = 0, num_classes: int = 62, dense_units: int = 128) -> tf.keras.Model:
     """TFF's EMNIST CNN: conv 3x3x32, conv 3x3x64, max-pool, dropout, dense 128,
     dropout, dense output (1,206,590 parameters for 62 classes)."""
     init = tf.keras.initializers.GlorotUniform
@@ -34,7 +34,7 @@ def cnn(seed: int = 0, num_classes: int = 62) -> tf.keras.Model:
             tf.keras.layers.Dropout(0.25, seed=seed),
             tf.keras.layers.Flatten(name="flatten"),
             tf.keras.layers.Dense(
-                128, activation="relu", name="dense128", kernel_initializer=init(seed + 2)
+                dense_units, activation="relu", name="dense128", kernel_initializer=init(seed + 2)
             ),
             tf.keras.layers.Dropout(0.5, seed=seed + 1),
             tf.keras.layers.Dense(num_classes, name="logits", kernel_initializer=init(seed + 3)),
@@ -42,7 +42,7 @@ def cnn(seed: int = 0, num_classes: int = 62) -> tf.keras.Model:
     )
 
 
-def mlp(seed: int = 0, num_classes: int = 62) -> tf.keras.Model:
+def mlp(seed: int = 0, num_classes: int = 62, units: int = 200) -> tf.keras.Model:
     """A 784-200-200-classes MLP."""
     init = tf.keras.initializers.GlorotUniform
     return tf.keras.Sequential(
@@ -50,10 +50,10 @@ def mlp(seed: int = 0, num_classes: int = 62) -> tf.keras.Model:
             tf.keras.layers.InputLayer(input_shape=(28, 28, 1)),
             tf.keras.layers.Flatten(name="flatten"),
             tf.keras.layers.Dense(
-                200, activation="relu", name="dense1", kernel_initializer=init(seed)
+                units, activation="relu", name="dense1", kernel_initializer=init(seed)
             ),
             tf.keras.layers.Dense(
-                200, activation="relu", name="dense2", kernel_initializer=init(seed + 1)
+                units, activation="relu", name="dense2", kernel_initializer=init(seed + 1)
             ),
             tf.keras.layers.Dense(num_classes, name="logits", kernel_initializer=init(seed + 2)),
         ]
@@ -111,4 +111,8 @@ def load(*, only_digits: bool = False, cache_dir: str | None = None) -> base.Tas
         loss_fn=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics_fn=lambda: [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         default_model="cnn",
+        narrow_models={
+            "cnn": lambda seed, width: cnn(seed, num_classes, dense_units=width),
+            "mlp": lambda seed, width: mlp(seed, num_classes, units=width),
+        },
     )

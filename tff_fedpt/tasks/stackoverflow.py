@@ -103,7 +103,7 @@ class MaskedAccuracy(tf.keras.metrics.Mean):
         return {**super().get_config(), "masked_ids": self._masked_ids}
 
 
-def lstm(seed: int, total_vocab: int) -> tf.keras.Model:
+def lstm(seed: int, total_vocab: int, units: int = 670) -> tf.keras.Model:
     """The standard StackOverflow LSTM: embedding 96, LSTM 670, dense 96, output."""
     init = tf.keras.initializers.GlorotUniform
     return tf.keras.Sequential(
@@ -116,7 +116,7 @@ def lstm(seed: int, total_vocab: int) -> tf.keras.Model:
                 embeddings_initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05, seed),
             ),
             tf.keras.layers.LSTM(
-                670,
+                units,
                 return_sequences=True,
                 name="lstm",
                 kernel_initializer=init(seed + 1),
@@ -240,4 +240,5 @@ def load(
         loss_fn=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics_fn=lambda: [MaskedAccuracy(masked)],
         default_model="lstm",
+        narrow_models={"lstm": lambda seed, width: lstm(seed, total_vocab, units=width)},
     )
