@@ -668,4 +668,10 @@ def run_experiment(
 
 
 def _run_async(coroutine):
-    return asyncio.run(coroutine)
+    # Not asyncio.run: it clears the thread's event loop, which breaks later callers of
+    # asyncio.get_event_loop() such as tff.simulation.run_training_process.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
