@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow_federated as tff
 
 from tff_fedpt import training
 from tff_fedpt.tasks import load_task
@@ -56,12 +55,9 @@ def _final_weights(root, name, total_rounds):
         root_output_dir=root,
         experiment_name=name,
     )
-    task = load_task("digits", num_clients=20)
-    process, _ = training.build_process(config, task)
-    manager = tff.program.FileProgramStateManager(os.path.join(root, "checkpoints", name))
-    import asyncio
-
-    state, version = asyncio.run(manager.load_latest(process.initialize()))
+    process, state, version = training.load_latest_state(
+        config, load_task("digits", num_clients=20)
+    )
     assert version == total_rounds
     return process.get_model_weights(state)
 

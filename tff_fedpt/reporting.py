@@ -116,11 +116,12 @@ def plot_accuracy_vs_noise(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    first = sorted(next(iter(points.values())))
+    position = {p[0]: i for i, p in enumerate(first)}  # evenly spaced noise levels
     for label, series in points.items():
         series = sorted(series)
-        ax.plot([p[0] for p in series], [p[2] for p in series], marker="o", label=label)
-    first = sorted(next(iter(points.values())))
-    ax.set_xticks([p[0] for p in first])
+        ax.plot([position[p[0]] for p in series], [p[2] for p in series], marker="o", label=label)
+    ax.set_xticks(range(len(first)))
     ax.set_xticklabels(
         [
             f"{p[0]:g}\n(eps {p[1]:.3g})" if p[1] != float("inf") else f"{p[0]:g}\n(no DP)"

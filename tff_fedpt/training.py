@@ -667,6 +667,20 @@ def run_experiment(
     )
 
 
+def load_latest_state(config: ExperimentConfig, task: Task):
+    """The latest checkpoint of an experiment.
+
+    Returns:
+      (process, state, round_num): the experiment's learning process, its state at the
+      latest checkpoint (the initial state if there is none) and that round (0 if none).
+    """
+    learning_process, _ = build_process(config, task)
+    manager = tff.program.FileProgramStateManager(output_dirs(config)["checkpoints"])
+    state = learning_process.initialize()
+    loaded, version = _run_async(manager.load_latest(state))
+    return learning_process, (loaded if loaded is not None else state), version
+
+
 def _run_async(coroutine):
     # Not asyncio.run: it clears the thread's event loop, which breaks later callers of
     # asyncio.get_event_loop() such as tff.simulation.run_training_process.
