@@ -11,6 +11,7 @@ depend on the machine; quote ratios.
 import collections
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -260,18 +261,20 @@ config = training.ExperimentConfig(
     client_batch_size=20, rounds_per_eval=rounds, rounds_per_checkpoint=rounds,
     root_output_dir=out, experiment_name=algorithm)
 training.run_experiment(config, load_task("digits"), on_round_end=on_round_end)
-print(json.dumps(samples))
+with open(os.path.join(out, algorithm + "_rss.json"), "w") as f:
+    json.dump(samples, f)
 runtime.shutdown()
 """
 
 
 def _peak_memory(algorithm, rounds, out):
-    """Peak RSS (KiB) of Python plus its TFF worker, sampled by a watcher thread."""
+    """Peak RSS (KiB) of Python plus its TFF worker, sampled from outside."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
     proc = subprocess.Popen(
         [sys.executable, "-c", _MEMORY_CHILD, algorithm, str(rounds), out],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        text=True,
     )
     peak = 0
     while proc.poll() is None:
@@ -284,22 +287,31 @@ def _peak_memory(algorithm, rounds, out):
                 pass
         peak = max(peak, total)
         time.sleep(0.05)
-    samples = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory run {algorithm} x {rounds} failed ({proc.returncode})")
+    with open(os.path.join(out, algorithm + "_rss.json")) as f:
+        samples = json.load(f)
     return peak, {int(k): v for k, v in samples.items()}
 
 
 def _child_pids(pid):
+    """Children of every thread of `pid` (TFF starts its worker from a helper thread)."""
+    children = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(p) for p in f.read().split()]
     except FileNotFoundError:
-        return []
+        pass
+    return children
 
 
 def memory(memory_rounds, out):
     fedpt_peak, _ = _peak_memory("fedpt", 20, os.path.join(out, "mem"))
     fedavg_peak, _ = _peak_memory("fedavg", 20, os.path.join(out, "mem"))
-    _, samples = _peak_memory("fedpt", memory_rounds, os.path.join(out, "mem_long"))
+    # Ten rounds past the sampled one, so that round's RSS holds no one-time cost of
+    # the final round (first evaluation, final checkpoint).
+    _, samples = _peak_memory("fedpt", memory_rounds + 10, os.path.join(out, "mem_long"))
     return collections.OrderedDict(
         workload="digits CNN, 10 clients per round; RSS of Python + TFF worker",
         fedpt_peak_mib=fedpt_peak / 1024,

@@ -48,6 +48,9 @@ flags.DEFINE_enum(
 flags.DEFINE_float(
     "pvt_trainable_fraction", 0.5, "--algorithm=pvt: fraction of variables trained per round."
 )
+flags.DEFINE_integer(
+    "worker_restart_rounds", 50, "Restart the TFF worker every this many rounds (0: never)."
+)
 flags.DEFINE_enum("sampling", "uniform", ["uniform", "poisson"], "Client sampling per round.")
 # Differential privacy.
 flags.DEFINE_bool("dp", False, "Train with user-level DP (DP-FedAvg aggregation).")

@@ -106,6 +106,7 @@ def test_baselines_run_through_the_training_loop(tmp_path, algorithm):
         clients_per_round=3,
         rounds_per_eval=2,
         root_output_dir=str(tmp_path),
+        worker_restart_rounds=1,  # also exercises the worker restart inside the loop
     )
     result = training.run_experiment(config, load_task("digits", num_clients=20))
     assert [r["round"] for r in result.rows] == [1, 2]

@@ -58,3 +58,20 @@ def test_worker_dies_when_python_is_killed():
     while _alive(pid) and time.time() < deadline:
         time.sleep(0.1)
     assert not _alive(pid)
+
+
+def test_restart_worker_keeps_computations_working():
+    import numpy as np
+    import tensorflow_federated as tff
+
+    from tff_fedpt import runtime
+
+    @tff.tensorflow.computation(np.int32)
+    def add_one(x):
+        return x + 1
+
+    assert add_one(1) == 2
+    before = [p.pid for p in runtime._children]
+    assert runtime.restart_worker()
+    assert all(not _alive(pid) for pid in before)
+    assert add_one(2) == 3  # a fresh worker serves the next computation

@@ -108,3 +108,19 @@ def shutdown(timeout: float = 10.0, *, default_num_clients: int = 0) -> None:
         except subprocess.TimeoutExpired:
             pass
         _children.remove(process)
+
+
+def restart_worker() -> bool:
+    """Replaces the local worker with a fresh one (started on the next computation).
+
+    TFF 0.87's C++ worker grows by about 0.8 MiB per training round in our runs; the
+    training loop calls this every few hundred rounds to bound memory. Acts only when
+    `use_local_runtime()` installed the context (never touches a user's own context).
+
+    Returns:
+      Whether a restart happened.
+    """
+    if not _installed:
+        return False
+    shutdown()
+    return True

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication, freezing, keras_models, privacy, process
+from tff_fedpt import communication, freezing, keras_models, privacy, process, runtime
 from tff_fedpt.tasks import Preprocessing, Task
 
 ALGORITHMS = ("fedpt", "fedavg", "small_model", "pvt")
@@ -35,7 +35,13 @@ CLIENT_WEIGHTINGS = ("num_examples", "uniform")
 
 # Fields that may change between a run and its resumption.
 _RESUMABLE_CHANGES = frozenset(
-    {"total_rounds", "rounds_per_eval", "rounds_per_checkpoint", "root_output_dir"}
+    {
+        "total_rounds",
+        "rounds_per_eval",
+        "rounds_per_checkpoint",
+        "root_output_dir",
+        "worker_restart_rounds",
+    }
 )
 
 
@@ -69,6 +75,7 @@ class ExperimentConfig:
     seed: int = 0
     client_weighting: Optional[str] = None
     pvt_trainable_fraction: float = 0.5
+    worker_restart_rounds: int = 50
     # Differential privacy (DP-FedAvg / DP-FedPT).
     dp: bool = False
     noise_multiplier: Optional[float] = None
@@ -617,16 +624,24 @@ def run_experiment(
     evaluator = Evaluator(eval_keras_model, task)
     writer = tf.summary.create_file_writer(dirs["logdir"])
     client_ids = list(task.train_data.client_ids)
+    model_inputs: dict[str, tf.data.Dataset] = {}  # per client, mapped once
     setting = privacy_setting(config, len(client_ids)) if config.dp else None
     delta = target_delta(config, len(client_ids))
     if on_start is not None:
         on_start(version + 1)
     for round_num in range(version + 1, config.total_rounds + 1):
         ids, shuffle_seeds = sample_clients(config, client_ids, round_num)
-        data = [
-            task.client_dataset(task.train_data.create_tf_dataset_for_client(c), preprocessing, s)
-            for c, s in zip(ids, shuffle_seeds)
-        ]
+        data = []
+        for client_id, shuffle_seed in zip(ids, shuffle_seeds):
+            if client_id not in model_inputs:
+                model_inputs[client_id] = task.to_model_input(
+                    task.train_data.create_tf_dataset_for_client(client_id)
+                )
+            data.append(
+                task.client_dataset(
+                    model_inputs[client_id], preprocessing, shuffle_seed, mapped=True
+                )
+            )
         start = time.perf_counter()
         if data:
             output = learning_process.next(state, data)
@@ -654,6 +669,8 @@ def run_experiment(
             _run_async(state_manager.save(state, round_num))
         if on_round_end is not None:
             on_round_end(round_num, row)
+        if config.worker_restart_rounds > 0 and round_num % config.worker_restart_rounds == 0:
+            runtime.restart_worker()  # bounds the TFF worker's memory growth
     writer.close()
     return ExperimentResult(
         rows=rows,

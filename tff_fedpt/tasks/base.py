@@ -64,12 +64,23 @@ class Task:
     )
 
     def client_dataset(
-        self, dataset: tf.data.Dataset, preprocessing: Preprocessing, seed: int
+        self,
+        dataset: tf.data.Dataset,
+        preprocessing: Preprocessing,
+        seed: int,
+        *,
+        mapped: bool = False,
     ) -> tf.data.Dataset:
-        """Training batches for one client; `seed` fixes the shuffle order."""
+        """Training batches for one client; `seed` fixes the shuffle order.
+
+        `dataset` holds raw examples, or (x, y) examples when `mapped` (a dataset from
+        `to_model_input`, which the training loop builds once per client: tracing the
+        map function anew every round grows memory).
+        """
+        if not mapped:
+            dataset = self.to_model_input(dataset)
         if preprocessing.max_elements is not None:
             dataset = dataset.take(preprocessing.max_elements)
-        dataset = self.to_model_input(dataset)
         if preprocessing.shuffle_buffer <= 0:
             return dataset.repeat(preprocessing.epochs).batch(preprocessing.batch_size)
         # One fixed-seed shuffle per epoch: a different order each epoch, and the same
