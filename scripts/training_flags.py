@@ -125,14 +125,14 @@ def run(argv, task_name: str, default_freeze: str, task_kwargs: dict) -> None:
     runtime.use_local_runtime()
     try:
         training.validate(config, task)
-        model_fn, _ = training.model_fns(config, task)
+        model_fn, fedavg_model_fn = training.model_fns(config, task)
         process, process_model_fn = training.build_process(config, task)
     except training.ConfigError as e:
         _fail(str(e))
     report = getattr(model_fn(), "freeze_report", None)
     if report is not None:
         print(f"Trainable / frozen parameters:\n{report.format_table()}")
-    fedavg = communication.fedavg_communication_cost(training.model_fns(config, task)[1])
+    fedavg = communication.fedavg_communication_cost(fedavg_model_fn)
     if config.algorithm == "pvt":
         print(
             "Per client per round: pvt sends all weights down "
