@@ -12,6 +12,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["tff_fedpt", "tff_fedpt.*", "baselines"]),
+    # Built on first use by tff_fedpt.remote.start_worker (binds TFF's worker to one address).
+    package_data={"tff_fedpt": ["_bind_shim.c"]},
     python_requires=">=3.9,<3.12",
     install_requires=[
         # TFF 0.87.0 itself is installed with --no-deps: its jaxlib==0.4.14 pin has no

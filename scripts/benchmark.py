@@ -1,4 +1,4 @@
-"""Benchmarks: communication, client speed, simulation overhead, memory, scaling.
+"""Benchmarks: communication, client speed, overhead, memory, scaling, remote workers.
 
 Each comparison runs both sides in this invocation, repeats, and reports medians and
 ratios. Prints tables and writes output/benchmark/benchmark.json. Absolute seconds
@@ -25,10 +25,10 @@ import tensorflow_federated as tff  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import tff_fedpt  # noqa: E402
-from tff_fedpt import freezing, runtime  # noqa: E402
+from tff_fedpt import freezing, remote, runtime  # noqa: E402
 from tff_fedpt.tasks import digits, emnist, stackoverflow  # noqa: E402
 
-SECTIONS = ("communication", "speed", "overhead", "memory", "scaling")
+SECTIONS = ("communication", "speed", "overhead", "memory", "scaling", "workers")
 flags.DEFINE_list("sections", list(SECTIONS), f"Which benchmarks to run: {SECTIONS}.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement (medians are reported).")
 flags.DEFINE_integer("memory_rounds", 300, "Rounds of the memory-stability run.")
@@ -342,6 +342,43 @@ def scaling(repeats):
     return rows
 
 
+def workers(repeats):
+    """Round time on 1, 2 and 4 TFF workers (this machine, loopback) vs local execution."""
+    sgd = tff.learning.optimizers.build_sgdm(0.01)
+    fedpt_fn, _ = _emnist_fns(frozen=True)
+    rows = []
+    for clients in (50, 100):
+        data = _synthetic(clients, 100, seed=clients)
+        local = None
+        for count in (0, 1, 2, 4):
+            started = [
+                remote.start_worker(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for _ in range(count)
+            ]
+            try:
+                if started:
+                    remote.use_remote_workers([w.target for w in started])
+                else:
+                    runtime.use_local_runtime()
+                process = tff_fedpt.build_fedpt_process(fedpt_fn, sgd)
+                seconds = _median_round_seconds(process, data, repeats)
+            finally:
+                runtime.shutdown()
+                for worker in started:
+                    worker.stop()
+            local = local or seconds
+            rows.append(
+                collections.OrderedDict(
+                    clients_per_round=clients,
+                    workers=count or "local",
+                    round_s=seconds,
+                    speedup_vs_local=local / seconds,
+                )
+            )
+            print(f"  {clients} clients, {count or 'local'} workers: {seconds:.2f} s", flush=True)
+    return rows
+
+
 def _table(rows):
     if isinstance(rows, dict):
         rows = [rows]
@@ -378,6 +415,7 @@ def main(argv):
         "overhead": lambda: overhead(FLAGS.repeats),
         "memory": lambda: memory(FLAGS.memory_rounds, FLAGS.output_dir),
         "scaling": lambda: scaling(FLAGS.repeats),
+        "workers": lambda: workers(min(FLAGS.repeats, 3)),
     }
     for section in SECTIONS:
         if section not in FLAGS.sections:

@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags, logging  # noqa: E402
 
-from tff_fedpt import communication, runtime, training  # noqa: E402
+from tff_fedpt import communication, remote, runtime, training  # noqa: E402
 from tff_fedpt.tasks import DatasetNotFoundError, load_task  # noqa: E402
 
 _DEFAULTS = training.ExperimentConfig()
@@ -51,6 +51,20 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
     "worker_restart_rounds", 50, "Restart the TFF worker every this many rounds (0: never)."
 )
+flags.DEFINE_string(
+    "workers",
+    None,
+    "Run on TFF workers host:port,host:port (see scripts/start_worker.py); default: local.",
+)
+flags.DEFINE_float(
+    "worker_timeout", remote.DEFAULT_TIMEOUT_S, "Seconds a worker may not answer before failing."
+)
+flags.DEFINE_integer(
+    "upload_bits", None, "FedPT: quantize client uploads to this many bits (1..16)."
+)
+flags.DEFINE_enum(
+    "broadcast_bits", None, ["8", "16"], "FedPT: broadcast the trainable weights in 8 or 16 bits."
+)
 flags.DEFINE_enum("sampling", "uniform", ["uniform", "poisson"], "Client sampling per round.")
 # Differential privacy.
 flags.DEFINE_bool("dp", False, "Train with user-level DP (DP-FedAvg aggregation).")
@@ -65,9 +79,26 @@ flags.DEFINE_enum("accountant", "rdp", ["rdp", "pld"], "Privacy accountant.")
 FLAGS = flags.FLAGS
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     print(f"{sys.argv[0]}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
+
+
+def _use_runtime() -> None:
+    """Local execution, or the remote workers of --workers (checked reachable)."""
+    if not FLAGS.workers:
+        runtime.use_local_runtime()
+        return
+    if not FLAGS.worker_timeout > 0:
+        _fail(f"--worker_timeout must be > 0 seconds; received {FLAGS.worker_timeout}.")
+    try:
+        workers = remote.parse_workers(FLAGS.workers)
+        remote.use_remote_workers(workers, timeout=FLAGS.worker_timeout)
+    except ValueError as e:
+        _fail(f"--{e}")
+    except remote.WorkerUnavailableError as e:
+        _fail(str(e))
+    print(f"Running on {len(workers)} TFF workers: {', '.join(workers)}", flush=True)
 
 
 def _progress(config):
@@ -117,17 +148,21 @@ def run(argv, task_name: str, default_freeze: str, task_kwargs: dict) -> None:
     fields = {f.name for f in dataclasses.fields(training.ExperimentConfig)}
     values = {k: FLAGS[k].value for k in fields if k in FLAGS}
     values.update(task=task_name, freeze=freeze, experiment_name=name)
+    if values.get("broadcast_bits") is not None:
+        values["broadcast_bits"] = int(values["broadcast_bits"])
     config = training.ExperimentConfig(**values)
     try:
         task = load_task(task_name, **task_kwargs)
     except (DatasetNotFoundError, ValueError) as e:
         _fail(str(e))
-    runtime.use_local_runtime()
+    _use_runtime()
     try:
         training.validate(config, task)
         model_fn, fedavg_model_fn = training.model_fns(config, task)
         process, process_model_fn = training.build_process(config, task)
-    except training.ConfigError as e:
+        if FLAGS.workers:
+            remote.check_mergeable(process)
+    except (training.ConfigError, remote.NotMergeableError) as e:
         _fail(str(e))
     report = getattr(model_fn(), "freeze_report", None)
     if report is not None:
@@ -153,6 +188,15 @@ def run(argv, task_name: str, default_freeze: str, task_kwargs: dict) -> None:
         )
     except training.ConfigError as e:
         _fail(str(e))
+    except remote.WorkerError as e:
+        last = training.latest_checkpoint_round(config)
+        _fail(
+            f"{e}. Training stopped; the checkpoints in "
+            f"{training.output_dirs(config)['checkpoints']} are intact (last: round {last}). "
+            "Rerun the same command with --workers listing the workers that are up to resume "
+            f"from round {last + 1}.",
+            code=1,
+        )
     final = result.final_eval
     epsilon = result.rows[-1].get("privacy/epsilon") if result.rows else None
     privacy_note = (

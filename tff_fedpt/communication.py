@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import numpy as np
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.compiler import building_blocks, tree_analysis
+
+# Costs that processes built by this package declare (compression makes them differ from
+# what the state types say); looked up before reading the state type.
+_DECLARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def type_bytes(type_spec: tff.Type) -> int:
@@ -51,10 +57,67 @@ class CommunicationCost:
         return other.bytes_per_client / self.bytes_per_client
 
 
+def _client_bytes(type_spec: tff.Type) -> int:
+    """Bytes of the CLIENTS-placed values inside `type_spec` (functions and others: 0)."""
+    if isinstance(type_spec, tff.FederatedType):
+        return type_bytes(type_spec.member) if type_spec.placement is tff.CLIENTS else 0
+    if isinstance(type_spec, tff.StructType):
+        return sum(_client_bytes(t) for t in type_spec)
+    return 0
+
+
+def traffic(comp: tff.Computation) -> CommunicationCost:
+    """Bytes per client that `comp` moves between server and clients, read from its body.
+
+    Every `federated_broadcast` counts the bytes of its value; every intrinsic that
+    takes values placed at CLIENTS and returns a value at SERVER (federated_sum,
+    federated_aggregate, federated_mean, secure sums, ...) counts the bytes of those
+    client values. These are the types TFF actually moves, so an encoded value counts
+    with its encoded size (e.g. bit-packed int32 and min/max floats for TFF's uniform
+    quantization), not as float32.
+
+    Args:
+      comp: A federated `tff.Computation`, such as `aggregator.next` or
+        `distributor.next` of a learning process's components.
+
+    Returns:
+      A `CommunicationCost` with per-client broadcast (down) and upload (up) bytes.
+    """
+    down = up = 0
+
+    def visit(node):
+        nonlocal down, up
+        if not (
+            isinstance(node, building_blocks.Call)
+            and isinstance(node.function, building_blocks.Intrinsic)
+        ):
+            return
+        result = node.type_signature
+        argument = node.argument.type_signature if node.argument is not None else None
+        if node.function.uri == "federated_broadcast":
+            down += type_bytes(argument)
+        elif (
+            argument is not None
+            and isinstance(result, tff.FederatedType)
+            and result.placement is tff.SERVER
+        ):
+            up += _client_bytes(argument)
+
+    tree_analysis.visit_preorder(comp.to_building_block(), visit)
+    return CommunicationCost(broadcast_bytes_per_client=down, upload_bytes_per_client=up)
+
+
+def declare_cost(process: tff.templates.IterativeProcess, cost: CommunicationCost) -> None:
+    """Records what `process` sends per client, for `communication_cost(process)`."""
+    _DECLARED[process] = cost
+
+
 def communication_cost(process: tff.learning.templates.LearningProcess) -> CommunicationCost:
     """Per-client bytes per round of a FedPT process or of TFF's composed FedAvg.
 
-    Read from the state type of `process`:
+    A process built by this package (FedPT, with or without compression) declares its
+    cost, measured by `traffic` on its distributor and aggregator. Otherwise the cost is
+    read from the state type of `process`:
 
     * a FedPT process (its state has `frozen_seed`) broadcasts its trainable weights
       and the seed;
@@ -74,6 +137,8 @@ def communication_cost(process: tff.learning.templates.LearningProcess) -> Commu
     Raises:
       TypeError: if the state type has no `global_model_weights`.
     """
+    if process in _DECLARED:
+        return _DECLARED[process]
     state_type = process.initialize.type_signature.result.member
     names = dict(tff.structure.iter_elements(state_type))
     if "global_model_weights" not in names:

@@ -12,7 +12,7 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.aggregators import factory_utils
 from tensorflow_federated.python.learning.templates import model_delta_client_work
 
-from tff_fedpt import communication, freezing, keras_models
+from tff_fedpt import communication, compression, freezing, keras_models
 
 ModelWeights = tff.learning.models.ModelWeights
 
@@ -139,6 +139,7 @@ def build_fedpt_process(
     loop_implementation: tff.learning.LoopImplementation = (
         tff.learning.LoopImplementation.DATASET_REDUCE
     ),
+    broadcast_bits: Optional[int] = None,
 ) -> tff.learning.templates.LearningProcess:
     """Builds a FedPT learning process (federated training of a partially trainable model).
 
@@ -161,8 +162,10 @@ def build_fedpt_process(
     `aggregator`, `finalizer` and `communication` entries. `communication` holds
     `clients`, `broadcast_bytes_per_client`, `upload_bytes_per_client`,
     `round_broadcast_bytes`, `round_upload_bytes`, `cumulative_broadcast_bytes` and
-    `cumulative_upload_bytes`, computed from the TFF types of the broadcast value
-    and of the aggregated client values.
+    `cumulative_upload_bytes`, computed from the TFF types of the values the
+    distributor broadcasts and the aggregator takes from clients
+    (`tff_fedpt.communication.traffic`), so compressed values count with their
+    encoded size.
 
     `get_model_weights(state)` returns the full `tff.learning.models.ModelWeights`
     (trainable and the seed's frozen weights), so `build_fed_eval`, Keras export and
@@ -185,6 +188,11 @@ def build_fedpt_process(
       metrics_aggregator: As in TFF's FedAvg; defaults to
         `tff.learning.metrics.sum_then_finalize`.
       loop_implementation: A `tff.learning.LoopImplementation`.
+      broadcast_bits: If 8 or 16, the trainable weights are broadcast uniformly
+        quantized to that many bits per value (see
+        `tff_fedpt.compression.build_quantized_broadcast_process`); the server keeps
+        them in full precision. For quantized uploads pass
+        `model_aggregator=tff_fedpt.compression.quantized_mean(bits)`.
 
     Returns:
       A `tff.learning.templates.LearningProcess`.
@@ -219,6 +227,8 @@ def build_fedpt_process(
         raise TypeError(f"frozen_seed must be an integer; received {frozen_seed!r}.")
     if not np.iinfo(np.int64).min <= int(frozen_seed) <= np.iinfo(np.int64).max:
         raise ValueError(f"frozen_seed must fit in int64; received {frozen_seed}.")
+    if broadcast_bits is not None:
+        compression.check_broadcast_bits(broadcast_bits)
     if model_aggregator is None:
         model_aggregator = tff.aggregators.MeanFactory()
     if isinstance(model_aggregator, tff.aggregators.WeightedAggregationFactory):
@@ -270,7 +280,10 @@ def build_fedpt_process(
         collections.OrderedDict,
     )
 
-    distributor = tff.learning.templates.build_broadcast_process(broadcast_type)
+    if broadcast_bits is None:
+        distributor = tff.learning.templates.build_broadcast_process(broadcast_type)
+    else:
+        distributor = compression.build_quantized_broadcast_process(broadcast_type, broadcast_bits)
     client_work = _build_client_work(
         model_fn,
         client_optimizer_fn,
@@ -288,10 +301,8 @@ def build_fedpt_process(
         server_optimizer_fn, model_weights_type
     )
 
-    broadcast_bytes = communication.type_bytes(broadcast_type)
-    upload_type = aggregator.next.type_signature.parameter[1].member
-    weight_type = aggregator.next.type_signature.parameter[2].member
-    upload_bytes = communication.type_bytes(upload_type) + communication.type_bytes(weight_type)
+    broadcast_bytes = communication.traffic(distributor.next).broadcast_bytes_per_client
+    upload_bytes = communication.traffic(aggregator.next).upload_bytes_per_client
 
     @tff.tensorflow.computation
     def initial_communication_fn():
@@ -462,7 +473,7 @@ def build_fedpt_process(
             communication=state.communication,
         )
 
-    return tff.learning.templates.LearningProcess(
+    learning_process = tff.learning.templates.LearningProcess(
         init_fn,
         next_fn,
         get_model_weights_fn,
@@ -470,3 +481,10 @@ def build_fedpt_process(
         get_hparams_fn=get_hparams_fn,
         set_hparams_fn=set_hparams_fn,
     )
+    communication.declare_cost(
+        learning_process,
+        communication.CommunicationCost(
+            broadcast_bytes_per_client=broadcast_bytes, upload_bytes_per_client=upload_bytes
+        ),
+    )
+    return learning_process

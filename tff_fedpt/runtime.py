@@ -33,6 +33,7 @@ from tensorflow_federated.python.core.impl.executor_stacks import executor_facto
 _PR_SET_PDEATHSIG = 1
 _lock = threading.Lock()
 _installed = False
+_remote = False  # tff_fedpt.remote installed a context over remote workers
 _children: list[subprocess.Popen] = []
 
 
@@ -41,20 +42,24 @@ def _set_parent_death_signal():  # runs in the child between fork and exec
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-class _ReapedPopen(subprocess.Popen):
-    """`subprocess.Popen` whose child dies with its parent and is remembered."""
+class ReapedPopen(subprocess.Popen):
+    """`subprocess.Popen` whose child dies with its parent (SIGKILL, Linux).
 
-    def __init__(self, args, **kwargs):
+    With `remember=True` (TFF's local worker) `shutdown()` also stops it.
+    """
+
+    def __init__(self, args, *, remember: bool = True, **kwargs):
         if sys.platform.startswith("linux"):
             kwargs.setdefault("preexec_fn", _set_parent_death_signal)
         super().__init__(args, **kwargs)
-        _children.append(self)
+        if remember:
+            _children.append(self)
 
 
 def _subprocess_with_reaper() -> types.ModuleType:
     module = types.ModuleType("subprocess_with_reaper")
     module.__dict__.update(subprocess.__dict__)
-    module.Popen = _ReapedPopen
+    module.Popen = ReapedPopen
     return module
 
 
@@ -89,8 +94,20 @@ def _at_exit() -> None:
 def shutdown(timeout: float = 10.0, *, default_num_clients: int = 0) -> None:
     """Stops every TFF worker started so far and installs a fresh local context.
 
-    The fresh context starts a new worker only when the next computation runs.
+    The fresh context starts a new worker only when the next computation runs. After
+    `tff_fedpt.remote.use_remote_workers`, this goes back to local execution.
     """
+    mark_remote(False)
+    replace_context(
+        tff.backends.native.create_sync_local_cpp_execution_context(
+            default_num_clients=default_num_clients
+        ),
+        timeout,
+    )
+
+
+def replace_context(context, timeout: float = 10.0) -> None:
+    """Makes `context` TFF's default context and stops the local workers started so far."""
     # TFF's own stop (SIGINT, then an unbounded wait, from the service manager's
     # `__del__`) can hang once a worker has served many computations, so the workers
     # are killed first; they hold no state worth a graceful exit. They are reaped
@@ -98,9 +115,7 @@ def shutdown(timeout: float = 10.0, *, default_num_clients: int = 0) -> None:
     for process in _children:
         if process.poll() is None:
             process.kill()
-    tff.backends.native.set_sync_local_cpp_execution_context(
-        default_num_clients=default_num_clients
-    )
+    context_stack_impl.context_stack.set_default_context(context)
     gc.collect()  # drops the old context and its service manager
     for process in list(_children):
         try:
@@ -108,6 +123,12 @@ def shutdown(timeout: float = 10.0, *, default_num_clients: int = 0) -> None:
         except subprocess.TimeoutExpired:
             pass
         _children.remove(process)
+
+
+def mark_remote(remote: bool) -> None:
+    """Records whether the default context runs on remote workers (no local restarts)."""
+    global _remote
+    _remote = remote
 
 
 def restart_worker() -> bool:
@@ -120,7 +141,7 @@ def restart_worker() -> bool:
     Returns:
       Whether a restart happened.
     """
-    if not _installed:
+    if not _installed or _remote:
         return False
     shutdown()
     return True

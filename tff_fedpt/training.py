@@ -26,7 +26,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication, freezing, keras_models, privacy, process, runtime
+from tff_fedpt import (
+    communication,
+    compression,
+    freezing,
+    keras_models,
+    privacy,
+    process,
+    runtime,
+)
 from tff_fedpt.tasks import Preprocessing, Task
 
 ALGORITHMS = ("fedpt", "fedavg", "small_model", "pvt")
@@ -86,6 +94,9 @@ class ExperimentConfig:
     target_delta: Optional[float] = None
     sampling: str = "uniform"
     accountant: str = "rdp"
+    # Compression of the trainable part (FedPT only).
+    upload_bits: Optional[int] = None
+    broadcast_bits: Optional[int] = None
 
     def hparams(self) -> dict[str, str]:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
@@ -183,10 +194,33 @@ def validate(config: ExperimentConfig, task: Task) -> None:
         raise ConfigError(
             f"--sampling: unknown sampling {config.sampling!r}; valid: {list(privacy.SAMPLINGS)}."
         )
+    _validate_compression(config)
     if config.dp:
         _validate_dp(config, num_clients)
     elif config.noise_multiplier is not None or config.target_epsilon is not None:
         raise ConfigError("--noise_multiplier / --target_epsilon need --dp.")
+
+
+def _validate_compression(config: ExperimentConfig) -> None:
+    if config.upload_bits is None and config.broadcast_bits is None:
+        return
+    if config.algorithm != "fedpt":
+        raise ConfigError(
+            "--upload_bits / --broadcast_bits compress FedPT's trainable part and need "
+            f"--algorithm=fedpt; received --algorithm={config.algorithm}."
+        )
+    try:
+        if config.upload_bits is not None:
+            compression.check_upload_bits(config.upload_bits, "--upload_bits")
+        if config.broadcast_bits is not None:
+            compression.check_broadcast_bits(config.broadcast_bits, "--broadcast_bits")
+        if config.dp:
+            compression.check_dp_compatible(
+                upload_bits=config.upload_bits, broadcast_bits=config.broadcast_bits
+            )
+    except ValueError as e:
+        message = str(e)
+        raise ConfigError(message if message.startswith("--") else f"--{message}") from None
 
 
 def _validate_dp(config: ExperimentConfig, population: int) -> None:
@@ -360,6 +394,8 @@ def build_process(
             if config.client_weighting == "uniform"
             else tff.learning.ClientWeighting.NUM_EXAMPLES
         )
+    if config.upload_bits is not None and model_aggregator is None:
+        model_aggregator = compression.quantized_mean(config.upload_bits)
     client_opt = _optimizer(config, "client")
     server_opt = _optimizer(config, "server")
     if config.algorithm == "pvt":
@@ -397,6 +433,7 @@ def build_process(
             frozen_seed=config.frozen_seed,
             model_aggregator=model_aggregator,
             client_weighting=weighting,
+            broadcast_bits=config.broadcast_bits,
         ),
         model_fn,
     )
@@ -696,6 +733,13 @@ def load_latest_state(config: ExperimentConfig, task: Task):
     state = learning_process.initialize()
     loaded, version = _run_async(manager.load_latest(state))
     return learning_process, (loaded if loaded is not None else state), version
+
+
+def latest_checkpoint_round(config: ExperimentConfig) -> int:
+    """The round of the experiment's latest checkpoint (0 if none)."""
+    manager = tff.program.FileProgramStateManager(output_dirs(config)["checkpoints"])
+    versions = _run_async(manager.get_versions()) or []
+    return max(versions, default=0)
 
 
 def _run_async(coroutine):
