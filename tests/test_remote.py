@@ -176,6 +176,12 @@ def test_start_worker_errors():
             _start(port=worker.port)
     with pytest.raises(RuntimeError, match="address this machine does not have"):
         _start(address="192.0.2.77")
+    with pytest.raises(ValueError, match="'no-such-host.invalid' does not resolve"):
+        _start(address="no-such-host.invalid")
+    with _start(address="localhost") as worker:  # a host name: resolved, then bound
+        remote.check_workers([worker.target], timeout=5)
+        [listening] = _listening_addresses(worker.port)
+        assert listening in ("0000000000000000FFFF00000100007F", "00000000000000000000000001000000")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -124,6 +124,7 @@ def check_workers(workers: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) ->
     """Raises `WorkerUnavailableError` naming every worker that does not answer in time."""
     workers = parse_workers(workers)
     channels = {w: _channel(w) for w in workers}
+    futures = {}
     try:
         futures = {w: grpc.channel_ready_future(c) for w, c in channels.items()}
         deadline = time.monotonic() + timeout
@@ -383,10 +384,19 @@ class WorkerProcess:
         return f"WorkerProcess(target={self.target!r}, pid={self.pid})"
 
 
+def _ip_of(address: str) -> str:
+    """`address` as an IP literal (host names resolved; IPv6 brackets removed)."""
+    host = address.strip("[]")
+    try:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except socket.gaierror as e:
+        raise ValueError(f"address {address!r} does not resolve: {e.strerror}.") from None
+
+
 def _check_port_free(address: str, port: int) -> None:
     # TFF's worker sets SO_REUSEPORT, so a second worker on a busy port starts happily and
     # shares the port with the first. A plain bind tells whether the port is taken.
-    host = "::" if address in _WILDCARDS else address.strip("[]")
+    host = "::" if address in _WILDCARDS else _ip_of(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
@@ -431,11 +441,11 @@ def start_worker(
         raise ValueError(f"port must be an integer in 1..65535; received {port!r}.")
     address = address.strip()
     if not address:
-        raise ValueError("address must be an IP address; received ''.")
+        raise ValueError("address must be an IP address or host name; received ''.")
     _check_port_free(address, port)
     env = dict(os.environ)
     if address not in _WILDCARDS:
-        env["TFF_FEDPT_BIND_ADDRESS"] = address.strip("[]")
+        env["TFF_FEDPT_BIND_ADDRESS"] = _ip_of(address)
         env["LD_PRELOAD"] = " ".join(filter(None, [bind_shim_path(), env.get("LD_PRELOAD")]))
     process = runtime.ReapedPopen(
         [
