@@ -319,17 +319,23 @@ def bind_shim_path() -> str:
             f"{_SHIM_SOURCE}); none was found (tried $CC, cc, gcc). Install one, or pass "
             "address='0.0.0.0' to serve on every interface."
         )
-    os.makedirs(_cache_dir(), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
-        built = os.path.join(tmp, "bind_shim.so")
-        result = subprocess.run(
-            [cc, "-shared", "-fPIC", "-O2", "-o", built, _SHIM_SOURCE, "-ldl"],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"Building {_SHIM_SOURCE} failed:\n{result.stderr}")
-        os.replace(built, path)
+    try:
+        os.makedirs(_cache_dir(), exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
+            built = os.path.join(tmp, "bind_shim.so")
+            result = subprocess.run(
+                [cc, "-shared", "-fPIC", "-O2", "-o", built, _SHIM_SOURCE, "-ldl"],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"Building {_SHIM_SOURCE} failed:\n{result.stderr}")
+            os.replace(built, path)
+    except OSError as e:
+        raise RuntimeError(
+            f"Cannot build the bind shim in {_cache_dir()} ({e}); set XDG_CACHE_HOME to a "
+            "writable directory."
+        ) from None
     return path
 
 
