@@ -165,22 +165,10 @@ def build_pvt_process(
     @tff.tensorflow.computation(state_type.communication, tf.int64, mask_type)
     def account(cumulative, clients, mask):
         per_client_up = tf.reduce_sum(tf.cast(mask, tf.int64) * variable_bytes) + weight_bytes
-        round_down = clients * broadcast_bytes
-        round_up = clients * per_client_up
-        new = collections.OrderedDict(
-            broadcast_bytes=cumulative["broadcast_bytes"] + round_down,
-            upload_bytes=cumulative["upload_bytes"] + round_up,
+        new, metrics = communication.account_round(
+            cumulative, clients, broadcast_bytes, per_client_up
         )
-        metrics = collections.OrderedDict(
-            clients=clients,
-            selected_variables=tf.cast(tf.reduce_sum(mask), tf.int64),
-            broadcast_bytes_per_client=tf.constant(broadcast_bytes, tf.int64),
-            upload_bytes_per_client=per_client_up,
-            round_broadcast_bytes=round_down,
-            round_upload_bytes=round_up,
-            cumulative_broadcast_bytes=new["broadcast_bytes"],
-            cumulative_upload_bytes=new["upload_bytes"],
-        )
+        metrics["selected_variables"] = tf.cast(tf.reduce_sum(mask), tf.int64)
         return new, metrics
 
     @tff.tensorflow.computation(tf.int64)

@@ -62,8 +62,8 @@ flags.DEFINE_float(
 flags.DEFINE_integer(
     "upload_bits", None, "FedPT: quantize client uploads to this many bits (1..16)."
 )
-flags.DEFINE_enum(
-    "broadcast_bits", None, ["8", "16"], "FedPT: broadcast the trainable weights in 8 or 16 bits."
+flags.DEFINE_integer(
+    "broadcast_bits", None, "FedPT: broadcast the trainable weights in 8 or 16 bits."
 )
 flags.DEFINE_enum("sampling", "uniform", ["uniform", "poisson"], "Client sampling per round.")
 # Differential privacy.
@@ -148,8 +148,6 @@ def run(argv, task_name: str, default_freeze: str, task_kwargs: dict) -> None:
     fields = {f.name for f in dataclasses.fields(training.ExperimentConfig)}
     values = {k: FLAGS[k].value for k in fields if k in FLAGS}
     values.update(task=task_name, freeze=freeze, experiment_name=name)
-    if values.get("broadcast_bits") is not None:
-        values["broadcast_bits"] = int(values["broadcast_bits"])
     config = training.ExperimentConfig(**values)
     try:
         task = load_task(task_name, **task_kwargs)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 import tff_fedpt
 from tff_fedpt import remote, runtime
@@ -51,8 +52,10 @@ def _three_rounds(process, data):
 def _local_then_remote(build, workers, data):
     runtime.use_local_runtime()
     local = _three_rounds(build(), data)
-    remote.use_remote_workers([w.target for w in workers], timeout=5)
+    context = remote.use_remote_workers([w.target for w in workers], timeout=5)
     try:
+        assert not runtime.restart_worker()  # the periodic local restart leaves it alone
+        assert context_stack_impl.context_stack.current is context
         on_workers = _three_rounds(build(), data)
     finally:
         runtime.shutdown()

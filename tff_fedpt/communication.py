@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import weakref
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.compiler import building_blocks, tree_analysis
 
@@ -107,6 +109,37 @@ def traffic(comp: tff.Computation) -> CommunicationCost:
     return CommunicationCost(broadcast_bytes_per_client=down, upload_bytes_per_client=up)
 
 
+def account_round(cumulative, clients, broadcast_bytes_per_client, upload_bytes_per_client):
+    """TensorFlow: a round's communication for `clients` clients, added to `cumulative`.
+
+    For use inside a `tff.tensorflow.computation` of a learning process.
+
+    Args:
+      cumulative: `OrderedDict(broadcast_bytes=, upload_bytes=)` int64 totals so far.
+      clients: int64 number of clients in the round.
+      broadcast_bytes_per_client, upload_bytes_per_client: ints or int64 tensors.
+
+    Returns:
+      (new cumulative totals, the round's `communication` metrics).
+    """
+    down = tf.cast(broadcast_bytes_per_client, tf.int64)
+    up = tf.cast(upload_bytes_per_client, tf.int64)
+    new = collections.OrderedDict(
+        broadcast_bytes=cumulative["broadcast_bytes"] + clients * down,
+        upload_bytes=cumulative["upload_bytes"] + clients * up,
+    )
+    metrics = collections.OrderedDict(
+        clients=clients,
+        broadcast_bytes_per_client=down,
+        upload_bytes_per_client=up,
+        round_broadcast_bytes=clients * down,
+        round_upload_bytes=clients * up,
+        cumulative_broadcast_bytes=new["broadcast_bytes"],
+        cumulative_upload_bytes=new["upload_bytes"],
+    )
+    return new, metrics
+
+
 def declare_cost(process: tff.templates.IterativeProcess, cost: CommunicationCost) -> None:
     """Records what `process` sends per client, for `communication_cost(process)`."""
     _DECLARED[process] = cost
@@ -159,8 +192,6 @@ def fedavg_communication_cost(model_fn) -> CommunicationCost:
     Args:
       model_fn: A no-argument callable returning a `tff.learning.models.VariableModel`.
     """
-    import tensorflow as tf
-
     with tf.Graph().as_default():
         weights_type = tff.learning.models.weights_type_from_model(model_fn())
     return _cost(weights_type, None)

@@ -73,12 +73,14 @@ def quantized_mean(bits: int = 8, threshold: int = 0) -> tff.aggregators.MeanFac
     )
 
 
-def check_dp_compatible(*, upload_bits: Optional[int], broadcast_bits: Optional[int]) -> None:
+def check_dp_compatible(
+    *, upload_bits: Optional[int], broadcast_bits: Optional[int], name: str = "upload_bits"
+) -> None:
     """Raises ValueError if compression would break DP-FedAvg's guarantee."""
     del broadcast_bits  # post-processing of a DP model: always compatible
     if upload_bits is not None:
         raise ValueError(
-            "upload_bits cannot be combined with DP: quantizing a clipped update can make "
+            f"{name} cannot be combined with DP: quantizing a clipped update can make "
             "it longer than the clipping norm (each coordinate moves by up to one "
             "quantization step), so the noise would no longer cover the sensitivity and "
             "the reported epsilon would be wrong. Use broadcast_bits (post-processing, "

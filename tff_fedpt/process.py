@@ -338,22 +338,7 @@ def build_fedpt_process(
 
     @tff.tensorflow.computation(state_type.communication, tf.int64)
     def communication_fn(cumulative, clients):
-        round_broadcast = clients * broadcast_bytes
-        round_upload = clients * upload_bytes
-        new_cumulative = collections.OrderedDict(
-            broadcast_bytes=cumulative["broadcast_bytes"] + round_broadcast,
-            upload_bytes=cumulative["upload_bytes"] + round_upload,
-        )
-        metrics = collections.OrderedDict(
-            clients=clients,
-            broadcast_bytes_per_client=tf.constant(broadcast_bytes, tf.int64),
-            upload_bytes_per_client=tf.constant(upload_bytes, tf.int64),
-            round_broadcast_bytes=round_broadcast,
-            round_upload_bytes=round_upload,
-            cumulative_broadcast_bytes=new_cumulative["broadcast_bytes"],
-            cumulative_upload_bytes=new_cumulative["upload_bytes"],
-        )
-        return new_cumulative, metrics
+        return communication.account_round(cumulative, clients, broadcast_bytes, upload_bytes)
 
     @tff.federated_computation(
         init_fn.type_signature.result, client_work.next.type_signature.parameter[2]

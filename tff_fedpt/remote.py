@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import os
 import re
@@ -71,17 +72,17 @@ _SHIM_SOURCE = os.path.join(os.path.dirname(__file__), "_bind_shim.c")
 class WorkerError(RuntimeError):
     """A TFF worker failed; `target` is its host:port."""
 
+    what = "failed"
+
     def __init__(self, target: str, detail: str):
         self.target = target
-        super().__init__(f"TFF worker {target} failed: {detail}")
+        super().__init__(f"TFF worker {target} {self.what}: {detail}")
 
 
 class WorkerUnavailableError(WorkerError):
     """A TFF worker cannot be reached (not started, stopped, or the network is down)."""
 
-    def __init__(self, target: str, detail: str):
-        self.target = target
-        RuntimeError.__init__(self, f"TFF worker {target} is unreachable: {detail}")
+    what = "is unreachable"
 
 
 class NotMergeableError(ValueError):
@@ -204,6 +205,7 @@ def _grpc_detail(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+@functools.lru_cache(maxsize=32)  # check_mergeable's result serves the context's first call
 def _compile_mergeable(comp):
     """TFF's mergeable-form compiler, with an error that says what to do instead."""
     try:
@@ -275,7 +277,6 @@ def use_remote_workers(
         workers, timeout=timeout, default_num_clients=default_num_clients
     )
     runtime.replace_context(context)
-    runtime.mark_remote(True)
     return context
 
 

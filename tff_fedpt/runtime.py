@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import types
+import weakref
 
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.context_stack import (
@@ -33,7 +34,10 @@ from tensorflow_federated.python.core.impl.executor_stacks import executor_facto
 _PR_SET_PDEATHSIG = 1
 _lock = threading.Lock()
 _installed = False
-_remote = False  # tff_fedpt.remote installed a context over remote workers
+# The local context shutdown() installed last. A weak reference: holding the context
+# would keep its service manager alive past replace_context(), whose `__del__` would
+# then signal an already reaped worker.
+_local_context = lambda: None  # noqa: E731
 _children: list[subprocess.Popen] = []
 
 
@@ -97,13 +101,12 @@ def shutdown(timeout: float = 10.0, *, default_num_clients: int = 0) -> None:
     The fresh context starts a new worker only when the next computation runs. After
     `tff_fedpt.remote.use_remote_workers`, this goes back to local execution.
     """
-    mark_remote(False)
-    replace_context(
-        tff.backends.native.create_sync_local_cpp_execution_context(
-            default_num_clients=default_num_clients
-        ),
-        timeout,
+    global _local_context
+    context = tff.backends.native.create_sync_local_cpp_execution_context(
+        default_num_clients=default_num_clients
     )
+    _local_context = weakref.ref(context)
+    replace_context(context, timeout)
 
 
 def replace_context(context, timeout: float = 10.0) -> None:
@@ -125,12 +128,6 @@ def replace_context(context, timeout: float = 10.0) -> None:
         _children.remove(process)
 
 
-def mark_remote(remote: bool) -> None:
-    """Records whether the default context runs on remote workers (no local restarts)."""
-    global _remote
-    _remote = remote
-
-
 def restart_worker() -> bool:
     """Replaces the local worker with a fresh one (started on the next computation).
 
@@ -141,7 +138,7 @@ def restart_worker() -> bool:
     Returns:
       Whether a restart happened.
     """
-    if not _installed or _remote:
-        return False
+    if not _installed or context_stack_impl.context_stack.current is not _local_context():
+        return False  # a remote or user-installed context: not ours to restart
     shutdown()
     return True

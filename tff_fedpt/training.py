@@ -216,11 +216,12 @@ def _validate_compression(config: ExperimentConfig) -> None:
             compression.check_broadcast_bits(config.broadcast_bits, "--broadcast_bits")
         if config.dp:
             compression.check_dp_compatible(
-                upload_bits=config.upload_bits, broadcast_bits=config.broadcast_bits
+                upload_bits=config.upload_bits,
+                broadcast_bits=config.broadcast_bits,
+                name="--upload_bits",
             )
     except ValueError as e:
-        message = str(e)
-        raise ConfigError(message if message.startswith("--") else f"--{message}") from None
+        raise ConfigError(str(e)) from None
 
 
 def _validate_dp(config: ExperimentConfig, population: int) -> None:
