@@ -10,7 +10,7 @@ STAMP := $(VENV)/.fedpt-installed
 # holds all of TFF's other pins with jax/jaxlib 0.4.18 in their place.
 TFF_VERSION := 0.87.0
 
-.PHONY: setup test demo lint format clean
+.PHONY: setup test demo data lint format clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,19 @@ test: setup lint
 
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+# Fashion-MNIST's four IDX files (real 28x28 images) for scripts/run_fashion_mnist.py.
+data:
+	@if ls /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte* >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST is in /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Install Debian's dataset-fashion-mnist (as root: apt-get install dataset-fashion-mnist)," \
+	    "or on a machine with network run:" \
+	    ".venv/bin/python -c 'import tensorflow as tf; tf.keras.datasets.fashion_mnist.load_data()'," \
+	    "or pass --data_dir=DIR holding the four IDX files."; exit 1; \
+	fi
 
 clean:
 	rm -rf $(VENV) output

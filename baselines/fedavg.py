@@ -6,6 +6,8 @@ from typing import Optional
 
 import tensorflow_federated as tff
 
+from tff_fedpt.training import algorithms
+
 
 def build_fedavg_process(
     model_fn,
@@ -38,3 +40,21 @@ def build_fedavg_process(
         model_aggregator=model_aggregator,
         client_weighting=client_weighting or tff.learning.ClientWeighting.NUM_EXAMPLES,
     )
+
+
+class FedAvg(algorithms.Algorithm):
+    """TFF's FedAvg on the task's full model."""
+
+    name = "fedavg"
+
+    def build_process(self, model_fn, config, parts):
+        return build_fedavg_process(
+            model_fn,
+            parts.client_optimizer,
+            parts.server_optimizer,
+            model_aggregator=parts.model_aggregator,
+            client_weighting=parts.client_weighting,
+        )
+
+
+algorithms.register(FedAvg())

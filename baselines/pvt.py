@@ -20,14 +20,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication
+from tff_fedpt import communication, composer
+from tff_fedpt.training import algorithms
+from tff_fedpt.training.config import ConfigError
 
 ModelWeights = tff.learning.models.ModelWeights
 
 
 class PVTState(NamedTuple):
+    """Server state of PVT; `client_work` holds the schedule's round counter."""
+
     global_model_weights: Any
-    schedule_round: Any
+    distributor: Any
+    client_work: Any
     aggregator: Any
     finalizer: Any
     communication: Any
@@ -54,8 +59,10 @@ def build_pvt_process(
     """Builds partial variable training.
 
     `next`: `(<S@SERVER, {B*}@CLIENTS> -> <state=S@SERVER, metrics=M@SERVER>)`, with
-    `M` holding `client_work`, `aggregator`, `finalizer` and `communication` (as in
-    FedPT: clients, bytes per client, per round and cumulative, and `selected_variables`).
+    `M` holding `distributor`, `client_work`, `aggregator`, `finalizer` and
+    `communication` (as in FedPT: clients, bytes per client, per round and cumulative,
+    and `selected_variables`). Composed with FedPT's composer
+    (`tff_fedpt.composer.compose_learning_process`).
 
     Args:
       model_fn: No-argument callable returning a `tff.learning.models.VariableModel`.
@@ -82,21 +89,61 @@ def build_pvt_process(
     with tf.Graph().as_default():
         model = model_fn()
         data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
-        metrics_fn = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
     num_variables = len(weights_type.trainable)
     num_selected = max(1, math.ceil(trainable_fraction * num_variables))
     variable_bytes = np.array(
         [communication.type_bytes(t) for t in weights_type.trainable], np.int64
     )
-    broadcast_bytes = communication.type_bytes(weights_type)
-    weight_bytes = 4
+
+    def mask_for(round_num):
+        return variable_mask(schedule_seed, round_num, num_variables, num_selected)
+
+    client_work = _build_client_work(
+        model_fn, client_optimizer_fn, weights_type, data_type, mask_for, num_variables
+    )
+    distributor = tff.learning.templates.build_broadcast_process(weights_type)
+    aggregator = model_aggregator.create(weights_type.trainable, tff.TensorType(np.float32))
+    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+        server_optimizer_fn, weights_type
+    )
+
+    def upload_accounting(round_num):
+        mask = mask_for(round_num)
+        return collections.OrderedDict(
+            upload_bytes=tf.reduce_sum(tf.cast(mask, tf.int64) * variable_bytes) + 4,
+            selected_variables=tf.cast(tf.reduce_sum(mask), tf.int64),
+        )
+
+    def identity(weights):
+        return tf.nest.map_structure(tf.identity, weights)
+
+    return composer.compose_learning_process(
+        state_class=PVTState,
+        initial_model_weights=initial_weights_fn,
+        constants={},
+        distributor=distributor,
+        client_work=client_work,
+        aggregator=aggregator,
+        finalizer=finalizer,
+        payload=identity,
+        to_full_weights=identity,
+        from_full_weights=identity,
+        full_weights_type=weights_type,
+        upload_accounting=upload_accounting,
+    )
+
+
+def _build_client_work(model_fn, optimizer, weights_type, data_type, mask_for, num_variables):
+    """ClientWorkProcess: the server state is the schedule's round; each round it
+    broadcasts the round's mask and clients train the selected variables only."""
     mask_type = tff.TensorType(np.float32, [num_variables])
+    with tf.Graph().as_default():
+        metrics_fn = tff.learning.metrics.sum_then_finalize(model_fn().metric_finalizers())
 
     @tff.tensorflow.computation(weights_type, mask_type, data_type)
     def client_update(weights, mask, dataset):
         model = model_fn()
         model_weights = ModelWeights.from_model(model)
-        optimizer = client_optimizer_fn
 
         @tf.function
         def train(weights, mask, dataset):
@@ -124,115 +171,66 @@ def build_pvt_process(
             ]
             delta, non_finite = _zero_if_non_finite(delta)
             weight = tf.where(non_finite, 0.0, tf.cast(num_examples, tf.float32))
-            return delta, weight, model.report_local_unfinalized_metrics()
+            return (
+                tff.learning.templates.ClientResult(update=delta, update_weight=weight),
+                model.report_local_unfinalized_metrics(),
+            )
 
         return train(weights, mask, dataset)
 
-    aggregator = model_aggregator.create(weights_type.trainable, tff.TensorType(np.float32))
-    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
-        server_optimizer_fn, weights_type
-    )
-
-    @tff.tensorflow.computation
-    def zero_communication():
-        return collections.OrderedDict(
-            broadcast_bytes=tf.constant(0, tf.int64), upload_bytes=tf.constant(0, tf.int64)
-        )
-
     @tff.federated_computation
     def init_fn():
-        return tff.federated_zip(
-            PVTState(
-                global_model_weights=tff.federated_eval(initial_weights_fn, tff.SERVER),
-                schedule_round=tff.federated_value(np.int64(0), tff.SERVER),
-                aggregator=aggregator.initialize(),
-                finalizer=finalizer.initialize(),
-                communication=tff.federated_eval(zero_communication, tff.SERVER),
-            )
-        )
-
-    state_type = init_fn.type_signature.result.member
+        return tff.federated_value(np.int64(0), tff.SERVER)
 
     @tff.tensorflow.computation(tf.int64)
-    def mask_for(round_num):
-        return variable_mask(schedule_seed, round_num, num_variables, num_selected)
-
-    @tff.tensorflow.computation(tff.TensorType(np.float32))
-    def one(weight):
-        del weight
-        return tf.constant(1, tf.int64)
-
-    @tff.tensorflow.computation(state_type.communication, tf.int64, mask_type)
-    def account(cumulative, clients, mask):
-        per_client_up = tf.reduce_sum(tf.cast(mask, tf.int64) * variable_bytes) + weight_bytes
-        new, metrics = communication.account_round(
-            cumulative, clients, broadcast_bytes, per_client_up
-        )
-        metrics["selected_variables"] = tf.cast(tf.reduce_sum(mask), tf.int64)
-        return new, metrics
-
-    @tff.tensorflow.computation(tf.int64)
-    def increment(r):
-        return r + 1
+    def next_round(round_num):
+        return round_num + 1, mask_for(round_num + 1)
 
     @tff.federated_computation(
-        init_fn.type_signature.result, tff.FederatedType(data_type, tff.CLIENTS)
+        init_fn.type_signature.result,
+        tff.FederatedType(weights_type, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS),
     )
-    def next_fn(state, data):
-        round_num = tff.federated_map(increment, state.schedule_round)
-        mask = tff.federated_map(mask_for, round_num)
-        delta, weight, outputs = tff.federated_map(
-            client_update,
-            (
-                tff.federated_broadcast(state.global_model_weights),
-                tff.federated_broadcast(mask),
-                data,
-            ),
+    def next_fn(round_num, weights, data):
+        new_round, mask = tff.federated_map(next_round, round_num)
+        result, outputs = tff.federated_map(
+            client_update, (weights, tff.federated_broadcast(mask), data)
         )
-        aggregated = aggregator.next(state.aggregator, delta, weight)
-        finalized = finalizer.next(state.finalizer, state.global_model_weights, aggregated.result)
-        clients = tff.federated_sum(tff.federated_map(one, weight))
-        new_comm, comm_metrics = tff.federated_map(
-            account, tff.federated_zip((state.communication, clients, mask))
-        )
-        new_state = tff.federated_zip(
-            PVTState(
-                global_model_weights=finalized.result,
-                schedule_round=round_num,
-                aggregator=aggregated.state,
-                finalizer=finalized.state,
-                communication=new_comm,
-            )
-        )
-        metrics = tff.federated_zip(
-            collections.OrderedDict(
-                client_work=tff.federated_zip(collections.OrderedDict(train=metrics_fn(outputs))),
-                aggregator=aggregated.measurements,
-                finalizer=finalized.measurements,
-                communication=comm_metrics,
-            )
-        )
-        return tff.learning.templates.LearningProcessOutput(new_state, metrics)
+        measurements = tff.federated_zip(collections.OrderedDict(train=metrics_fn(outputs)))
+        return tff.templates.MeasuredProcessOutput(new_round, result, measurements)
 
-    @tff.tensorflow.computation(state_type)
-    def get_model_weights(state):
-        return state.global_model_weights
-
-    @tff.tensorflow.computation(state_type, state_type.global_model_weights)
-    def set_model_weights(state, weights):
-        return PVTState(
-            global_model_weights=weights,
-            schedule_round=state.schedule_round,
-            aggregator=state.aggregator,
-            finalizer=state.finalizer,
-            communication=state.communication,
-        )
-
-    return tff.learning.templates.LearningProcess(
-        init_fn, next_fn, get_model_weights, set_model_weights
-    )
+    return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
 
 
 def _zero_if_non_finite(values):
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])
     return [tf.where(finite, v, tf.zeros_like(v)) for v in values], tf.logical_not(finite)
+
+
+class PVT(algorithms.Algorithm):
+    """Partial variable training; its upload changes every round (see the metrics)."""
+
+    name = "pvt"
+
+    def check(self, config, task):
+        if not 0 < config.pvt_trainable_fraction <= 1:
+            raise ConfigError(
+                "--pvt_trainable_fraction must be in (0, 1]; received "
+                f"{config.pvt_trainable_fraction}."
+            )
+
+    def build_process(self, model_fn, config, parts):
+        return build_pvt_process(
+            model_fn,
+            parts.client_optimizer,
+            parts.server_optimizer,
+            trainable_fraction=config.pvt_trainable_fraction,
+            schedule_seed=config.seed,
+            model_aggregator=parts.model_aggregator,
+        )
+
+    def communication_cost(self, learning_process):
+        return None
+
+
+algorithms.register(PVT())

@@ -11,6 +11,11 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from baselines import fedavg
+from tff_fedpt import freezing
+from tff_fedpt.training import algorithms
+from tff_fedpt.training.config import ConfigError
+
 
 def count_params(build: Callable[[int], tf.keras.Model], width: int) -> int:
     with tf.Graph().as_default():
@@ -41,3 +46,34 @@ def matched_width(
             lo = mid + 1
     candidates = {lo, max(1, lo - 1)}
     return min(candidates, key=lambda w: (abs(count_params(build, w) - target_params), w))
+
+
+def width_for(config, task) -> int:
+    """Width of the narrow model matching FedPT's trainable count for `config.freeze`."""
+    report = freezing.resolve_freeze(
+        task.models[config.model](config.seed), algorithms.freeze_spec(config, task)
+    )
+    narrow = task.narrow_models[config.model]
+    return matched_width(lambda w: narrow(config.seed, w), report.trainable_params)
+
+
+class SmallModel(fedavg.FedAvg):
+    """FedAvg on a narrower model with FedPT's trainable count (for the same --freeze)."""
+
+    name = "small_model"
+    uses_freeze = True
+
+    def check(self, config, task):
+        super().check(config, task)
+        if config.model not in task.narrow_models:
+            raise ConfigError(
+                f"--algorithm=small_model has no narrow variant of model {config.model} for "
+                f"task {task.name}; models with one: {sorted(task.narrow_models)}."
+            )
+
+    def keras_model_fn(self, config, task):
+        width = width_for(config, task)
+        return lambda: task.narrow_models[config.model](config.seed, width)
+
+
+algorithms.register(SmallModel())

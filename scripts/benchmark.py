@@ -8,6 +8,8 @@ depend on the machine; quote ratios.
   .venv/bin/python scripts/benchmark.py --sections=communication,overhead --repeats=3
 """
 
+import entry
+
 import collections
 import json
 import os
@@ -17,22 +19,21 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from absl import flags
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_federated as tff  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+import tff_fedpt
+from tff_fedpt import freezing, remote, reporting, runtime
+from tff_fedpt.tasks import catalog, emnist
 
-import tff_fedpt  # noqa: E402
-from tff_fedpt import freezing, remote, runtime  # noqa: E402
-from tff_fedpt.tasks import digits, emnist, stackoverflow  # noqa: E402
-
-SECTIONS = ("communication", "speed", "overhead", "memory", "scaling", "workers")
+SECTIONS = ("communication", "speed", "overhead", "memory", "scaling", "workers", "device")
 flags.DEFINE_list("sections", list(SECTIONS), f"Which benchmarks to run: {SECTIONS}.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement (medians are reported).")
 flags.DEFINE_integer("memory_rounds", 300, "Rounds of the memory-stability run.")
 flags.DEFINE_string("output_dir", "output/benchmark", "Where benchmark.json goes.")
+flags.DEFINE_integer("device_steps", 40, "Train steps per device-client measurement.")
 FLAGS = flags.FLAGS
 
 LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -44,26 +45,22 @@ def _spec(shape, dtype=tf.float32):
 
 def _models():
     """(name, keras builder, input spec, preset name -> FreezeSpec) for every task model."""
-    so_vocab = 10000 + 4  # vocabulary 10,000 + pad, OOV, bos, eos
-    seq = (stackoverflow.SEQUENCE_LENGTH,)
-    so_spec = (tf.TensorSpec([None, *seq], tf.int32), tf.TensorSpec([None, *seq], tf.int32))
+    names = {
+        "digits/cnn": "digits cnn",
+        "emnist/cnn": "emnist-62 cnn",
+        "emnist/mlp": "emnist-62 mlp",
+        "stackoverflow/lstm": "stackoverflow lstm",
+        "stackoverflow/transformer": "stackoverflow transformer",
+    }
     return [
-        ("digits cnn", lambda: digits.cnn(0), _spec((8, 8, 1)), digits.PRESETS),
-        ("emnist-62 cnn", lambda: emnist.cnn(0, 62), _spec((28, 28, 1)), emnist.PRESETS["cnn"]),
-        ("emnist-62 mlp", lambda: emnist.mlp(0, 62), _spec((28, 28, 1)), emnist.PRESETS["mlp"]),
-        (
-            "stackoverflow lstm",
-            lambda: stackoverflow.lstm(0, so_vocab),
-            so_spec,
-            stackoverflow.PRESETS["lstm"],
-        ),
-        (
-            "stackoverflow transformer",
-            lambda: stackoverflow.transformer(0, so_vocab),
-            so_spec,
-            stackoverflow.PRESETS["transformer"],
-        ),
+        (label, lambda spec=catalog.MODELS[key]: spec.build(0), *_spec_and_presets(key))
+        for key, label in names.items()
     ]
+
+
+def _spec_and_presets(key):
+    spec = catalog.MODELS[key]
+    return spec.input_spec, spec.presets
 
 
 def communication():
@@ -239,6 +236,7 @@ def overhead(repeats):
 _MEMORY_CHILD = r"""
 import os, sys, json, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import baselines  # registers fedavg
 from tff_fedpt import runtime, training
 from tff_fedpt.tasks import load_task
 runtime.use_local_runtime()
@@ -379,31 +377,119 @@ def workers(repeats):
     return rows
 
 
-def _table(rows):
-    if isinstance(rows, dict):
-        rows = [rows]
-    keys = list(rows[0])
+_DEVICE_CHILD = r"""
+import os, sys, json, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import tensorflow as tf
 
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        if isinstance(v, int):
-            return f"{v:,}"
-        return str(v)
+path, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+shape, classes, batch = json.loads(sys.argv[4]), int(sys.argv[5]), 20
+with open(path, "rb") as f:
+    content = f.read()
 
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(key))
+
+rng = np.random.default_rng(0)
+x = rng.random((batch, *shape)).astype(np.float32)
+y = rng.integers(0, classes, batch).astype(np.int32)
+baseline = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+interpreter = tf.lite.Interpreter(model_content=content)
+start = interpreter.get_signature_runner("start_round")
+train = interpreter.get_signature_runner("train")
+details = start.get_input_details()
+kwargs = {
+    name: (np.zeros(d["shape"], d["dtype"]) + 0.01).astype(d["dtype"])
+    for name, d in details.items()
+}
+kwargs["frozen_seed"] = np.array(0, np.int64)
+start(**kwargs)
+times = []
+for step in range(steps):
+    t = time.perf_counter()
+    train(x=x, y=y)
+    times.append(time.perf_counter() - t)
+json.dump(
+    {"peak_kib": status("VmHWM:") - baseline, "step_s": sorted(times[3:])[len(times[3:]) // 2]},
+    open(out, "w"),
+)
+"""
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
+def device_client(steps):
+    """The TFLite device client: file size, peak memory of local training in the
+    interpreter (a fresh process per measurement, its baseline RSS subtracted) and median
+    train-step time, FedPT's client against the fully trainable model's (FedAvg)."""
+    import tempfile
+
+    from tff_fedpt import device
+
+    sgd = tff.learning.optimizers.build_sgdm(0.1)
+    rows = []
+    for key, freeze, shape in (
+        ("emnist/cnn", "dense128", (28, 28, 1)),
+        ("digits/cnn", "dense", (8, 8, 1)),
+    ):
+        spec = catalog.MODELS[key]
+        classes = spec.build(0).output_shape[-1]
+        measured = {}
+        for client, preset in (("fedpt", freeze), ("fedavg", "none")):
+
+            def model_fn(spec=spec, preset=preset):
+                return tff_fedpt.from_keras_model(
+                    spec.build(0),
+                    loss=LOSS,
+                    input_spec=spec.input_spec,
+                    freeze=catalog.freeze_spec(spec, preset),
+                )
+
+            content = device.export_tflite(model_fn, sgd, batch_size=20)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "client.tflite")
+                with open(path, "wb") as f:
+                    f.write(content)
+                runs = []
+                for _ in range(3):
+                    out = os.path.join(tmp, "out.json")
+                    subprocess.run(
+                        [sys.executable, "-c", _DEVICE_CHILD, path, str(steps), out,
+                         json.dumps(list(shape)), str(classes)],
+                        check=True,
+                    )  # fmt: skip
+                    with open(out) as f:
+                        runs.append(json.load(f))
+            measured[client] = dict(
+                bytes=len(content),
+                peak_mib=statistics.median(r["peak_kib"] for r in runs) / 1024,
+                step_ms=statistics.median(r["step_s"] for r in runs) * 1000,
+            )
+            print(f"  {key} {client}: {measured[client]}", flush=True)
+        fedpt, fedavg = measured["fedpt"], measured["fedavg"]
+        rows.append(
+            collections.OrderedDict(
+                model=f"{key} ({freeze} frozen), batch 20, SGD",
+                fedpt_file_bytes=fedpt["bytes"],
+                fedavg_file_bytes=fedavg["bytes"],
+                file_ratio=fedavg["bytes"] / fedpt["bytes"],
+                fedpt_peak_mib=fedpt["peak_mib"],
+                fedavg_peak_mib=fedavg["peak_mib"],
+                peak_ratio=fedpt["peak_mib"] / fedavg["peak_mib"],
+                fedpt_step_ms=fedpt["step_ms"],
+                fedavg_step_ms=fedavg["step_ms"],
+                step_ratio=fedpt["step_ms"] / fedavg["step_ms"],
+            )
+        )
+    return rows
+
+
+def main():
     unknown = set(FLAGS.sections) - set(SECTIONS)
     if unknown:
-        raise app.UsageError(f"--sections: unknown {sorted(unknown)}; valid: {SECTIONS}")
-    logging.set_verbosity(logging.WARNING)
-    runtime.use_local_runtime()
+        raise entry.ScriptError(f"--sections: unknown {sorted(unknown)}; valid: {SECTIONS}")
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     results = collections.OrderedDict(
         machine=f"{os.cpu_count()} CPU cores, {os.uname().machine}, TF {tf.__version__}",
@@ -416,18 +502,18 @@ def main(argv):
         "memory": lambda: memory(FLAGS.memory_rounds, FLAGS.output_dir),
         "scaling": lambda: scaling(FLAGS.repeats),
         "workers": lambda: workers(min(FLAGS.repeats, 3)),
+        "device": lambda: device_client(FLAGS.device_steps),
     }
     for section in SECTIONS:
         if section not in FLAGS.sections:
             continue
         print(f"\n## {section}", flush=True)
         results[section] = steps[section]()
-        print(_table(results[section]), flush=True)
+        print(reporting.table(results[section]), flush=True)
         with open(os.path.join(FLAGS.output_dir, "benchmark.json"), "w") as f:
             json.dump(results, f, indent=2)
     print(f"\nJSON: {os.path.abspath(os.path.join(FLAGS.output_dir, 'benchmark.json'))}")
-    runtime.shutdown()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -4,29 +4,26 @@ Same rounds, clients, data order and hyperparameters for all; one table and one 
 test accuracy against cumulative megabytes communicated (output/compare/).
 """
 
+import entry
+
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import comparison_runner
+from absl import flags
 
-import comparison_runner  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from tff_fedpt import runtime  # noqa: E402
-from tff_fedpt.tasks import digits, load_task  # noqa: E402
+from tff_fedpt.tasks import digits, load_task
 
 flags.DEFINE_string("output_dir", "output/compare", "Where results, table and plot go.")
-flags.DEFINE_integer("total_rounds", 80, "Training rounds for each run.")
+flags.DEFINE_integer(
+    "total_rounds", digits.RECOMMENDED["total_rounds"], "Training rounds for each run."
+)
 flags.DEFINE_integer("clients_per_round", 10, "Clients per round.")
 flags.DEFINE_float("pvt_trainable_fraction", 0.5, "Fraction of variables PVT trains per round.")
 flags.DEFINE_bool("resume", False, "Reuse earlier runs in output_dir instead of starting over.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    runtime.use_local_runtime()
+def main():
     runs = {f"FedPT ({p} frozen)": dict(algorithm="fedpt", freeze=p) for p in digits.PRESETS}
     runs["FedAvg"] = dict(algorithm="fedavg", freeze="none")
     runs["small model (FedAvg)"] = dict(algorithm="small_model", freeze="dense")
@@ -45,8 +42,7 @@ def main(argv):
     print(f"\nDigits task, {FLAGS.total_rounds} rounds x {FLAGS.clients_per_round} clients:\n")
     print(table)
     print(f"\nPlot: {os.path.abspath(plot)}")
-    runtime.shutdown()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

@@ -7,18 +7,18 @@ TFF's EMNIST-62 CNN with the dense-128 layer frozen, read from the processes' TF
 (no data needed), and trains on EMNIST too when --emnist_cache_dir holds its data.
 """
 
+import entry
+
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import comparison_runner
+import tensorflow as tf
+import tensorflow_federated as tff
+from absl import flags
 
-import comparison_runner  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_federated as tff  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-import tff_fedpt  # noqa: E402
-from tff_fedpt import compression, runtime  # noqa: E402
-from tff_fedpt.tasks import DatasetNotFoundError, emnist, load_task  # noqa: E402
+import tff_fedpt
+from tff_fedpt import compression, reporting
+from tff_fedpt.tasks import DatasetNotFoundError, emnist, load_task
 
 flags.DEFINE_string("output_dir", "output/compression", "Where results, table and plot go.")
 flags.DEFINE_integer("total_rounds", 80, "Training rounds for each run.")
@@ -67,16 +67,18 @@ def emnist_bytes_table(bits):
         costs[label] = tff_fedpt.communication_cost(
             tff_fedpt.build_fedpt_process(fedpt_fn, sgd, **kwargs)
         )
-    lines = [
-        "| run | bytes down | bytes up | bytes/client/round | reduction vs FedAvg |",
-        "|---|---|---|---|---|",
-    ]
-    for label, cost in costs.items():
-        lines.append(
-            f"| {label} | {cost.broadcast_bytes_per_client:,} | {cost.upload_bytes_per_client:,} "
-            f"| {cost.bytes_per_client:,} | {cost.reduction_versus(fedavg):.1f}x |"
-        )
-    return "\n".join(lines)
+    return reporting.table(
+        [
+            {
+                "run": label,
+                "bytes down": cost.broadcast_bytes_per_client,
+                "bytes up": cost.upload_bytes_per_client,
+                "bytes/client/round": cost.bytes_per_client,
+                "reduction vs FedAvg": f"{cost.reduction_versus(fedavg):.1f}x",
+            }
+            for label, cost in costs.items()
+        ]
+    )
 
 
 def _train(task, name, runs, rounds):
@@ -93,15 +95,11 @@ def _train(task, name, runs, rounds):
     print(f"\nPlot: {os.path.abspath(plot)}")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
+def main():
     try:
         compression.check_broadcast_bits(FLAGS.bits, "--bits")
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    logging.set_verbosity(logging.WARNING)
-    runtime.use_local_runtime()
+        raise entry.ScriptError(str(e)) from None
     table = emnist_bytes_table(FLAGS.bits)
     print(f"\nEMNIST-62 CNN, dense-128 frozen, per client per round (from TFF types):\n\n{table}")
     os.makedirs(FLAGS.output_dir, exist_ok=True)
@@ -124,8 +122,7 @@ def main(argv):
                 for label, overrides in _runs("dense128", FLAGS.bits).items()
             }
             _train(task, "emnist", runs, FLAGS.emnist_rounds)
-    runtime.shutdown()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

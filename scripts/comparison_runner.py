@@ -1,20 +1,17 @@
-"""Shared by demo.py and compare_algorithms.py: train several runs, table and plot."""
+"""Shared by demo.py, compare_algorithms.py and compare_compression.py: train several
+runs on one task, then write a table (Markdown + JSON) and a plot."""
 
 import json
 import os
 import shutil
 import sys
 
+import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
 from tff_fedpt import reporting, training
+from tff_fedpt.tasks import digits
 
-# Hyperparameters chosen on the digits task, the same for every algorithm.
-DIGITS = dict(
-    task="digits",
-    client_epochs_per_round=5,
-    client_batch_size=10,
-    client_learning_rate=0.1,
-    rounds_per_eval=5,
-)
+# The digits task's tuned settings, the same for every algorithm (rounds set per run).
+DIGITS = {"task": "digits", **{k: v for k, v in digits.RECOMMENDED.items() if k != "total_rounds"}}
 
 
 def run_and_report(task, runs, *, total_rounds, clients_per_round, output_dir, resume, title):

@@ -6,14 +6,11 @@
       --population=3400 --rounds=1500
 """
 
-import os
-import sys
+import entry
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import flags
 
-from absl import app, flags  # noqa: E402
-
-from tff_fedpt import privacy  # noqa: E402
+from tff_fedpt import privacy
 
 flags.DEFINE_float("noise_multiplier", None, "Noise multiplier (give this or --target_epsilon).")
 flags.DEFINE_float("target_epsilon", None, "Find the noise multiplier reaching this epsilon.")
@@ -26,14 +23,19 @@ flags.DEFINE_enum("accountant", "rdp", list(privacy.ACCOUNTANTS), "Privacy accou
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
+def main():
     for name in ("clients_per_round", "population", "rounds"):
         if FLAGS[name].value is None:
-            raise app.UsageError(f"--{name} is required.")
+            raise entry.ScriptError(f"--{name} is required.")
+        if FLAGS[name].value < 1:
+            raise entry.ScriptError(f"--{name} must be >= 1; received {FLAGS[name].value}.")
+    if FLAGS.clients_per_round > FLAGS.population:
+        raise entry.ScriptError(
+            f"--clients_per_round={FLAGS.clients_per_round} is larger than "
+            f"--population={FLAGS.population}."
+        )
     if (FLAGS.noise_multiplier is None) == (FLAGS.target_epsilon is None):
-        raise app.UsageError("give exactly one of --noise_multiplier and --target_epsilon.")
+        raise entry.ScriptError("give exactly one of --noise_multiplier and --target_epsilon.")
     delta = FLAGS.delta if FLAGS.delta is not None else 1.0 / FLAGS.population
     try:
         if FLAGS.noise_multiplier is not None:
@@ -64,9 +66,8 @@ def main(argv):
                 f"{FLAGS.accountant.upper()} accountant)"
             )
     except (ValueError, TypeError) as e:
-        print(f"{sys.argv[0]}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise entry.ScriptError(str(e)) from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main, local_runtime=False)

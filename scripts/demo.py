@@ -5,28 +5,25 @@ initialization, then prints a comparison table and writes a PNG of test accuracy
 against cumulative megabytes communicated.
 """
 
+import entry
+
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import comparison_runner
+from absl import flags
 
-import comparison_runner  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from tff_fedpt import runtime  # noqa: E402
-from tff_fedpt.tasks import load_task  # noqa: E402
+from tff_fedpt.tasks import digits, load_task
 
 flags.DEFINE_string("output_dir", "output/demo", "Where results, table and plot go.")
-flags.DEFINE_integer("total_rounds", 80, "Training rounds for each algorithm.")
+flags.DEFINE_integer(
+    "total_rounds", digits.RECOMMENDED["total_rounds"], "Training rounds for each algorithm."
+)
 flags.DEFINE_integer("clients_per_round", 10, "Clients per round.")
 flags.DEFINE_bool("resume", False, "Reuse earlier runs in output_dir instead of starting over.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    runtime.use_local_runtime()
+def main():
     results, table, plot = comparison_runner.run_and_report(
         load_task("digits"),
         {
@@ -45,8 +42,7 @@ def main(argv):
     print(table)
     print(f"\nPlot: {os.path.abspath(plot)}")
     print(f"Table (JSON, Markdown): {os.path.abspath(FLAGS.output_dir)}/comparison.{{json,md}}")
-    runtime.shutdown()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

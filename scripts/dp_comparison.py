@@ -5,16 +5,17 @@ clients and data order, and the same trainable initialization. Writes a table
 (Markdown and JSON) and a PNG of final test accuracy against the noise multiplier.
 """
 
+import entry
+
 import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import flags
 
-from absl import app, flags, logging  # noqa: E402
-
-from tff_fedpt import reporting, runtime, training  # noqa: E402
-from tff_fedpt.tasks import load_task  # noqa: E402
+import baselines  # noqa: F401  (registers fedavg)
+from tff_fedpt import reporting, training
+from tff_fedpt.tasks import digits, load_task
 
 flags.DEFINE_list("noise_multipliers", ["0", "0.3", "1", "3"], "Noise levels to compare.")
 flags.DEFINE_float("clip", 0.5, "L2 clipping norm of the client updates.")
@@ -25,11 +26,7 @@ flags.DEFINE_string("output_dir", "output/dp_comparison", "Where results go.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    runtime.use_local_runtime()
+def main():
     task = load_task("digits")
     population = len(task.train_data.client_ids)
     from tqdm import tqdm
@@ -41,6 +38,7 @@ def main(argv):
             ("DP-FedAvg", "fedavg", "none"),
         ):
             config = training.ExperimentConfig(
+                **{**digits.RECOMMENDED, "total_rounds": FLAGS.total_rounds},
                 task="digits",
                 algorithm=algorithm,
                 freeze=freeze,
@@ -49,10 +47,6 @@ def main(argv):
                 clip=FLAGS.clip,
                 sampling=FLAGS.sampling,
                 clients_per_round=FLAGS.clients_per_round,
-                total_rounds=FLAGS.total_rounds,
-                client_epochs_per_round=5,
-                client_batch_size=10,
-                client_learning_rate=0.1,
                 rounds_per_eval=FLAGS.total_rounds,
                 rounds_per_checkpoint=FLAGS.total_rounds,
                 root_output_dir=FLAGS.output_dir,
@@ -78,17 +72,19 @@ def main(argv):
                     "trainable_dimensions": (int(last["upload_bytes_per_client"]) - 4) // 4,
                 }
             )
-    lines = [
-        "| run | noise multiplier | epsilon | test accuracy | noise std on the mean "
-        "| noised dimensions |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['run']} | {r['noise_multiplier']:g} | {r['epsilon']:.3g} | "
-            f"{r['test_accuracy']:.4f} | {r['noise_stddev']:.4g} | {r['trainable_dimensions']:,} |"
-        )
-    table = "\n".join(lines)
+    table = reporting.table(
+        [
+            {
+                "run": r["run"],
+                "noise multiplier": f"{r['noise_multiplier']:g}",
+                "epsilon": f"{r['epsilon']:.3g}",
+                "test accuracy": f"{r['test_accuracy']:.4f}",
+                "noise std on the mean": f"{r['noise_stddev']:.4g}",
+                "noised dimensions": r["trainable_dimensions"],
+            }
+            for r in rows
+        ]
+    )
     print(
         f"\nDigits, {FLAGS.total_rounds} rounds, {FLAGS.clients_per_round} of {population} "
         f"clients per round ({FLAGS.sampling}), clip {FLAGS.clip}, delta = 1/{population}:\n"
@@ -105,8 +101,7 @@ def main(argv):
         title=f"Digits: DP-FedPT vs DP-FedAvg ({FLAGS.total_rounds} rounds, clip {FLAGS.clip})",
     )
     print(f"\nPlot: {os.path.abspath(plot)}")
-    runtime.shutdown()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

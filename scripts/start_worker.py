@@ -9,15 +9,15 @@ launcher is killed. TFF workers speak unauthenticated plaintext gRPC: serve beyo
 loopback only on a trusted network.
 """
 
+import entry
+
 import os
 import signal
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import flags
 
-from absl import app, flags  # noqa: E402
-
-from tff_fedpt import remote  # noqa: E402
+from tff_fedpt import remote
 
 flags.DEFINE_integer("port", None, "TCP port to serve on.", lower_bound=1, upper_bound=65535)
 flags.DEFINE_string("address", remote.LOOPBACK, "Interface address (0.0.0.0 or :: for all).")
@@ -29,10 +29,7 @@ flags.mark_flag_as_required("port")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        print(f"{argv[0]}: error: unexpected positional arguments: {argv[1:]}", file=sys.stderr)
-        return 2
+def main():
     stopping = []
 
     def stop(signum, frame):
@@ -51,8 +48,7 @@ def main(argv):
             stderr=logs,
         )
     except (ValueError, RuntimeError) as e:
-        print(f"{argv[0]}: error: {e}", file=sys.stderr)
-        return 1
+        raise entry.ScriptError(str(e), code=1) from None
     except KeyboardInterrupt:
         return 0
     print(
@@ -72,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main, local_runtime=False)

@@ -54,8 +54,9 @@ def test_small_model_width_matches_trainable_count():
     with pytest.raises(ValueError, match="target_params must be >= 1"):
         small_model.matched_width(_narrow_mlp, 0)
     # Digits CNN: 4,810 + 523 * width parameters; FedPT trains 25,290 -> width 39.
-    config = training.ExperimentConfig(algorithm="small_model", freeze="dense")
-    assert training.small_model_width(config, load_task("digits")) == 39
+    task = load_task("digits")
+    config = training.validate(training.ExperimentConfig(algorithm="small_model"), task)
+    assert small_model.width_for(config, task) == 39
 
 
 def test_small_model_learns():

@@ -235,3 +235,191 @@ def test_demo_smoke(tmp_path):
     assert "42.5x" in result.stdout and "FedAvg" in result.stdout
     assert (tmp_path / "accuracy_vs_megabytes.png").stat().st_size > 10000
     assert (tmp_path / "comparison.md").read_text().startswith("| run |")
+
+
+def _pids_of_workers():
+    out = subprocess.run(["pgrep", "-f", "worker_binary"], capture_output=True, text=True)
+    return set(out.stdout.split())
+
+
+def _wait_for_rows(path, count, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if len(_rows(path)) >= count:
+                return
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {count} rows")
+
+
+def test_ctrl_c_is_one_line_saves_the_last_round_and_the_rerun_resumes(tmp_path):
+    before = _pids_of_workers()
+    args = [
+        *DIGITS_FLAGS,
+        "--total_rounds=40",
+        "--rounds_per_checkpoint=10",
+        "--experiment_name=int",
+        f"--root_output_dir={tmp_path}",
+    ]
+    metrics = tmp_path / "results" / "int" / "metrics.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/run_digits.py", *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_rows(metrics, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Interrupted: stopped after round" in lines[0]
+    assert "rerun the same command to resume" in lines[0]
+    done = len(_rows(metrics))
+    assert f"Rounds 1..{done} are saved" in lines[0]  # the last completed round is kept
+    assert _pids_of_workers() <= before  # no worker left behind
+
+    resumed = _binary("run_digits.py", *args[:-3], "--total_rounds=6", *args[-2:])
+    if done >= 6:  # the interrupt came late: nothing left to train, results shown
+        assert resumed.returncode == 2 and "already has" in resumed.stderr
+        return
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [int(r["round"]) for r in _rows(metrics)] == list(range(1, 7))
+
+
+def test_second_run_of_a_running_experiment_stops_at_start(tmp_path):
+    args = [
+        *DIGITS_FLAGS,
+        "--total_rounds=40",
+        "--experiment_name=c",
+        f"--root_output_dir={tmp_path}",
+    ]
+    metrics = tmp_path / "results" / "c" / "metrics.csv"
+    first = subprocess.Popen(
+        [sys.executable, "scripts/run_digits.py", *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_rows(metrics, 1, first)
+        second = _binary("run_digits.py", *args)
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"already running (pid {first.pid}" in lines[0], second.stderr
+        rows = _rows(metrics)
+        assert [int(r["round"]) for r in rows] == list(range(1, len(rows) + 1))
+    finally:
+        first.kill()
+        first.wait()
+    # The killed run's lock is gone with it: the rerun resumes.
+    resumed = _binary("run_digits.py", *args[:-3], "--total_rounds=2", *args[-2:])
+    assert resumed.returncode in (0, 2), resumed.stderr
+    assert "already running" not in resumed.stderr
+
+
+def _one_line_error(result, *needles):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1, result.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_inputs_are_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_line_error(
+        _binary("run_digits.py", "--noprogress", f"--root_output_dir={blocker}/out"),
+        "--root_output_dir: cannot create or write",
+        "not a directory",
+    )
+    _one_line_error(
+        _binary("run_digits.py", "--noprogress", "--frozen_seed=99999999999999999999"),
+        "--frozen_seed must fit in a signed 64-bit integer",
+    )
+    _one_line_error(
+        _binary(
+            "run_digits.py", "--noprogress", "--dp", "--target_epsilon=1e9", "--sampling=poisson"
+        ),
+        "--target_epsilon=1e+09 cannot be calibrated",
+    )
+    # A metrics.csv with a garbage row before a resume.
+    args = [
+        *DIGITS_FLAGS,
+        "--total_rounds=2",
+        "--experiment_name=g",
+        f"--root_output_dir={tmp_path}",
+    ]
+    assert _binary("run_digits.py", *args).returncode == 0
+    metrics = tmp_path / "results" / "g" / "metrics.csv"
+    with open(metrics, "a") as f:
+        f.write("oops\n")
+    _one_line_error(
+        _binary("run_digits.py", *args[:-3], "--total_rounds=3", *args[-2:]),
+        str(metrics),
+        "'oops' is not a round number",
+    )
+    # Empty and garbage EMNIST files.
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "emnist_all.sqlite").write_bytes(b"")
+    _one_line_error(
+        _binary("run_emnist.py", f"--cache_dir={tmp_path}/empty", "--noprogress"),
+        "emnist_all.sqlite lacks",
+    )
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "emnist_all.sqlite").write_bytes(b"\x01" * 4096)
+    _one_line_error(
+        _binary("run_emnist.py", f"--cache_dir={tmp_path}/garbage", "--noprogress"),
+        "is not a readable SQLite data set",
+    )
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--noise_multiplier=1", "--population=0"], "--population must be >= 1; received 0"),
+        (["--noise_multiplier=1", "--rounds=0"], "--rounds must be >= 1; received 0"),
+        (["--target_epsilon=2", "--rounds=0"], "--rounds must be >= 1; received 0"),
+        (["--noise_multiplier=1", "--clients_per_round=200"], "is larger than --population=100"),
+    ],
+)
+def test_compute_epsilon_bad_values_are_one_line(args, needle):
+    base = {"--clients_per_round": "1", "--population": "100", "--rounds": "10"}
+    for arg in args:
+        base.pop(arg.split("=")[0], None)
+    flags_ = [f"{k}={v}" for k, v in base.items()] + args
+    _one_line_error(_binary("compute_epsilon.py", *flags_), needle)
+
+
+def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
+    before = _pids_of_workers()
+    args = [
+        *DIGITS_FLAGS,
+        "--total_rounds=40",
+        "--experiment_name=i2",
+        f"--root_output_dir={tmp_path}",
+    ]
+    metrics = tmp_path / "results" / "i2" / "metrics.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/run_digits.py", *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_rows(metrics, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 130 and len(lines) == 1, stderr
+    assert "Interrupted" in lines[0] and "rerun the same command to resume" in lines[0]
+    assert _pids_of_workers() <= before

@@ -168,6 +168,32 @@ def test_unsupported_initializer_is_rejected():
         )
 
 
+class _ShiftedNormal(tf.keras.initializers.RandomNormal):
+    """A subclass that overrides what it draws: not regenerable as its parent."""
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        return tf.fill(shape, 3.0)
+
+
+@pytest.mark.parametrize(
+    "parent", [_ShiftedNormal, type("Glorot", (tf.keras.initializers.GlorotUniform,), {})]
+)
+def test_subclass_of_a_supported_initializer_is_rejected(parent):
+    model = tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(4,)),
+            tf.keras.layers.Dense(8, name="hidden", kernel_initializer=parent()),
+            tf.keras.layers.Dense(3, name="out"),
+        ]
+    )
+    with pytest.raises(
+        ValueError, match=f"initializer .*{parent.__name__}, which tff_fedpt cannot"
+    ):
+        tff_fedpt.from_keras_model(
+            model, loss=tf.keras.losses.MeanSquaredError(), input_spec=_spec(), freeze="hidden"
+        )
+
+
 def _records(model, layer_names):
     return [
         freezing.frozen_initializer_for(model.get_layer(name), v)

@@ -150,7 +150,7 @@ def test_sampling():
         (
             dict(noise_multiplier=1.0, adaptive_clip=True),
             ValueError,
-            r"too large for adaptive clipping with 10 clients per round.*"
+            r"noise_multiplier=1 is too large for adaptive_clip with clients_per_round=10.*"
             r"< 0.1 \* clients_per_round = 1",
         ),
     ],
@@ -171,7 +171,7 @@ def test_bad_dp_aggregator_arguments(kwargs, error, message):
         ),
         (dict(), "exactly one of --noise_multiplier and --target_epsilon"),
         (dict(noise_multiplier=0.5, target_epsilon=3.0), "exactly one of"),
-        (dict(noise_multiplier=0.5, clip=0.0), "--clip must be > 0"),
+        (dict(noise_multiplier=0.5, clip=0.0), "--clip must be finite and > 0"),
         (dict(noise_multiplier=2.0, adaptive_clip=True), "too large for --adaptive_clip"),
         (
             dict(noise_multiplier=0.5, accountant="pld"),

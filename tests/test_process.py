@@ -245,8 +245,12 @@ def test_set_model_weights_rejects_other_frozen_weights():
     bad = tff.learning.models.ModelWeights(
         weights.trainable, [w + 1.0 for w in weights.non_trainable]
     )
-    with pytest.raises(Exception, match="does not match the weights generated from this"):
+    message = r"frozen weight 0 \(.*\) is not the one frozen_seed=3 generates \(max difference 1\)"
+    with pytest.raises(ValueError, match=message):
         process.set_model_weights(state, bad)
+    # The computation itself checks too (inside TFF, for callers that bypass Python).
+    with pytest.raises(Exception, match="does not match the weights generated from this"):
+        process.set_model_weights._computation(state, bad)
 
 
 def test_non_finite_client_update_is_zeroed_like_fedavg():

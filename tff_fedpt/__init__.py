@@ -1,5 +1,11 @@
-"""tff_fedpt: Federated learning of Partially Trainable networks on TensorFlow Federated."""
+"""tff_fedpt: Federated learning of Partially Trainable networks on TensorFlow Federated.
 
+Importing this package makes TFF's local worker processes die with Python
+(`tff_fedpt.runtime.install`): a script that uses TFF's default context exits cleanly,
+even when its output is piped.
+"""
+
+from tff_fedpt import runtime as _runtime
 from tff_fedpt.communication import (
     CommunicationCost,
     communication_cost,
@@ -15,6 +21,8 @@ from tff_fedpt.freezing import (
 )
 from tff_fedpt.keras_models import PartiallyTrainableModel, from_keras_model
 from tff_fedpt.process import FedPTState, build_fedpt_process
+
+_runtime.install()
 
 __version__ = "0.1.0"
 

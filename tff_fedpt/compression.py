@@ -22,6 +22,7 @@ quantized uploads with DP.
 from __future__ import annotations
 
 import collections
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -182,4 +183,18 @@ def build_quantized_broadcast_process(
             ),
         )
 
-    return tff.learning.templates.DistributionProcess(init_fn, next_fn)
+    distributor = tff.learning.templates.DistributionProcess(init_fn, next_fn)
+    _CODECS[distributor] = (encode, decode)
+    return distributor
+
+
+_CODECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def as_received(distributor, value):
+    """`value` as clients receive it from `distributor`: quantized and dequantized for a
+    quantized broadcast, unchanged for TFF's plain broadcast."""
+    if distributor in _CODECS:
+        encode, decode = _CODECS[distributor]
+        return decode(encode(value))
+    return value

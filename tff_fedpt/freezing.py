@@ -434,7 +434,10 @@ _SCALES = {"HeNormal": 2.0, "HeUniform": 2.0}
 def _initializer_record(initializer, variable: tf.Variable) -> FrozenInitializer:
     keras_init = tf.keras.initializers.get(initializer)
     cls = type(keras_init)
-    names = [c.__name__ for c in cls.__mro__]
+    # Only Keras' own classes: a subclass (even of a supported class) may draw other
+    # values, which the seed could not reproduce.
+    builtin = cls.__module__.split(".")[0] in ("keras", "tensorflow", "tf_keras")
+    names = [cls.__name__] if builtin else []
     config = dict(keras_init.get_config()) if hasattr(keras_init, "get_config") else {}
     config.pop("seed", None)
     class_name = None
@@ -463,8 +466,9 @@ def _initializer_record(initializer, variable: tf.Variable) -> FrozenInitializer
             break
     if class_name is None:
         raise ValueError(
-            f"Frozen variable {variable.name} uses initializer {cls.__name__}, which "
-            "tff_fedpt cannot regenerate from a seed. Supported: "
+            f"Frozen variable {variable.name} uses initializer {cls.__module__}."
+            f"{cls.__name__}, which tff_fedpt cannot regenerate from a seed. Supported "
+            "(Keras' own classes, not subclasses): "
             f"{', '.join(_SUPPORTED_INITIALIZERS)}. Use one of them for frozen layers."
         )
     return FrozenInitializer(

@@ -35,6 +35,79 @@ def _check_positive_float(value, name, allow_zero=False):
         raise ValueError(f"{name} must be finite and {bound}; received {value!r}.")
 
 
+def _check_quantile(value, name):
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must be in (0, 1); received {value}.")
+
+
+def check_adaptive_noise(noise_multiplier: float, clients_per_round: int, prefix: str = ""):
+    """Raises ValueError if TFF's adaptive clipping cannot run with this noise."""
+    if noise_multiplier >= 0.1 * clients_per_round:
+        raise ValueError(
+            f"{prefix}noise_multiplier={noise_multiplier:g} is too large for "
+            f"{prefix}adaptive_clip with {prefix}clients_per_round={clients_per_round}: "
+            "TFF's adaptive clipping spends part of the privacy budget on the clipped-count "
+            "estimate and needs noise_multiplier < 0.1 * clients_per_round "
+            f"= {0.1 * clients_per_round:g}. Use more clients per round or a fixed clip."
+        )
+
+
+def check_dp_options(
+    *,
+    noise_multiplier: float | None,
+    target_epsilon: float | None,
+    clip: float,
+    adaptive_clip: bool,
+    target_quantile: float,
+    target_delta: float | None,
+    accountant: str,
+    sampling: str,
+    weighted: bool,
+    prefix: str = "",
+) -> None:
+    """Checks a DP training setting before anything is built.
+
+    Names in messages carry `prefix` ("--" when the values came from flags).
+
+    Raises:
+      ValueError: naming the option, the value received and what is valid.
+    """
+    if weighted:
+        raise ValueError(
+            f"{prefix}client_weighting=num_examples cannot be used with {prefix}dp: "
+            "DP-FedAvg averages clients uniformly (a weighted aggregate would leak the "
+            "example counts and break the sensitivity bound). Use "
+            f"{prefix}client_weighting=uniform or leave it unset."
+        )
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise ValueError(
+            f"{prefix}dp needs exactly one of {prefix}noise_multiplier and "
+            f"{prefix}target_epsilon."
+        )
+    if noise_multiplier is not None:
+        _check_positive_float(noise_multiplier, f"{prefix}noise_multiplier", allow_zero=True)
+    if target_epsilon is not None:
+        _check_positive_float(target_epsilon, f"{prefix}target_epsilon")
+    _check_positive_float(clip, f"{prefix}clip")
+    if adaptive_clip:
+        _check_quantile(target_quantile, f"{prefix}target_quantile")
+    if target_delta is not None and not 0 < target_delta < 1:
+        raise ValueError(f"{prefix}target_delta must be in (0, 1); received {target_delta}.")
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(
+            f"{prefix}accountant: unknown accountant {accountant!r}; valid: {list(ACCOUNTANTS)}."
+        )
+    if sampling not in SAMPLINGS:
+        raise ValueError(
+            f"{prefix}sampling: unknown sampling {sampling!r}; valid: {list(SAMPLINGS)}."
+        )
+    if accountant == "pld" and sampling == "uniform":
+        raise ValueError(
+            f"{prefix}accountant=pld does not support {prefix}sampling=uniform (fixed-size "
+            f"sampling); use {prefix}accountant=rdp or {prefix}sampling=poisson."
+        )
+
+
 class _DiagnosedDPFactory(tff.aggregators.UnweightedAggregationFactory):
     """A DifferentiallyPrivateFactory whose measurements add clip diagnostics.
 
@@ -125,16 +198,8 @@ def build_dp_aggregator(
     if clients_per_round < 1:
         raise ValueError(f"clients_per_round must be >= 1; received {clients_per_round}.")
     if adaptive_clip:
-        if not 0 < target_quantile < 1:
-            raise ValueError(f"target_quantile must be in (0, 1); received {target_quantile}.")
-        if noise_multiplier >= 0.1 * clients_per_round:
-            raise ValueError(
-                f"noise_multiplier={noise_multiplier} is too large for adaptive clipping "
-                f"with {clients_per_round} clients per round: TFF's adaptive clipping "
-                "spends part of the privacy budget on the clipped-count estimate and "
-                f"needs noise_multiplier < 0.1 * clients_per_round "
-                f"= {0.1 * clients_per_round:g}. Use more clients per round or a fixed clip."
-            )
+        _check_quantile(target_quantile, "target_quantile")
+        check_adaptive_noise(noise_multiplier, clients_per_round)
         inner = tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
             noise_multiplier=float(noise_multiplier),
             clients_per_round=float(clients_per_round),
@@ -256,16 +321,28 @@ def calibrate_noise_multiplier(
     _accountant(accountant, sampling)  # validates the combination
 
     def calibrate(name, bracket):
-        return float(
-            dp_accounting.calibrate_dp_mechanism(
-                lambda: _accountant(name, sampling),
-                lambda z: PrivacySetting(z, clients_per_round, population, sampling).event(rounds),
-                target_epsilon,
-                target_delta,
-                bracket,
-                tol=1e-4,
+        try:
+            return float(
+                dp_accounting.calibrate_dp_mechanism(
+                    lambda: _accountant(name, sampling),
+                    lambda z: PrivacySetting(z, clients_per_round, population, sampling).event(
+                        rounds
+                    ),
+                    target_epsilon,
+                    target_delta,
+                    bracket,
+                    tol=1e-4,
+                )
             )
-        )
+        except Exception as e:  # noqa: BLE001 - dp_accounting raises several kinds
+            raise ValueError(
+                f"target_epsilon={target_epsilon:g} cannot be calibrated for {rounds} rounds "
+                f"of {clients_per_round} of {population} clients ({sampling} sampling, "
+                f"delta {target_delta:g}): the {name} accountant found no noise multiplier "
+                f"in its search range ({type(e).__name__}: {e}). A target this large needs "
+                "almost no noise: pass noise_multiplier directly (0 disables noise), or "
+                "choose a smaller target_epsilon."
+            ) from None
 
     z_rdp = calibrate("rdp", dp_accounting.LowerEndpointAndGuess(1e-3, 1.0))
     if accountant == "rdp":

@@ -12,7 +12,7 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.aggregators import factory_utils
 from tensorflow_federated.python.learning.templates import model_delta_client_work
 
-from tff_fedpt import communication, compression, freezing, keras_models
+from tff_fedpt import composer, compression, freezing, keras_models
 
 ModelWeights = tff.learning.models.ModelWeights
 
@@ -127,6 +127,114 @@ def _build_client_work(
     )
 
 
+def _weight_functions(frozen_initializers):
+    """(payload, to_full_weights, from_full_weights) for the composer: the broadcast is
+    the trainable weights and the seed; the full weights add the seed's frozen ones."""
+
+    def payload(weights, seed):
+        return collections.OrderedDict(trainable=weights.trainable, frozen_seed=seed)
+
+    def to_full_weights(weights, seed):
+        frozen = freezing.generate_frozen_weights(frozen_initializers, seed)
+        return ModelWeights(trainable=list(weights.trainable), non_trainable=list(frozen))
+
+    def from_full_weights(model_weights, seed):
+        frozen = freezing.generate_frozen_weights(frozen_initializers, seed)
+        checks = [
+            tf.debugging.assert_equal(
+                given,
+                expected,
+                message=(
+                    f"set_model_weights: frozen (non-trainable) weight {i} "
+                    f"({init.name}) does not match the weights generated from this "
+                    "process's frozen_seed; FedPT cannot accept other frozen values"
+                ),
+            )
+            for i, (given, expected, init) in enumerate(
+                zip(model_weights.non_trainable, frozen, frozen_initializers)
+            )
+        ]
+        with tf.control_dependencies(checks):
+            trainable = [tf.identity(w) for w in model_weights.trainable]
+        return ModelWeights(trainable=trainable, non_trainable=[])
+
+    return payload, to_full_weights, from_full_weights
+
+
+def _checked(
+    model_fn,
+    client_optimizer_fn,
+    server_optimizer_fn,
+    frozen_seed,
+    model_aggregator,
+    client_weighting,
+    metrics_aggregator,
+    broadcast_bits,
+):
+    """Validates build_fedpt_process's arguments; returns the defaulted ones
+    (server optimizer, weighted aggregator factory, weighting, metrics aggregator)."""
+    if not callable(model_fn) or isinstance(
+        model_fn, (tf.keras.Model, tff.learning.models.VariableModel)
+    ):
+        raise TypeError(
+            "model_fn must be a no-argument callable returning a new model (e.g. "
+            "lambda: tff_fedpt.from_keras_model(...)); received "
+            f"{type(model_fn).__name__}."
+        )
+    if not isinstance(client_optimizer_fn, tff.learning.optimizers.Optimizer):
+        raise TypeError(
+            "client_optimizer_fn must be a tff.learning.optimizers.Optimizer (e.g. "
+            "tff.learning.optimizers.build_sgdm(0.1)); received "
+            f"{type(client_optimizer_fn).__name__}."
+        )
+    if server_optimizer_fn is None:
+        server_optimizer_fn = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
+    if not isinstance(server_optimizer_fn, tff.learning.optimizers.Optimizer):
+        raise TypeError(
+            "server_optimizer_fn must be a tff.learning.optimizers.Optimizer or None; "
+            f"received {type(server_optimizer_fn).__name__}."
+        )
+    if isinstance(frozen_seed, bool) or not isinstance(frozen_seed, (int, np.integer)):
+        raise TypeError(f"frozen_seed must be an integer; received {frozen_seed!r}.")
+    if not np.iinfo(np.int64).min <= int(frozen_seed) <= np.iinfo(np.int64).max:
+        raise ValueError(f"frozen_seed must fit in int64; received {frozen_seed}.")
+    if broadcast_bits is not None:
+        compression.check_broadcast_bits(broadcast_bits)
+    if model_aggregator is None:
+        model_aggregator = tff.aggregators.MeanFactory()
+    if isinstance(model_aggregator, tff.aggregators.WeightedAggregationFactory):
+        weighted = True
+    elif isinstance(model_aggregator, tff.aggregators.UnweightedAggregationFactory):
+        weighted = False
+    else:
+        raise TypeError(
+            "model_aggregator must be a tff.aggregators factory (weighted or "
+            f"unweighted); received {type(model_aggregator).__name__}."
+        )
+    if client_weighting is None:
+        client_weighting = (
+            tff.learning.ClientWeighting.NUM_EXAMPLES
+            if weighted
+            else tff.learning.ClientWeighting.UNIFORM
+        )
+    if not isinstance(client_weighting, tff.learning.ClientWeighting):
+        raise TypeError(
+            "client_weighting must be a tff.learning.ClientWeighting; received "
+            f"{client_weighting!r}."
+        )
+    if not weighted and client_weighting != tff.learning.ClientWeighting.UNIFORM:
+        raise ValueError(
+            f"model_aggregator {type(model_aggregator).__name__} is unweighted, so it "
+            f"cannot apply client_weighting={client_weighting}; use "
+            "tff.learning.ClientWeighting.UNIFORM (or leave it as None)."
+        )
+    if metrics_aggregator is None:
+        metrics_aggregator = tff.learning.metrics.sum_then_finalize
+    if not weighted:
+        model_aggregator = factory_utils.as_weighted_aggregator(model_aggregator)
+    return server_optimizer_fn, model_aggregator, client_weighting, metrics_aggregator
+
+
 def build_fedpt_process(
     model_fn: Callable[[], tff.learning.models.VariableModel],
     client_optimizer_fn: tff.learning.optimizers.Optimizer,
@@ -202,64 +310,16 @@ def build_fedpt_process(
       ValueError: for invalid values (a seed outside int64, NUM_EXAMPLES weighting
         with an unweighted aggregator).
     """
-    if not callable(model_fn) or isinstance(
-        model_fn, (tf.keras.Model, tff.learning.models.VariableModel)
-    ):
-        raise TypeError(
-            "model_fn must be a no-argument callable returning a new model (e.g. "
-            "lambda: tff_fedpt.from_keras_model(...)); received "
-            f"{type(model_fn).__name__}."
-        )
-    if not isinstance(client_optimizer_fn, tff.learning.optimizers.Optimizer):
-        raise TypeError(
-            "client_optimizer_fn must be a tff.learning.optimizers.Optimizer (e.g. "
-            "tff.learning.optimizers.build_sgdm(0.1)); received "
-            f"{type(client_optimizer_fn).__name__}."
-        )
-    if server_optimizer_fn is None:
-        server_optimizer_fn = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
-    if not isinstance(server_optimizer_fn, tff.learning.optimizers.Optimizer):
-        raise TypeError(
-            "server_optimizer_fn must be a tff.learning.optimizers.Optimizer or None; "
-            f"received {type(server_optimizer_fn).__name__}."
-        )
-    if isinstance(frozen_seed, bool) or not isinstance(frozen_seed, (int, np.integer)):
-        raise TypeError(f"frozen_seed must be an integer; received {frozen_seed!r}.")
-    if not np.iinfo(np.int64).min <= int(frozen_seed) <= np.iinfo(np.int64).max:
-        raise ValueError(f"frozen_seed must fit in int64; received {frozen_seed}.")
-    if broadcast_bits is not None:
-        compression.check_broadcast_bits(broadcast_bits)
-    if model_aggregator is None:
-        model_aggregator = tff.aggregators.MeanFactory()
-    if isinstance(model_aggregator, tff.aggregators.WeightedAggregationFactory):
-        weighted = True
-    elif isinstance(model_aggregator, tff.aggregators.UnweightedAggregationFactory):
-        weighted = False
-    else:
-        raise TypeError(
-            "model_aggregator must be a tff.aggregators factory (weighted or "
-            f"unweighted); received {type(model_aggregator).__name__}."
-        )
-    if client_weighting is None:
-        client_weighting = (
-            tff.learning.ClientWeighting.NUM_EXAMPLES
-            if weighted
-            else tff.learning.ClientWeighting.UNIFORM
-        )
-    if not isinstance(client_weighting, tff.learning.ClientWeighting):
-        raise TypeError(
-            "client_weighting must be a tff.learning.ClientWeighting; received "
-            f"{client_weighting!r}."
-        )
-    if not weighted and client_weighting != tff.learning.ClientWeighting.UNIFORM:
-        raise ValueError(
-            f"model_aggregator {type(model_aggregator).__name__} is unweighted, so it "
-            f"cannot apply client_weighting={client_weighting}; use "
-            "tff.learning.ClientWeighting.UNIFORM (or leave it as None)."
-        )
-    if metrics_aggregator is None:
-        metrics_aggregator = tff.learning.metrics.sum_then_finalize
-
+    server_optimizer_fn, model_aggregator, client_weighting, metrics_aggregator = _checked(
+        model_fn,
+        client_optimizer_fn,
+        server_optimizer_fn,
+        frozen_seed,
+        model_aggregator,
+        client_weighting,
+        metrics_aggregator,
+        broadcast_bits,
+    )
     with tf.Graph().as_default():
         model = model_fn()
         frozen_initializers = _frozen_initializers_of(model)
@@ -294,99 +354,10 @@ def build_fedpt_process(
         data_type,
         frozen_initializers,
     )
-    if not weighted:
-        model_aggregator = factory_utils.as_weighted_aggregator(model_aggregator)
     aggregator = model_aggregator.create(model_weights_type.trainable, tff.TensorType(np.float32))
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
         server_optimizer_fn, model_weights_type
     )
-
-    broadcast_bytes = communication.traffic(distributor.next).broadcast_bytes_per_client
-    upload_bytes = communication.traffic(aggregator.next).upload_bytes_per_client
-
-    @tff.tensorflow.computation
-    def initial_communication_fn():
-        return collections.OrderedDict(
-            broadcast_bytes=tf.constant(0, tf.int64),
-            upload_bytes=tf.constant(0, tf.int64),
-        )
-
-    @tff.federated_computation
-    def init_fn():
-        return tff.federated_zip(
-            FedPTState(
-                global_model_weights=tff.federated_eval(initial_model_weights_fn, tff.SERVER),
-                frozen_seed=tff.federated_value(seed_value, tff.SERVER),
-                distributor=distributor.initialize(),
-                client_work=client_work.initialize(),
-                aggregator=aggregator.initialize(),
-                finalizer=finalizer.initialize(),
-                communication=tff.federated_eval(initial_communication_fn, tff.SERVER),
-            )
-        )
-
-    state_type = init_fn.type_signature.result.member
-
-    @tff.tensorflow.computation(model_weights_type, seed_type)
-    def pack_broadcast(weights, seed):
-        return collections.OrderedDict(trainable=weights.trainable, frozen_seed=seed)
-
-    @tff.tensorflow.computation(tff.TensorType(np.float32))
-    def one_client(weight):
-        del weight
-        return tf.constant(1, tf.int64)
-
-    @tff.tensorflow.computation(state_type.communication, tf.int64)
-    def communication_fn(cumulative, clients):
-        return communication.account_round(cumulative, clients, broadcast_bytes, upload_bytes)
-
-    @tff.federated_computation(
-        init_fn.type_signature.result, client_work.next.type_signature.parameter[2]
-    )
-    def next_fn(state, client_data):
-        broadcast_value = tff.federated_map(
-            pack_broadcast,
-            tff.federated_zip((state.global_model_weights, state.frozen_seed)),
-        )
-        distributor_output = distributor.next(state.distributor, broadcast_value)
-        client_work_output = client_work.next(
-            state.client_work, distributor_output.result, client_data
-        )
-        aggregator_output = aggregator.next(
-            state.aggregator,
-            client_work_output.result.update,
-            client_work_output.result.update_weight,
-        )
-        finalizer_output = finalizer.next(
-            state.finalizer, state.global_model_weights, aggregator_output.result
-        )
-        clients = tff.federated_sum(
-            tff.federated_map(one_client, client_work_output.result.update_weight)
-        )
-        new_communication, communication_metrics = tff.federated_map(
-            communication_fn, tff.federated_zip((state.communication, clients))
-        )
-        new_state = tff.federated_zip(
-            FedPTState(
-                global_model_weights=finalizer_output.result,
-                frozen_seed=state.frozen_seed,
-                distributor=distributor_output.state,
-                client_work=client_work_output.state,
-                aggregator=aggregator_output.state,
-                finalizer=finalizer_output.state,
-                communication=new_communication,
-            )
-        )
-        metrics = tff.federated_zip(
-            collections.OrderedDict(
-                distributor=distributor_output.measurements,
-                client_work=client_work_output.measurements,
-                aggregator=aggregator_output.measurements,
-                finalizer=finalizer_output.measurements,
-                communication=communication_metrics,
-            )
-        )
-        return tff.learning.templates.LearningProcessOutput(new_state, metrics)
 
     full_weights_type = tff.StructWithPythonType(
         [
@@ -401,75 +372,61 @@ def build_fedpt_process(
         ModelWeights,
     )
 
-    @tff.tensorflow.computation(state_type)
-    def get_model_weights_fn(state):
-        frozen = freezing.generate_frozen_weights(frozen_initializers, state.frozen_seed)
-        return ModelWeights(
-            trainable=list(state.global_model_weights.trainable), non_trainable=list(frozen)
-        )
-
-    @tff.tensorflow.computation(state_type, full_weights_type)
-    def set_model_weights_fn(state, model_weights):
-        frozen = freezing.generate_frozen_weights(frozen_initializers, state.frozen_seed)
-        checks = [
-            tf.debugging.assert_equal(
-                given,
-                expected,
-                message=(
-                    f"set_model_weights: frozen (non-trainable) weight {i} "
-                    f"({init.name}) does not match the weights generated from this "
-                    "process's frozen_seed; FedPT cannot accept other frozen values"
-                ),
-            )
-            for i, (given, expected, init) in enumerate(
-                zip(model_weights.non_trainable, frozen, frozen_initializers)
-            )
-        ]
-        with tf.control_dependencies(checks):
-            trainable = [tf.identity(w) for w in model_weights.trainable]
-        return FedPTState(
-            global_model_weights=ModelWeights(trainable=trainable, non_trainable=[]),
-            frozen_seed=state.frozen_seed,
-            distributor=state.distributor,
-            client_work=state.client_work,
-            aggregator=state.aggregator,
-            finalizer=state.finalizer,
-            communication=state.communication,
-        )
-
-    @tff.tensorflow.computation(state_type)
-    def get_hparams_fn(state):
-        return collections.OrderedDict(
-            client_work=client_work.get_hparams(state.client_work),
-            finalizer=finalizer.get_hparams(state.finalizer),
-        )
-
-    hparams_type = get_hparams_fn.type_signature.result
-
-    @tff.tensorflow.computation(state_type, hparams_type)
-    def set_hparams_fn(state, hparams):
-        return FedPTState(
-            global_model_weights=state.global_model_weights,
-            frozen_seed=state.frozen_seed,
-            distributor=state.distributor,
-            client_work=client_work.set_hparams(state.client_work, hparams["client_work"]),
-            aggregator=state.aggregator,
-            finalizer=finalizer.set_hparams(state.finalizer, hparams["finalizer"]),
-            communication=state.communication,
-        )
-
-    learning_process = tff.learning.templates.LearningProcess(
-        init_fn,
-        next_fn,
-        get_model_weights_fn,
-        set_model_weights_fn,
-        get_hparams_fn=get_hparams_fn,
-        set_hparams_fn=set_hparams_fn,
+    payload, to_full_weights, from_full_weights = _weight_functions(frozen_initializers)
+    learning_process = composer.compose_learning_process(
+        state_class=FedPTState,
+        initial_model_weights=initial_model_weights_fn,
+        constants={"frozen_seed": seed_value},
+        distributor=distributor,
+        client_work=client_work,
+        aggregator=aggregator,
+        finalizer=finalizer,
+        payload=payload,
+        to_full_weights=to_full_weights,
+        from_full_weights=from_full_weights,
+        full_weights_type=full_weights_type,
     )
-    communication.declare_cost(
-        learning_process,
-        communication.CommunicationCost(
-            broadcast_bytes_per_client=broadcast_bytes, upload_bytes_per_client=upload_bytes
-        ),
+    learning_process._set_model_weights = _CheckedSetModelWeights(
+        learning_process.set_model_weights, frozen_initializers
     )
     return learning_process
+
+
+class _CheckedSetModelWeights:
+    """`set_model_weights` that names a frozen weight that is not the seed's, in Python,
+    before TFF runs it (whose own check would surface as a buried gRPC error)."""
+
+    def __init__(self, computation, frozen_initializers):
+        self._computation = computation
+        self._records = frozen_initializers
+
+    def __getattr__(self, name):  # type_signature, to_building_block, ...
+        return getattr(self._computation, name)
+
+    def __call__(self, state, model_weights):
+        given = list(getattr(model_weights, "non_trainable", None) or [])
+        seed = getattr(state, "frozen_seed", None)
+        if seed is not None and len(given) != len(self._records):
+            raise ValueError(
+                f"set_model_weights: {len(given)} frozen (non-trainable) weights received; "
+                f"this process has {len(self._records)} ({[r.name for r in self._records]})."
+            )
+        if seed is not None and given:
+            expected = freezing.generate_frozen_weights(self._records, np.int64(seed))
+            for i, (value, want, record) in enumerate(zip(given, expected, self._records)):
+                value = np.asarray(value)
+                if value.shape != tuple(record.shape):
+                    raise ValueError(
+                        f"set_model_weights: frozen weight {i} ({record.name}) has shape "
+                        f"{value.shape}; expected {tuple(record.shape)}."
+                    )
+                # Tolerance: the QR behind orthogonal initializers differs by float32
+                # ulps between eager TensorFlow and TFF's runtime (which checks exactly).
+                if not np.allclose(value, np.asarray(want), rtol=0, atol=1e-6):
+                    diff = float(np.max(np.abs(value - np.asarray(want))))
+                    raise ValueError(
+                        f"set_model_weights: frozen weight {i} ({record.name}) is not the one "
+                        f"frozen_seed={int(seed)} generates (max difference {diff:.3g}); "
+                        "FedPT regenerates frozen weights from the seed and cannot take others."
+                    )
+        return self._computation(state, model_weights)

@@ -24,49 +24,68 @@ def summarize(label: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def comparison_table(summaries: Sequence[Mapping[str, Any]], baseline: str) -> str:
-    """A plain-text table; reduction factors are against the run labelled `baseline`."""
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(
+    rows: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+    columns: Sequence[str] | None = None,
+    *,
+    markdown: bool = True,
+) -> str:
+    """The one table writer: rows of dicts -> a Markdown (or aligned plain-text) table.
+
+    Floats get 4 significant digits and integers thousands separators unless they are
+    already strings. `columns` defaults to the first row's keys.
+    """
+    if isinstance(rows, Mapping):
+        rows = [rows]
+    columns = list(columns or rows[0])
+    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in cells])
+    widths = [max(len(x) for x in [c, *(line[i] for line in cells)]) for i, c in enumerate(columns)]
+
+    def fmt(line):
+        return "  ".join(
+            x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths))
+        )
+
+    return "\n".join([fmt(columns), "  ".join("-" * w for w in widths), *map(fmt, cells)])
+
+
+def comparison_rows(summaries: Sequence[Mapping[str, Any]], baseline: str) -> list[dict]:
+    """Display rows of a comparison; reductions are against the run labelled `baseline`."""
     base = next(s for s in summaries if s["run"] == baseline)
-    header = (
-        "run",
-        "test acc",
-        "bytes/client/round",
-        "total MB",
-        "reduction",
-        "median s/round",
-    )
-    lines = [header]
-    for s in summaries:
-        lines.append(
-            (
-                s["run"],
-                f"{s['test_accuracy']:.4f}",
-                f"{s['bytes_per_client_round']:,}",
-                f"{s['total_megabytes']:.1f}",
-                f"{base['total_megabytes'] / s['total_megabytes']:.1f}x",
-                f"{s['median_round_seconds']:.3f}",
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
-        )
-        for line in lines
+    return [
+        {
+            "run": s["run"],
+            "test acc": f"{s['test_accuracy']:.4f}",
+            "bytes/client/round": f"{s['bytes_per_client_round']:,}",
+            "total MB": f"{s['total_megabytes']:.1f}",
+            "reduction": f"{base['total_megabytes'] / s['total_megabytes']:.1f}x",
+            "median s/round": f"{s['median_round_seconds']:.3f}",
+        }
+        for s in summaries
     ]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+
+
+def comparison_table(summaries: Sequence[Mapping[str, Any]], baseline: str) -> str:
+    """A plain-text comparison table."""
+    return table(comparison_rows(summaries, baseline), markdown=False)
 
 
 def markdown_table(summaries: Sequence[Mapping[str, Any]], baseline: str) -> str:
     """The same table in Markdown (for the README)."""
-    text = comparison_table(summaries, baseline).splitlines()
-    rows = [text[0]] + text[2:]
-    cells = [[c for c in line.split("  ") if c.strip()] for line in rows]
-    md = ["| " + " | ".join(c.strip() for c in cells[0]) + " |"]
-    md.append("|" + "---|" * len(cells[0]))
-    md += ["| " + " | ".join(c.strip() for c in row) + " |" for row in cells[1:]]
-    return "\n".join(md)
+    return table(comparison_rows(summaries, baseline))
 
 
 def plot_accuracy_vs_megabytes(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import gc
+import os
 import signal
 import subprocess
 import sys
@@ -67,6 +68,22 @@ def _subprocess_with_reaper() -> types.ModuleType:
     return module
 
 
+def install() -> None:
+    """Makes every local TFF worker started from now on die with this Python process.
+
+    `import tff_fedpt` calls this: TFF's default context (and any local context a user
+    creates later, sync or async, e.g. under `tff.program.NativeFederatedContext`)
+    starts its worker lazily, so the worker gets the parent-death signal and is
+    stopped at interpreter exit. Changes no context. Idempotent.
+    """
+    global _installed
+    with _lock:
+        if not _installed:
+            executor_factory.subprocess = _subprocess_with_reaper()
+            atexit.register(_at_exit)
+            _installed = True
+
+
 def use_local_runtime(*, default_num_clients: int = 0) -> None:
     """Installs TFF's local C++ execution context with a worker that cannot leak.
 
@@ -75,12 +92,7 @@ def use_local_runtime(*, default_num_clients: int = 0) -> None:
     Args:
       default_num_clients: As in `tff.backends.native.set_sync_local_cpp_execution_context`.
     """
-    global _installed
-    with _lock:
-        if not _installed:
-            executor_factory.subprocess = _subprocess_with_reaper()
-            atexit.register(_at_exit)
-            _installed = True
+    install()
     shutdown(default_num_clients=default_num_clients)
 
 
@@ -124,8 +136,32 @@ def replace_context(context, timeout: float = 10.0) -> None:
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            pass
+            continue  # not reaped: TFF's own stop may still reach it
+        _detach(process)
         _children.remove(process)
+
+
+def _detach(process: subprocess.Popen) -> None:
+    """Drops a reaped worker from TFF's service manager that still holds it.
+
+    A context kept alive past `replace_context` (e.g. by the traceback of an interrupted
+    computation) would otherwise signal the reaped pid from its `__del__` later.
+    """
+    for referrer in gc.get_referrers(process):
+        if isinstance(referrer, dict) and referrer.get("_process") is process:
+            referrer["_process"] = None
+        elif getattr(referrer, "_process", None) is process:  # 3.11: inline attributes
+            referrer._process = None
+
+
+def kill_workers() -> None:
+    """SIGKILLs every local worker this module started (for an immediate exit)."""
+    for process in _children:
+        if process.returncode is None:
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def restart_worker() -> bool:
@@ -138,7 +174,7 @@ def restart_worker() -> bool:
     Returns:
       Whether a restart happened.
     """
-    if not _installed or context_stack_impl.context_stack.current is not _local_context():
+    if context_stack_impl.context_stack.current is not _local_context():
         return False  # a remote or user-installed context: not ours to restart
     shutdown()
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -13,6 +14,34 @@ from tff_fedpt import freezing
 
 class DatasetNotFoundError(FileNotFoundError):
     """A task's data is not on disk and cannot be downloaded here."""
+
+
+class DatasetError(ValueError):
+    """A task's data file is there but unreadable (truncated, empty, wrong format)."""
+
+
+def check_sqlite(path: str, tables: tuple[str, ...], split_names: tuple[str, ...] = ()) -> None:
+    """Raises DatasetError unless `path` is an SQLite file with `tables` (and, in table
+    `examples`, rows of each of `split_names`), the format of TFF's cached data sets."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            found = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = [t for t in tables if t not in found]
+            if not missing:
+                splits = {r[0] for r in db.execute("SELECT DISTINCT split_name FROM examples")}
+                missing = [f"split {s!r}" for s in split_names if s not in splits]
+    except sqlite3.DatabaseError as e:
+        raise DatasetError(
+            f"{path} is not a readable SQLite data set ({e}); it may be truncated or "
+            "another file. Delete it and fetch it again."
+        ) from None
+    if missing:
+        raise DatasetError(
+            f"{path} lacks {', '.join(missing)} (found tables: {sorted(found) or 'none'}); "
+            "it is not TFF's data set file, or it is truncated. Delete it and fetch it again."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +77,9 @@ class Task:
       default_model: The model used when none is named.
       narrow_models: Model name -> callable(seed, width) building the same model with
         its main layer `width` units wide (for the small-model baseline).
+      default_freeze: The freeze preset used when none is named.
+      settings: The arguments the task was loaded with (recorded with a run's
+        checkpoints: a resume with other settings is refused).
     """
 
     name: str
@@ -62,6 +94,8 @@ class Task:
     narrow_models: Mapping[str, Callable[[int, int], tf.keras.Model]] = dataclasses.field(
         default_factory=dict
     )
+    default_freeze: str = "none"
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def client_dataset(
         self,

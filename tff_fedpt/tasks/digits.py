@@ -71,6 +71,16 @@ def cnn(seed: int = 0, dense_units: int = 2048) -> tf.keras.Model:
     )
 
 
+# Training settings chosen on this task, used by run_digits.py, the demo and the
+# comparison scripts (ExperimentConfig field -> value).
+RECOMMENDED = dict(
+    total_rounds=80,
+    client_epochs_per_round=5,
+    client_batch_size=10,
+    client_learning_rate=0.1,
+    rounds_per_eval=5,
+)
+
 PRESETS = {
     "dense": freezing.FreezeSpec(layers=("dense",)),
     "convs": freezing.FreezeSpec(layer_types=("Conv2D",)),
@@ -124,4 +134,6 @@ def load(
         metrics_fn=lambda: [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         default_model="cnn",
         narrow_models={"cnn": lambda seed, width: cnn(seed, dense_units=width)},
+        default_freeze="dense",
+        settings=dict(num_clients=num_clients, alpha=alpha, test_fraction=test_fraction, seed=seed),
     )

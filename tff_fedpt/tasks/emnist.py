@@ -88,6 +88,8 @@ def load(*, only_digits: bool = False, cache_dir: str | None = None) -> base.Tas
             "run tff.simulation.datasets.emnist.load_data(cache_dir=...) once, or copy "
             f"{DATABASE} into that directory (or pass --cache_dir)."
         )
+    prefix = "digits_only" if only_digits else "all"
+    base.check_sqlite(path, ("examples", "client_metadata"), (f"{prefix}_train", f"{prefix}_test"))
     train, test = tff.simulation.datasets.emnist.load_data(
         only_digits=only_digits, cache_dir=cache_dir
     )
@@ -115,4 +117,6 @@ def load(*, only_digits: bool = False, cache_dir: str | None = None) -> base.Tas
             "cnn": lambda seed, width: cnn(seed, num_classes, dense_units=width),
             "mlp": lambda seed, width: mlp(seed, num_classes, units=width),
         },
+        default_freeze="dense128",
+        settings=dict(only_digits=only_digits, database_bytes=os.path.getsize(path)),
     )

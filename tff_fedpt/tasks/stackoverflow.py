@@ -222,6 +222,7 @@ def load(
             "tff.simulation.datasets.stackoverflow.load_word_counts(cache_dir=...) once "
             "(one 'word count' pair per line, most frequent first)."
         )
+    base.check_sqlite(database, ("examples", "client_metadata"), ("train", "test"))
     vocab = load_vocabulary(counts, vocab_size)
     train, _, test = tff.simulation.datasets.stackoverflow.load_data(cache_dir=cache_dir)
     ids = special_ids(len(vocab))
@@ -241,4 +242,10 @@ def load(
         metrics_fn=lambda: [MaskedAccuracy(masked)],
         default_model="lstm",
         narrow_models={"lstm": lambda seed, width: lstm(seed, total_vocab, units=width)},
+        default_freeze="embedding",
+        settings=dict(
+            vocab_size=vocab_size,
+            database_bytes=os.path.getsize(database),
+            max_test_examples=max_test_examples,
+        ),
     )

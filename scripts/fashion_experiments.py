@@ -1,0 +1,493 @@
+"""The paper's claims measured on Fashion-MNIST (real 28x28 images), side by side.
+
+Sections (each resumable: rerun the same command and finished runs are read back, a
+half-finished run resumes from its checkpoint):
+
+  a  communication against accuracy: FedAvg, FedPT with each preset and trainable
+     fraction, the small model of FedPT's cost, PVT; client learning rate tuned per
+     algorithm on --learning_rates; extra seeds for FedAvg and FedPT dense-128
+  b  overparameterization: FedPT with the dense layer frozen at --widths
+  c  DP at a realistic population: --dp_clients clients, Poisson sampling, noise for
+     each of --epsilons at delta 1/population, DP-FedPT against DP-FedAvg
+  report  tables (Markdown + JSON) and plots from whatever runs exist
+
+  .venv/bin/python scripts/fashion_experiments.py --sections=a,b,c,report
+"""
+
+import entry
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from absl import flags
+
+import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
+from tff_fedpt import reporting, training
+from tff_fedpt.tasks import load_task
+from tff_fedpt.training import outputs
+
+SECTIONS = ("a", "b", "c", "report")
+flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run: {SECTIONS}.")
+flags.DEFINE_string("output_dir", "output/fashion", "Checkpoints, metrics and reports.")
+flags.DEFINE_string("docs_dir", "docs/fashion_mnist", "Where the report's tables and plots go.")
+flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX files (default: Debian's, Keras').")
+flags.DEFINE_integer("num_clients", 1000, "Clients of sections a and b.")
+flags.DEFINE_float("dirichlet_alpha", 0.5, "Label skew of the split.")
+flags.DEFINE_integer("rounds", 100, "Rounds of every run in sections a and b.")
+flags.DEFINE_integer("clients_per_round", 20, "Clients per round in sections a and b.")
+flags.DEFINE_list("learning_rates", ["0.05", "0.2", "0.5"], "Client SGD learning rate grid.")
+flags.DEFINE_list("presets", ["dense", "all_but_output", "trainable_0.1"], "FedPT presets tuned.")
+flags.DEFINE_list(
+    "untuned_presets",
+    ["convs", "trainable_0.5", "trainable_0.02"],
+    "FedPT presets run at dense's best learning rate only.",
+)
+flags.DEFINE_bool("baselines", True, "Section a: also tune the small model and PVT.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds for FedAvg and FedPT dense at their best rate.")
+flags.DEFINE_list("widths", ["512", "2048"], "Frozen dense widths of section b (128 is in a).")
+flags.DEFINE_integer("dp_clients", 3000, "Population of section c.")
+flags.DEFINE_integer("dp_clients_per_round", 100, "Expected clients per round (Poisson), c.")
+flags.DEFINE_integer("dp_rounds", 60, "Rounds of section c.")
+flags.DEFINE_list("epsilons", ["2", "5", "10"], "Target epsilons of section c.")
+flags.DEFINE_list("clips", ["0.1", "0.5"], "Clip grid of section c (tuned at the middle epsilon).")
+FLAGS = flags.FLAGS
+
+COMMON = dict(
+    task="fashion_mnist",
+    client_epochs_per_round=1,
+    client_batch_size=20,
+    server_learning_rate=1.0,
+    rounds_per_eval=10,
+)
+
+
+def _config(name, **kwargs):
+    values = {**COMMON, **kwargs}
+    values.setdefault("rounds_per_checkpoint", values["total_rounds"] // 4 or 1)
+    return training.ExperimentConfig(
+        **values, root_output_dir=FLAGS.output_dir, experiment_name=name
+    )
+
+
+def _run(config, task, label):
+    start = time.time()
+    bar_state = {"last": 0}
+
+    def on_round_end(round_num, row):
+        if round_num - bar_state["last"] >= 10 or round_num == config.total_rounds:
+            bar_state["last"] = round_num
+            acc = row.get("eval/accuracy", "")
+            print(
+                f"  {label}: round {round_num}/{config.total_rounds}"
+                f"{f', test acc {acc:.4f}' if acc != '' else ''}, "
+                f"{time.time() - start:.0f} s",
+                flush=True,
+            )
+
+    result = training.run_experiment(config, task, on_round_end=on_round_end)
+    return result.final_eval.get("eval/accuracy")
+
+
+_TASKS = {}
+
+
+def _task(**kwargs):
+    key = tuple(sorted(kwargs.items()))
+    if key not in _TASKS:
+        _TASKS.clear()  # one task in memory at a time
+        _TASKS[key] = load_task("fashion_mnist", data_dir=FLAGS.data_dir, **kwargs)
+    return _TASKS[key]
+
+
+def _lr_name(lr):
+    return f"lr{lr:g}"
+
+
+def _grid_runs():
+    """Section a's runs: (name, label, config overrides)."""
+    runs = []
+    algorithms = [("fedavg", "none"), *(("fedpt", p) for p in FLAGS.presets)]
+    if FLAGS.baselines:
+        algorithms += [("small_model", "dense"), ("pvt", "none")]
+    for algorithm, freeze in algorithms:
+        for lr in map(float, FLAGS.learning_rates):
+            name = f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s0"
+            runs.append((name, dict(algorithm=algorithm, freeze=freeze, client_learning_rate=lr)))
+    return runs
+
+
+def _final(name):
+    rows = outputs.read_csv(os.path.join(FLAGS.output_dir, "results", name, "metrics.csv"))
+    evals = [r for r in rows if r.get("eval/accuracy", "") != ""]
+    return float(evals[-1]["eval/accuracy"]) if evals else None
+
+
+def _best_lr(algorithm, freeze):
+    scores = {}
+    for lr in map(float, FLAGS.learning_rates):
+        acc = _final(f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s0")
+        if acc is not None:
+            scores[lr] = acc
+    return max(scores, key=scores.get) if scores else float(FLAGS.learning_rates[0])
+
+
+def section_a():
+    task = _task(num_clients=FLAGS.num_clients, alpha=FLAGS.dirichlet_alpha)
+    for name, overrides in _grid_runs():
+        _run(_config(name, total_rounds=FLAGS.rounds, **overrides), task, name)
+    best = _best_lr("fedpt", "dense")
+    for preset in FLAGS.untuned_presets:
+        name = f"a_fedpt_{preset}_{_lr_name(best)}_s0"
+        _run(
+            _config(
+                name,
+                total_rounds=FLAGS.rounds,
+                algorithm="fedpt",
+                freeze=preset,
+                client_learning_rate=best,
+            ),
+            task,
+            name,
+        )
+    for algorithm, freeze in (("fedavg", "none"), ("fedpt", "dense")):
+        lr = _best_lr(algorithm, freeze)
+        for seed in map(int, FLAGS.seeds[1:]):
+            name = f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s{seed}"
+            _run(
+                _config(
+                    name,
+                    total_rounds=FLAGS.rounds,
+                    algorithm=algorithm,
+                    freeze=freeze,
+                    client_learning_rate=lr,
+                    seed=seed,
+                    frozen_seed=seed,
+                ),
+                task,
+                name,
+            )
+
+
+def section_b():
+    rates = sorted(
+        map(float, FLAGS.learning_rates),
+        key=lambda lr: -(_final(f"a_fedpt_dense_{_lr_name(lr)}_s0") or 0),
+    )[:2]
+    for width in map(int, FLAGS.widths):
+        task = _task(num_clients=FLAGS.num_clients, alpha=FLAGS.dirichlet_alpha, dense_units=width)
+        for lr in rates:
+            name = f"b_fedpt_dense{width}_{_lr_name(lr)}"
+            _run(
+                _config(
+                    name,
+                    total_rounds=FLAGS.rounds,
+                    algorithm="fedpt",
+                    freeze="dense",
+                    client_learning_rate=lr,
+                ),
+                task,
+                name,
+            )
+
+
+DP_LABELS = {"fedpt": "DP-FedPT (dense frozen)", "fedavg": "DP-FedAvg"}
+
+
+def _dp_runs():
+    middle = FLAGS.epsilons[len(FLAGS.epsilons) // 2]
+    runs = []
+    for algorithm, freeze in (("fedpt", "dense"), ("fedavg", "none")):
+        for clip in map(float, FLAGS.clips):
+            runs.append((algorithm, freeze, float(middle), clip))
+    return runs
+
+
+def _dp_name(algorithm, epsilon, clip):
+    return f"c_{algorithm}_eps{epsilon:g}_clip{clip:g}"
+
+
+def _dp_config(algorithm, freeze, epsilon, clip):
+    return _config(
+        _dp_name(algorithm, epsilon, clip),
+        total_rounds=FLAGS.dp_rounds,
+        algorithm=algorithm,
+        freeze=freeze,
+        client_learning_rate=_best_lr(algorithm, freeze),
+        clients_per_round=FLAGS.dp_clients_per_round,
+        dp=True,
+        target_epsilon=epsilon,
+        clip=clip,
+        sampling="poisson",
+        client_weighting="uniform",
+    )
+
+
+def section_c():
+    task = _task(num_clients=FLAGS.dp_clients, alpha=FLAGS.dirichlet_alpha)
+    for algorithm, freeze, epsilon, clip in _dp_runs():  # clip grid at the middle epsilon
+        _run(_dp_config(algorithm, freeze, epsilon, clip), task, _dp_name(algorithm, epsilon, clip))
+    for algorithm, freeze in (("fedpt", "dense"), ("fedavg", "none")):
+        clip = _best_clip(algorithm)
+        for epsilon in map(float, FLAGS.epsilons):
+            name = _dp_name(algorithm, epsilon, clip)
+            _run(_dp_config(algorithm, freeze, epsilon, clip), task, name)
+
+
+def _best_clip(algorithm):
+    middle = float(FLAGS.epsilons[len(FLAGS.epsilons) // 2])
+    scores = {
+        clip: _final(_dp_name(algorithm, middle, clip))
+        for clip in map(float, FLAGS.clips)
+        if _final(_dp_name(algorithm, middle, clip)) is not None
+    }
+    return max(scores, key=scores.get) if scores else float(FLAGS.clips[0])
+
+
+# ---------------------------------------------------------------------------
+# Report.
+
+
+def _rows(name):
+    return outputs.read_csv(os.path.join(FLAGS.output_dir, "results", name, "metrics.csv"))
+
+
+def _curve(rows, x_key):
+    """[(x, accuracy)] at evaluation rounds; x cumulative (MB or client seconds)."""
+    points, seconds = [], 0.0
+    for r in rows:
+        seconds += float(r["round_seconds"])
+        if r.get("eval/accuracy", "") != "":
+            x = float(r["cumulative_megabytes"]) if x_key == "mb" else seconds
+            points.append((x, float(r["eval/accuracy"])))
+    return points
+
+
+def _accuracy_at(points, budget):
+    """The best accuracy reached within `budget` (None when the first eval is beyond it)."""
+    within = [acc for x, acc in points if x <= budget]
+    return max(within) if within else None
+
+
+def _summary(label, names):
+    finals = [(_final(n), _rows(n)) for n in names if _rows(n)]
+    finals = [(a, r) for a, r in finals if a is not None]
+    if not finals:
+        return None
+    accs = [a for a, _ in finals]
+    rows = finals[0][1]
+    last = rows[-1]
+    return {
+        "run": label,
+        "seeds": len(accs),
+        "rounds": int(last["round"]),
+        "test_accuracy_mean": float(np.mean(accs)),
+        "test_accuracy_std": float(np.std(accs)) if len(accs) > 1 else 0.0,
+        "bytes_per_client_round": int(last["broadcast_bytes_per_client"])
+        + int(last["upload_bytes_per_client"]),
+        "total_megabytes": float(last["cumulative_megabytes"]),
+        "median_round_seconds": float(np.median([float(r["round_seconds"]) for r in rows])),
+        "curve_mb": _curve(rows, "mb"),
+        "curve_seconds": _curve(rows, "seconds"),
+        "runs": names,
+    }
+
+
+def _section_a_summaries():
+    summaries = []
+    tuned = [("fedavg", "none", "FedAvg")]
+    tuned += [("fedpt", p, f"FedPT ({p} frozen)") for p in FLAGS.presets]
+    tuned += [("small_model", "dense", "small model (FedAvg)"), ("pvt", "none", "PVT")]
+    for algorithm, freeze, label in tuned:
+        lr = _best_lr(algorithm, freeze)
+        seeds = (
+            FLAGS.seeds
+            if (algorithm, freeze) in (("fedavg", "none"), ("fedpt", "dense"))
+            else ["0"]
+        )
+        names = [f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s{s}" for s in seeds]
+        summary = _summary(f"{label}, lr {lr:g}", names)
+        if summary:
+            summary["lr_grid"] = {
+                f"{x:g}": _final(f"a_{algorithm}_{freeze}_{_lr_name(x)}_s0")
+                for x in map(float, FLAGS.learning_rates)
+            }
+            summaries.append(summary)
+    best = _best_lr("fedpt", "dense")
+    for preset in FLAGS.untuned_presets:
+        summary = _summary(
+            f"FedPT ({preset} frozen), lr {best:g} (dense's)",
+            [f"a_fedpt_{preset}_{_lr_name(best)}_s0"],
+        )
+        if summary:
+            summaries.append(summary)
+    return summaries
+
+
+def _fmt_acc(s):
+    if s["seeds"] > 1:
+        return f"{s['test_accuracy_mean']:.4f} ± {s['test_accuracy_std']:.4f} ({s['seeds']} seeds)"
+    return f"{s['test_accuracy_mean']:.4f}"
+
+
+def _equal_budget_rows(summaries, key):
+    """At FedPT dense's total budget (MB or client seconds): each run's best accuracy."""
+    fedpt = next((s for s in summaries if s["run"].startswith("FedPT (dense")), None)
+    if fedpt is None:
+        return []
+    curve = "curve_mb" if key == "mb" else "curve_seconds"
+    budget = fedpt[curve][-1][0]
+    fractions = (0.1, 0.25, 0.5, 1.0)
+    rows = []
+    for s in summaries:
+        row = {"run": s["run"]}
+        for f in fractions:
+            acc = _accuracy_at(s[curve], f * budget)
+            row[f"{f:g} x budget"] = f"{acc:.4f}" if acc is not None else "—"
+        rows.append(row)
+    unit = "MB" if key == "mb" else "s of round time"
+    return rows, f"{budget:.1f} {unit}"
+
+
+def _plot(summaries, path, key, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s in summaries:
+        points = s["curve_mb" if key == "mb" else "curve_seconds"]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=2, label=s["run"])
+    if key == "mb":
+        ax.set_xscale("log")
+        ax.set_xlabel("cumulative megabytes (down + up, all clients)")
+    else:
+        ax.set_xlabel("cumulative round time (s)")
+    ax.set_ylabel("test accuracy (10,000 test images)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report():
+    os.makedirs(FLAGS.docs_dir, exist_ok=True)
+    out = {"machine": f"{os.cpu_count()} CPU cores, {os.uname().machine}", "sections": {}}
+    lines = []
+    a = _section_a_summaries()
+    if a:
+        out["sections"]["a"] = a
+        lines.append("## a. Communication against accuracy\n")
+        lines.append(
+            reporting.table(
+                [
+                    {
+                        "run": s["run"],
+                        "test acc": _fmt_acc(s),
+                        "rounds": s["rounds"],
+                        "bytes/client/round": s["bytes_per_client_round"],
+                        "total MB": f"{s['total_megabytes']:.1f}",
+                        "median s/round": f"{s['median_round_seconds']:.2f}",
+                        "lr grid (acc)": ", ".join(
+                            f"{k}: {v:.3f}" for k, v in s.get("lr_grid", {}).items() if v
+                        ),
+                    }
+                    for s in a
+                ]
+            )
+        )
+        for key, what in (("mb", "megabytes"), ("seconds", "client compute (round time)")):
+            budget_rows = _equal_budget_rows(a, key)
+            if budget_rows:
+                rows, budget = budget_rows
+                lines.append(
+                    f"\nBest test accuracy within a fraction of FedPT (dense)'s total {what} "
+                    f"({budget}):\n"
+                )
+                lines.append(reporting.table(rows))
+        _plot(
+            a,
+            os.path.join(FLAGS.docs_dir, "accuracy_vs_megabytes.png"),
+            "mb",
+            "Fashion-MNIST: test accuracy vs communication",
+        )
+        _plot(
+            a,
+            os.path.join(FLAGS.docs_dir, "accuracy_vs_seconds.png"),
+            "seconds",
+            "Fashion-MNIST: test accuracy vs round time",
+        )
+    b = []
+    for width in map(int, FLAGS.widths):
+        for lr in map(float, FLAGS.learning_rates):
+            summary = _summary(
+                f"FedPT dense{width} frozen, lr {lr:g}", [f"b_fedpt_dense{width}_{_lr_name(lr)}"]
+            )
+            if summary:
+                b.append(summary)
+    if b:
+        out["sections"]["b"] = b
+        lines.append("\n## b. Overparameterization: wider frozen dense layers\n")
+        lines.append(
+            reporting.table(
+                [
+                    {
+                        "run": s["run"],
+                        "test acc": _fmt_acc(s),
+                        "bytes/client/round": s["bytes_per_client_round"],
+                        "median s/round": f"{s['median_round_seconds']:.2f}",
+                    }
+                    for s in b
+                ]
+            )
+        )
+    c = []
+    for algorithm in ("fedpt", "fedavg"):
+        for epsilon in map(float, FLAGS.epsilons):
+            for clip in map(float, FLAGS.clips):
+                name = _dp_name(algorithm, epsilon, clip)
+                rows = _rows(name)
+                if rows and _final(name) is not None:
+                    c.append(
+                        {
+                            "run": DP_LABELS[algorithm],
+                            "target epsilon": epsilon,
+                            "clip": clip,
+                            "epsilon reached": float(rows[-1]["privacy/epsilon"]),
+                            "noise multiplier": float(rows[-1]["privacy/noise_multiplier"]),
+                            "rounds": int(rows[-1]["round"]),
+                            "test acc": _final(name),
+                        }
+                    )
+    if c:
+        out["sections"]["c"] = c
+        lines.append("\n## c. DP at a realistic population\n")
+        lines.append(reporting.table(c))
+    with open(os.path.join(FLAGS.docs_dir, "results.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    with open(os.path.join(FLAGS.docs_dir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main():
+    unknown = set(FLAGS.sections) - set(SECTIONS)
+    if unknown:
+        raise entry.ScriptError(f"--sections: unknown {sorted(unknown)}; valid: {list(SECTIONS)}")
+    steps = {"a": section_a, "b": section_b, "c": section_c, "report": report}
+    for section in SECTIONS:
+        if section in FLAGS.sections:
+            print(f"\n# section {section}", flush=True)
+            steps[section]()
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    entry.run(main)

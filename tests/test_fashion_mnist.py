@@ -1,0 +1,134 @@
+"""Fashion-MNIST: the IDX reader, the split and the task, on tiny IDX files written here."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from tff_fedpt import freezing
+from tff_fedpt.tasks import DatasetError, DatasetNotFoundError, fashion_mnist, load_task
+
+
+def _idx(path, array, magic, compress):
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(data)
+
+
+def write_fashion(directory, train=120, test=30, compress=True, seed=0):
+    """Tiny files in the real format (the real ones hold 60,000 and 10,000 images)."""
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ext = ".gz" if compress else ""
+    for split, n in (("train", train), ("t10k", test)):
+        _idx(
+            os.path.join(directory, f"{split}-images-idx3-ubyte{ext}"),
+            rng.integers(0, 256, size=(n, 28, 28)),
+            0x803,
+            compress,
+        )
+        _idx(
+            os.path.join(directory, f"{split}-labels-idx1-ubyte{ext}"),
+            np.arange(n) % 10,
+            0x801,
+            compress,
+        )
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_reader_reads_what_was_written(tmp_path, compress):
+    array = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
+    path = str(tmp_path / ("x.gz" if compress else "x"))
+    _idx(path, array, 0x803, compress)
+    np.testing.assert_array_equal(fashion_mnist.read_idx(path, 0x803, (2, 3, 4)), array)
+
+
+def test_idx_reader_names_the_bad_file(tmp_path):
+    path = str(tmp_path / "labels")
+    _idx(path, np.zeros(10), 0x801, False)
+    with pytest.raises(DatasetError, match="magic number 0x801, expected 0x803"):
+        fashion_mnist.read_idx(path, 0x803)
+    with pytest.raises(DatasetError, match=r"holds shape \(10,\), expected \(60000,\)"):
+        fashion_mnist.read_idx(path, 0x801, (60000,))
+    fashion_mnist.read_idx(path, 0x801, (None,))  # any count
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-3])
+    with pytest.raises(DatasetError, match=f"{path} has 7 data bytes, expected 10"):
+        fashion_mnist.read_idx(path, 0x801)
+
+
+def test_partition_deals_every_example_once_and_every_client_one_at_least():
+    labels = np.repeat(np.arange(10), 30)
+    for alpha in (0.05, 0.5, None):
+        parts = fashion_mnist.partition(labels, 100, alpha, seed=1)
+        assert len(parts) == 100 and min(len(p) for p in parts) >= 1
+        assert sorted(np.concatenate(parts).tolist()) == list(range(300))
+    np.testing.assert_array_equal(
+        fashion_mnist.partition(labels, 7, 0.5, 3)[2], fashion_mnist.partition(labels, 7, 0.5, 3)[2]
+    )
+    iid = fashion_mnist.partition(labels, 30, None, seed=0)
+    assert {len(p) for p in iid} == {10}
+    with pytest.raises(ValueError, match="num_clients must be in"):
+        fashion_mnist.partition(labels, 301, 0.5, 0)
+
+
+def test_missing_data_is_one_line_naming_the_places(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=f"looked for the four IDX files in {tmp_path}"):
+        fashion_mnist.find_data_dir(str(tmp_path))
+
+
+def test_task_on_tiny_files(tmp_path):
+    write_fashion(str(tmp_path))
+    task = load_task("fashion_mnist", data_dir=str(tmp_path), num_clients=12, alpha=0.5)
+    assert len(task.train_data.client_ids) == 12
+    total = sum(
+        len(list(task.train_data.create_tf_dataset_for_client(c)))
+        for c in task.train_data.client_ids
+    )
+    assert total == 120
+    x, y = next(iter(task.test_batches(8)))
+    assert x.shape == (8, 28, 28, 1) and float(x.numpy().max()) <= 1.0
+    # TFF's EMNIST CNN with 10 outputs: 1,199,882 parameters, 20,106 with dense128 frozen.
+    report = freezing.resolve_freeze(task.models["cnn"](0), task.freeze_presets["cnn"]["dense"])
+    assert (report.trainable_params, report.frozen_params) == (20106, 1199882 - 20106)
+    wide = load_task("fashion_mnist", data_dir=str(tmp_path), num_clients=12, dense_units=512)
+    report = freezing.resolve_freeze(wide.models["cnn"](0), wide.freeze_presets["cnn"]["dense"])
+    assert report.trainable_params == 18816 + 512 * 10 + 10  # convs + output layer
+
+
+def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    write_fashion(str(tmp_path / "data"))
+    common = [
+        sys.executable,
+        os.path.join(root, "scripts", "run_fashion_mnist.py"),
+        f"--data_dir={tmp_path}/data",
+        "--num_clients=12",
+        "--noprogress",
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [*common, "--total_rounds=2", "--clients_per_round=3", f"--root_output_dir={tmp_path}/out"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "59.7x less communication" in result.stdout  # 1,199,882 / 20,106 parameters
+    path = tmp_path / "data" / "t10k-labels-idx1-ubyte.gz"
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(data[:-5])
+    result = subprocess.run(common, capture_output=True, text=True, env=env, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert f"{path} has 25 data bytes, expected 30" in lines[0]

@@ -1,0 +1,356 @@
+"""The training layer piece by piece: config, registry, validation, rows, CSV cut-back,
+sampling, the run record, the run lock, checkpoints, and the loop's recovery paths."""
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tff_fedpt import training
+from tff_fedpt.communication import CommunicationCost
+from tff_fedpt.tasks import digits, load_task
+from tff_fedpt.training import algorithms, config, outputs, sampling
+from tff_fedpt.training.checkpoints import CheckpointStore
+from tff_fedpt.training.loop import explain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task("digits", num_clients=20)
+
+
+def _config(tmp_path, **kwargs):
+    base = dict(
+        total_rounds=2,
+        clients_per_round=3,
+        client_epochs_per_round=1,
+        rounds_per_eval=2,
+        rounds_per_checkpoint=1,
+        root_output_dir=str(tmp_path),
+        experiment_name="e",
+    )
+    return training.ExperimentConfig(**{**base, **kwargs})
+
+
+# ---------------------------------------------------------------------------
+# Config and flags: each option defined once.
+
+
+def test_every_flag_is_generated_from_the_config():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        training_flags = importlib.import_module("training_flags")
+    finally:
+        sys.path.pop(0)
+    flags = training_flags.FLAGS
+    for field in config.fields():
+        if field.name == "task":
+            continue
+        flag = flags[field.name]
+        assert flag.default == field.default, field.name
+        assert flag.help.endswith(field.metadata["help"]), field.name
+        choices = field.metadata["choices"]
+        if field.name == "algorithm":
+            choices = algorithms.names()
+        if choices:
+            assert list(flag.parser.enum_values) == list(choices), field.name
+    assert set(algorithms.names()) == {"fedpt", "fedavg", "small_model", "pvt"}
+    with open(os.path.join(ROOT, "docs", "training.md")) as f:
+        assert training_flags.flags_table() in f.read(), "rerun scripts/training_flags.py"
+
+
+def test_resolve_fills_the_task_defaults(task):
+    resolved = config.resolve(training.ExperimentConfig(), task)
+    assert (resolved.model, resolved.freeze, resolved.experiment_name) == (
+        "cnn",
+        "dense",
+        "digits_fedpt_dense",
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(algorithm="fedsgd"), r"--algorithm: unknown algorithm 'fedsgd'; valid: \['fedpt'"),
+        (dict(client_optimizer="rmsprop"), r"--client_optimizer: unknown value 'rmsprop'"),
+        (dict(sampling="stratified"), r"--sampling: unknown value 'stratified'"),
+        (dict(frozen_seed=2**64), "--frozen_seed must fit in a signed 64-bit integer"),
+        (dict(seed=-1), "--seed must be >= 0"),
+        (dict(pvt_trainable_fraction=0.0, algorithm="pvt"), "--pvt_trainable_fraction"),
+        (dict(upload_bits=8, algorithm="pvt"), "need --algorithm=fedpt"),
+        (dict(algorithm="small_model", model="cnn", freeze="x+"), "--freeze='x\\+' is neither"),
+        (dict(noise_multiplier=1.0), "--noise_multiplier / --target_epsilon need --dp"),
+    ],
+)
+def test_validation_names_the_flag(task, kwargs, message):
+    with pytest.raises(training.ConfigError, match=message):
+        training.validate(training.ExperimentConfig(**kwargs), task)
+
+
+def test_target_epsilon_out_of_reach_is_one_clear_error(task):
+    cfg = training.ExperimentConfig(dp=True, target_epsilon=1e9, sampling="poisson")
+    with pytest.raises(training.ConfigError, match="--target_epsilon=1e\\+09 cannot be calibrated"):
+        training.build_experiment(cfg, task)
+
+
+# ---------------------------------------------------------------------------
+# The registry: adding an algorithm is one class and one registration.
+
+
+class _FedAvgWithLargerServerStep(algorithms.Algorithm):
+    name = "test_fedavg_server_lr2"
+
+    def build_process(self, model_fn, config, parts):
+        import tensorflow_federated as tff
+
+        return tff.learning.algorithms.build_weighted_fed_avg(
+            model_fn, parts.client_optimizer, tff.learning.optimizers.build_sgdm(2.0)
+        )
+
+
+def test_a_registered_algorithm_runs_through_the_loop(tmp_path, task):
+    algorithms.register(_FedAvgWithLargerServerStep())
+    try:
+        result = training.run_experiment(
+            _config(tmp_path, algorithm="test_fedavg_server_lr2", total_rounds=1), task
+        )
+    finally:
+        algorithms._REGISTRY.pop("test_fedavg_server_lr2")
+    assert [r["round"] for r in result.rows] == [1]
+    assert (
+        result.rows[0]["broadcast_bytes_per_client"]
+        == result.fedavg_cost.broadcast_bytes_per_client
+    )
+
+
+def test_build_once_reports_the_parts(task):
+    experiment = training.build_experiment(training.ExperimentConfig(), task)
+    assert experiment.cost.reduction_versus(experiment.fedavg_cost) == pytest.approx(42.54, 0.01)
+    assert experiment.freeze_report.totals()["trainable"] == 25290
+    assert experiment.privacy is None and experiment.target_delta == 1 / 20
+
+
+# ---------------------------------------------------------------------------
+# Rows and CSV files.
+
+
+def test_round_row_from_process_metrics_and_from_cost():
+    metrics = {
+        "client_work": {"train": {"loss": np.float32(0.5), "accuracy": 0.25}},
+        "aggregator": {"mean_value": ()},
+        "communication": dict(
+            clients=3,
+            broadcast_bytes_per_client=10,
+            upload_bytes_per_client=20,
+            round_broadcast_bytes=30,
+            round_upload_bytes=60,
+            cumulative_broadcast_bytes=300,
+            cumulative_upload_bytes=600,
+        ),
+    }
+    row = outputs.round_row(7, metrics, None, None, 1.5, 3)
+    assert row["round"] == 7 and row["train/loss"] == 0.5 and row["train/accuracy"] == 0.25
+    assert "aggregator/mean_value" not in row and "communication/clients" not in row
+    assert row["cumulative_megabytes"] == 900 / 1e6 and row["round_seconds"] == 1.5
+    # A process without its own accounting (TFF's FedAvg): cost x clients, accumulated.
+    cost = CommunicationCost(broadcast_bytes_per_client=100, upload_bytes_per_client=104)
+    previous = {"cumulative_broadcast_bytes": "1000", "cumulative_upload_bytes": "2000"}
+    row = outputs.round_row(2, {"client_work": {"train": {}}}, cost, previous, 0.1, 4)
+    assert row["round_broadcast_bytes"] == 400 and row["round_upload_bytes"] == 416
+    assert row["cumulative_broadcast_bytes"] == 1400 and row["cumulative_upload_bytes"] == 2416
+
+
+def test_metrics_csv_is_cut_back_to_the_checkpoint_and_checked(tmp_path):
+    path = str(tmp_path / "metrics.csv")
+    outputs.write_csv_atomic(path, [{"round": r, "loss": r / 10} for r in range(1, 6)])
+    assert [int(r["round"]) for r in outputs.metrics_rows_up_to(path, 3)] == [1, 2, 3]
+    assert outputs.metrics_rows_up_to(str(tmp_path / "none.csv"), 0) == []
+    with pytest.raises(training.ConfigError, match="does not hold rounds 1..7"):
+        outputs.metrics_rows_up_to(path, 7)
+    with open(path, "a") as f:
+        f.write("garbage,0.1\n")
+    with pytest.raises(training.ConfigError, match="line 7: round 'garbage' is not a round"):
+        outputs.metrics_rows_up_to(path, 3)
+    outputs.write_csv_atomic(path, [{"step": 1}])
+    with pytest.raises(training.ConfigError, match="has no 'round' column"):
+        outputs.metrics_rows_up_to(path, 1)
+
+
+def test_output_dir_that_cannot_be_created_is_a_config_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = training.ExperimentConfig(root_output_dir=str(blocker / "out"), experiment_name="e")
+    with pytest.raises(training.ConfigError, match="--root_output_dir: cannot create or write"):
+        outputs.make_dirs(outputs.output_dirs(cfg))
+
+
+# ---------------------------------------------------------------------------
+# Sampling.
+
+
+def test_sampling_is_a_function_of_seed_and_round(task):
+    cfg = config.resolve(training.ExperimentConfig(clients_per_round=5), task)
+    ids = list(task.train_data.client_ids)
+    a = sampling.sample_clients(cfg, ids, 3)
+    assert a == sampling.sample_clients(cfg, ids, 3)
+    assert a != sampling.sample_clients(cfg, ids, 4)
+    assert a != sampling.sample_clients(cfg.replace(seed=1), ids, 3)
+    assert len(set(a[0])) == 5
+    datasets = sampling.ClientDatasets(task, cfg)
+    first = datasets(a[0], a[1])
+    again = datasets(a[0], a[1])
+    assert len(datasets._mapped) == 5  # each client's input map built once
+    for x, y in zip(first, again):
+        for (bx, by), (cx, cy) in zip(x, y):
+            np.testing.assert_array_equal(bx, cx)
+            np.testing.assert_array_equal(by, cy)
+
+
+# ---------------------------------------------------------------------------
+# The run record, the lock, checkpoints.
+
+
+def test_run_record_catches_every_task_setting(tmp_path, task):
+    cfg = config.resolve(training.ExperimentConfig(), task)
+    record = outputs.run_record(cfg, task)
+    outputs.check_and_write_record(str(tmp_path), record, has_checkpoints=False)
+    outputs.check_and_write_record(str(tmp_path), record, has_checkpoints=True)  # same: fine
+    for other in (
+        load_task("digits", num_clients=21),
+        load_task("digits", num_clients=20, alpha=0.1),
+        load_task("digits", num_clients=20, seed=3),
+    ):
+        with pytest.raises(training.ConfigError, match="holds a run with other settings"):
+            outputs.check_and_write_record(
+                str(tmp_path), outputs.run_record(cfg, other), has_checkpoints=True
+            )
+    # Resumable settings may change; others may not.
+    longer = outputs.run_record(cfg.replace(total_rounds=500, rounds_per_eval=3), task)
+    outputs.check_and_write_record(str(tmp_path), longer, has_checkpoints=True)
+    with pytest.raises(training.ConfigError, match=r"--client_learning_rate: saved '0.1', now"):
+        outputs.check_and_write_record(
+            str(tmp_path),
+            outputs.run_record(cfg.replace(client_learning_rate=0.2), task),
+            has_checkpoints=True,
+        )
+    os.remove(tmp_path / outputs.RECORD)
+    with pytest.raises(training.ConfigError, match="has checkpoints but no experiment.json"):
+        outputs.check_and_write_record(str(tmp_path), record, has_checkpoints=True)
+
+
+def test_run_lock_admits_one_run(tmp_path):
+    with outputs.RunLock(str(tmp_path)):
+        with pytest.raises(training.ConfigError, match=r"already running \(pid \d+"):
+            outputs.RunLock(str(tmp_path)).acquire()
+    with outputs.RunLock(str(tmp_path)):  # released: a new run may start
+        pass
+
+
+def test_checkpoint_store_skips_a_corrupt_newest_checkpoint(tmp_path):
+    store = CheckpointStore(str(tmp_path))
+    for version in (1, 2, 3):
+        store.save([np.float32(version)], version)
+    os.makedirs(tmp_path / "program_state_4_temp1234")  # a save killed half-way
+    assert store.remove_partial_saves() == ["program_state_4_temp1234"]
+    with open(tmp_path / "program_state_3" / "saved_model.pb", "wb") as f:
+        f.write(b"\x00garbage")
+    state, version, skipped = store.load_latest([np.float32(0)])
+    assert version == 2 and float(state[0]) == 2.0
+    assert [s.version for s in skipped] == [3] and "Cannot parse file" in skipped[0].reason
+    assert os.path.isdir(tmp_path / "program_state_3.corrupt")
+    assert store.versions() == [1, 2]
+    for version in (1, 2):
+        with open(tmp_path / f"program_state_{version}" / "saved_model.pb", "wb") as f:
+            f.write(b"")
+    with pytest.raises(training.ConfigError, match="No checkpoint in .* can be loaded"):
+        store.load_latest([np.float32(0)])
+
+
+def test_explain_finds_the_cause_in_a_tff_error():
+    error = RuntimeError(
+        "<_InactiveRpcError of RPC that terminated with:\n\tstatus = StatusCode.INVALID_ARGUMENT"
+        '\n\tdetails = "Received a label value of 12 which is outside the valid range of '
+        '[0, 10).  Label values: 3 12\n\t [[{{node foo}}]]"'
+    )
+    assert explain(error) == (
+        "Received a label value of 12 which is outside the valid range of [0, 10)"
+    )
+    assert explain(ValueError("nothing to see")) is None
+
+
+# ---------------------------------------------------------------------------
+# The loop's recovery paths, end to end on digits (a few seconds each).
+
+
+def test_resume_after_a_corrupt_newest_checkpoint_keeps_every_round_once(tmp_path, task):
+    cfg = _config(tmp_path, total_rounds=4)
+    straight = training.run_experiment(cfg.replace(experiment_name="straight"), task)
+    training.run_experiment(cfg, task)
+    checkpoints = tmp_path / "checkpoints" / "e"
+    with open(checkpoints / "program_state_4" / "saved_model.pb", "wb") as f:
+        f.write(b"\x00")
+    os.makedirs(checkpoints / "program_state_5_tempabc")
+    warnings = []
+    result = training.run_experiment(cfg, task, on_warning=warnings.append)
+    assert result.resumed_from_round == 3
+    assert any("checkpoint of round 4 cannot be loaded" in w for w in warnings)
+    assert any("program_state_5_tempabc" in w for w in warnings)
+    assert not os.path.exists(checkpoints / "program_state_5_tempabc")
+    rows = outputs.read_csv(str(tmp_path / "results" / "e" / "metrics.csv"))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3, 4]
+    for a, b in zip(straight.model_weights.trainable, result.model_weights.trainable):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_resume_refuses_other_task_settings_and_fewer_rounds(tmp_path, task):
+    cfg = _config(tmp_path)
+    training.run_experiment(cfg, task)
+    with pytest.raises(training.ConfigError, match="task:num_clients: saved '20', now '21'"):
+        training.run_experiment(cfg, load_task("digits", num_clients=21))
+    with pytest.raises(training.ConfigError, match="task:alpha: saved '0.5', now '0.9'"):
+        training.run_experiment(cfg, load_task("digits", num_clients=20, alpha=0.9))
+    with pytest.raises(training.ConfigError, match="--total_rounds=1: experiment 'e' already has"):
+        training.run_experiment(cfg.replace(total_rounds=1), task)
+    # Deleting hparams.csv no longer disables the check: the record sits with the checkpoints.
+    os.remove(tmp_path / "results" / "e" / "hparams.csv")
+    with pytest.raises(training.ConfigError, match="--frozen_seed: saved '0', now '5'"):
+        training.run_experiment(cfg.replace(frozen_seed=5), task)
+    with open(tmp_path / "checkpoints" / "e" / outputs.RECORD) as f:
+        assert json.load(f)["task:num_clients"] == "20"
+
+
+def test_a_second_run_of_the_same_experiment_is_refused(tmp_path, task):
+    cfg = _config(tmp_path)
+    dirs = outputs.output_dirs(cfg)
+    outputs.make_dirs(dirs)
+    with outputs.RunLock(dirs["results"]):
+        with pytest.raises(training.ConfigError, match="is already running"):
+            training.run_experiment(cfg, task)
+    assert not os.path.exists(os.path.join(dirs["results"], "metrics.csv"))
+
+
+def test_label_outside_the_classes_names_the_cause(tmp_path, task):
+    def three_classes(seed):
+        return tf.keras.Sequential(
+            [
+                tf.keras.layers.InputLayer(input_shape=(8, 8, 1)),
+                tf.keras.layers.Flatten(),
+                tf.keras.layers.Dense(3, name="logits"),
+            ]
+        )
+
+    small = dataclasses.replace(task, models={"cnn": three_classes}, freeze_presets={"cnn": {}})
+    cfg = _config(tmp_path, algorithm="fedavg", freeze="none", total_rounds=1)
+    with pytest.raises(training.RoundFailedError, match="Received a label value of \\d+ which"):
+        training.run_experiment(cfg, small)
+
+
+def test_digits_settings_live_in_one_place():
+    assert digits.RECOMMENDED["client_epochs_per_round"] == 5

@@ -1,0 +1,258 @@
+"""One composer for learning processes that keep part of the model off the wire.
+
+FedPT (the frozen part never travels) and partial variable training (a different part
+travels each round) share the same skeleton: server state with the global weights, a
+distributor, a client work process, an aggregator, a finalizer and cumulative
+communication; `next` runs them in that order and accounts the round's bytes; the model
+weights and hyperparameters are read and written through the state. This module writes
+that skeleton once, in the shape of TFF's `compose_learning_process`, plus the two
+places where the algorithms differ: what the server broadcasts from its state, and how
+the server's weights relate to the full model's `ModelWeights`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt import communication
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """The components a composed process runs, for code that drives a round itself
+    (device clients: `tff_fedpt.device`)."""
+
+    state_class: type
+    constants: tuple[str, ...]
+    payload: tff.Computation
+    distributor: tff.templates.MeasuredProcess
+    client_work: tff.learning.templates.ClientWorkProcess
+    aggregator: tff.templates.AggregationProcess
+    finalizer: tff.learning.templates.FinalizerProcess
+    broadcast_bytes: int
+    upload_bytes: Optional[int]
+
+
+_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def parts(learning_process) -> Parts:
+    """The components of a process built by `compose_learning_process`.
+
+    Raises:
+      TypeError: for a process built elsewhere (e.g. TFF's own FedAvg).
+    """
+    try:
+        return _PARTS[learning_process]
+    except (KeyError, TypeError):
+        raise TypeError(
+            "expected a process built by tff_fedpt (build_fedpt_process); received "
+            f"{type(learning_process).__name__}, whose parts are not known."
+        ) from None
+
+
+def compose_learning_process(
+    *,
+    state_class: type,
+    initial_model_weights: tff.Computation,
+    constants: Mapping[str, Any],
+    distributor: tff.templates.MeasuredProcess,
+    client_work: tff.learning.templates.ClientWorkProcess,
+    aggregator: tff.templates.AggregationProcess,
+    finalizer: tff.learning.templates.FinalizerProcess,
+    payload: Callable,
+    to_full_weights: Callable,
+    from_full_weights: Callable,
+    full_weights_type: tff.Type,
+    upload_accounting: Optional[Callable] = None,
+) -> tff.learning.templates.LearningProcess:
+    """Composes a LearningProcess whose state is `state_class`.
+
+    Args:
+      state_class: A NamedTuple with the fields global_model_weights, distributor,
+        client_work, aggregator, finalizer, communication, and one per `constants` key.
+      initial_model_weights: No-argument TF computation: the weights the server keeps
+        (and the finalizer updates).
+      constants: Server values fixed for the whole of training (e.g. the frozen seed),
+        by state field name.
+      distributor: Takes `payload`'s result at SERVER, delivers it to CLIENTS.
+      client_work: Takes the distributor's result and the client data.
+      aggregator: Created for the client work's update type, weighted.
+      finalizer: Applies the aggregate to `global_model_weights`.
+      payload: TensorFlow function (weights, *constants) -> what is broadcast.
+      to_full_weights: TensorFlow function (weights, *constants) -> the full model's
+        `ModelWeights` (for get_model_weights).
+      from_full_weights: TensorFlow function (full `ModelWeights`, *constants) ->
+        weights (for set_model_weights; may assert what it cannot accept).
+      full_weights_type: The TFF type of the full model's `ModelWeights`.
+      upload_accounting: TensorFlow function (client_work state after the round) ->
+        OrderedDict with int64 `upload_bytes` per client and any extra int64
+        communication metrics. None: the aggregator's input type gives the bytes,
+        the same every round, and the cost is declared for `communication_cost`.
+
+    Returns:
+      A `tff.learning.templates.LearningProcess`, its cost declared for
+      `tff_fedpt.communication_cost` when it is the same every round.
+    """
+    names = tuple(constants)
+    broadcast_bytes = communication.traffic(distributor.next).broadcast_bytes_per_client
+    upload_bytes = communication.traffic(aggregator.next).upload_bytes_per_client
+
+    @tff.tensorflow.computation
+    def initial_communication():
+        zero = tf.constant(0, tf.int64)
+        return collections.OrderedDict(broadcast_bytes=zero, upload_bytes=zero)
+
+    @tff.federated_computation
+    def init_fn():
+        fields = dict(
+            global_model_weights=tff.federated_eval(initial_model_weights, tff.SERVER),
+            distributor=distributor.initialize(),
+            client_work=client_work.initialize(),
+            aggregator=aggregator.initialize(),
+            finalizer=finalizer.initialize(),
+            communication=tff.federated_eval(initial_communication, tff.SERVER),
+        )
+        fields.update({k: tff.federated_value(v, tff.SERVER) for k, v in constants.items()})
+        return tff.federated_zip(state_class(**fields))
+
+    state_type = init_fn.type_signature.result.member
+    constant_types = [state_type[k] for k in names]
+    weights_type = state_type.global_model_weights
+    payload_fn = tff.tensorflow.computation(payload, weights_type, *constant_types)
+
+    @tff.tensorflow.computation(tff.TensorType(np.float32))
+    def one_client(weight):
+        del weight
+        return tf.constant(1, tf.int64)
+
+    constant_cost = upload_accounting is None
+    if constant_cost:
+
+        def upload_accounting(client_work_state):
+            del client_work_state
+            return collections.OrderedDict(upload_bytes=tf.constant(upload_bytes, tf.int64))
+
+    upload_fn = tff.tensorflow.computation(upload_accounting, state_type.client_work)
+
+    @tff.tensorflow.computation(state_type.communication, tf.int64, upload_fn.type_signature.result)
+    def account(cumulative, clients, upload):
+        new, metrics = communication.account_round(
+            cumulative, clients, broadcast_bytes, upload["upload_bytes"]
+        )
+        metrics.update((k, v) for k, v in upload.items() if k != "upload_bytes")
+        return new, metrics
+
+    def with_constants(state, value):
+        if not names:
+            return value
+        return tff.federated_zip((value, *(getattr(state, k) for k in names)))
+
+    @tff.federated_computation(
+        init_fn.type_signature.result, client_work.next.type_signature.parameter[2]
+    )
+    def next_fn(state, client_data):
+        broadcast = tff.federated_map(payload_fn, with_constants(state, state.global_model_weights))
+        distributor_output = distributor.next(state.distributor, broadcast)
+        client_work_output = client_work.next(
+            state.client_work, distributor_output.result, client_data
+        )
+        aggregator_output = aggregator.next(
+            state.aggregator,
+            client_work_output.result.update,
+            client_work_output.result.update_weight,
+        )
+        finalizer_output = finalizer.next(
+            state.finalizer, state.global_model_weights, aggregator_output.result
+        )
+        clients = tff.federated_sum(
+            tff.federated_map(one_client, client_work_output.result.update_weight)
+        )
+        upload = tff.federated_map(upload_fn, client_work_output.state)
+        new_communication, communication_metrics = tff.federated_map(
+            account, tff.federated_zip((state.communication, clients, upload))
+        )
+        fields = dict(
+            global_model_weights=finalizer_output.result,
+            distributor=distributor_output.state,
+            client_work=client_work_output.state,
+            aggregator=aggregator_output.state,
+            finalizer=finalizer_output.state,
+            communication=new_communication,
+        )
+        fields.update({k: getattr(state, k) for k in names})
+        metrics = collections.OrderedDict(
+            distributor=distributor_output.measurements,
+            client_work=client_work_output.measurements,
+            aggregator=aggregator_output.measurements,
+            finalizer=finalizer_output.measurements,
+            communication=communication_metrics,
+        )
+        return tff.learning.templates.LearningProcessOutput(
+            tff.federated_zip(state_class(**fields)), tff.federated_zip(metrics)
+        )
+
+    @tff.tensorflow.computation(state_type)
+    def get_model_weights_fn(state):
+        return to_full_weights(state.global_model_weights, *(getattr(state, k) for k in names))
+
+    @tff.tensorflow.computation(state_type, full_weights_type)
+    def set_model_weights_fn(state, model_weights):
+        weights = from_full_weights(model_weights, *(getattr(state, k) for k in names))
+        return _replace(state_class, state, global_model_weights=weights)
+
+    @tff.tensorflow.computation(state_type)
+    def get_hparams_fn(state):
+        return collections.OrderedDict(
+            client_work=client_work.get_hparams(state.client_work),
+            finalizer=finalizer.get_hparams(state.finalizer),
+        )
+
+    @tff.tensorflow.computation(state_type, get_hparams_fn.type_signature.result)
+    def set_hparams_fn(state, hparams):
+        return _replace(
+            state_class,
+            state,
+            client_work=client_work.set_hparams(state.client_work, hparams["client_work"]),
+            finalizer=finalizer.set_hparams(state.finalizer, hparams["finalizer"]),
+        )
+
+    learning_process = tff.learning.templates.LearningProcess(
+        init_fn,
+        next_fn,
+        get_model_weights_fn,
+        set_model_weights_fn,
+        get_hparams_fn=get_hparams_fn,
+        set_hparams_fn=set_hparams_fn,
+    )
+    _PARTS[learning_process] = Parts(
+        state_class=state_class,
+        constants=names,
+        payload=payload_fn,
+        distributor=distributor,
+        client_work=client_work,
+        aggregator=aggregator,
+        finalizer=finalizer,
+        broadcast_bytes=broadcast_bytes,
+        upload_bytes=upload_bytes if constant_cost else None,
+    )
+    if constant_cost:
+        communication.declare_cost(
+            learning_process,
+            communication.CommunicationCost(
+                broadcast_bytes_per_client=broadcast_bytes, upload_bytes_per_client=upload_bytes
+            ),
+        )
+    return learning_process
+
+
+def _replace(state_class, state, **changes):
+    return state_class(**{f: changes.get(f, getattr(state, f)) for f in state_class._fields})

@@ -1,0 +1,70 @@
+"""The simulation training layer, split by concern.
+
+    config.py       ExperimentConfig: every option once (default, help, allowed values)
+    algorithms.py   the algorithm registry (FedPT here; baselines register theirs)
+    experiment.py   validate + build everything once -> Experiment
+    sampling.py     clients and their data per round, deterministic in (seed, round)
+    evaluation.py   centralized test-set evaluation
+    outputs.py      output directories, CSV rows, the run record, the run lock
+    checkpoints.py  TFF's FileProgramStateManager with partial/corrupt-save recovery
+    loop.py         run(experiment): rounds, evaluation, outputs, resume
+
+Typical use: `run(build_experiment(config, task))`, or `run_experiment(config, task)`.
+"""
+
+from __future__ import annotations
+
+from tff_fedpt.training import algorithms
+from tff_fedpt.training.checkpoints import CheckpointStore
+from tff_fedpt.training.config import (
+    CLIENT_WEIGHTINGS,
+    OPTIMIZERS,
+    ConfigError,
+    ExperimentConfig,
+)
+from tff_fedpt.training.experiment import Experiment, build_experiment, validate
+from tff_fedpt.training.loop import (
+    ExperimentResult,
+    RoundFailedError,
+    RunInterrupted,
+    run,
+)
+from tff_fedpt.training.outputs import output_dirs
+
+
+def run_experiment(config: ExperimentConfig, task, *, model_aggregator=None, **callbacks):
+    """`run(build_experiment(config, task))`: builds once, then trains (see `loop.run`)."""
+    return run(build_experiment(config, task, model_aggregator=model_aggregator), **callbacks)
+
+
+def load_latest_state(config: ExperimentConfig, task):
+    """The latest checkpoint of an experiment.
+
+    Returns:
+      (process, state, round_num): the experiment's learning process, its state at the
+      newest loadable checkpoint (the initial state if there is none) and that round.
+    """
+    experiment = build_experiment(config, task)
+    store = CheckpointStore(output_dirs(experiment.config)["checkpoints"])
+    state, version, _ = store.load_latest(experiment.process.initialize())
+    return experiment.process, state, version
+
+
+__all__ = [
+    "CLIENT_WEIGHTINGS",
+    "OPTIMIZERS",
+    "CheckpointStore",
+    "ConfigError",
+    "Experiment",
+    "ExperimentConfig",
+    "ExperimentResult",
+    "RoundFailedError",
+    "RunInterrupted",
+    "algorithms",
+    "build_experiment",
+    "load_latest_state",
+    "output_dirs",
+    "run",
+    "run_experiment",
+    "validate",
+]

@@ -1,0 +1,164 @@
+"""The algorithm registry: each training algorithm is one object, registered by name.
+
+An algorithm knows which Keras model it trains, how to wrap it for TFF, how to build its
+learning process from the parts the experiment builds (optimizers, aggregator,
+weighting), its communication cost per round and the Keras model to evaluate. The
+training loop and the binaries only ever talk to this interface.
+
+FedPT is registered here. The baselines (`fedavg`, `small_model`, `pvt`) live in the
+top-level `baselines` package, which depends on `tff_fedpt` (never the other way round)
+and registers them when imported.
+
+Adding an algorithm: subclass `Algorithm` in one module, overriding `build_process`
+(and whatever else differs from the defaults), and call `register(MyAlgorithm())` at
+its bottom; see README "Adding an algorithm".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt import communication, freezing, keras_models, process
+from tff_fedpt.tasks import Task
+from tff_fedpt.training.config import ConfigError, ExperimentConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessParts:
+    """What the experiment builds once for every algorithm."""
+
+    client_optimizer: tff.learning.optimizers.Optimizer
+    server_optimizer: tff.learning.optimizers.Optimizer
+    model_aggregator: Optional[tff.aggregators.AggregationFactory]
+    client_weighting: Optional[tff.learning.ClientWeighting]
+
+
+class Algorithm:
+    """One training algorithm. Subclasses set `name` and override `build_process`.
+
+    Attributes:
+      name: The registry name (the value of --algorithm).
+      uses_freeze: Whether --freeze means something to it (FedPT, small model).
+      compressible: Whether --upload_bits / --broadcast_bits apply.
+    """
+
+    name: str = ""
+    uses_freeze: bool = False
+    compressible: bool = False
+
+    def check(self, config: ExperimentConfig, task: Task) -> None:
+        """Raises ConfigError for options this algorithm cannot run with."""
+        if self.uses_freeze:
+            freeze_spec(config, task)
+
+    def keras_model_fn(self, config: ExperimentConfig, task: Task) -> Callable[[], tf.keras.Model]:
+        """The Keras model this algorithm trains (before any freezing)."""
+        return lambda: task.models[config.model](config.seed)
+
+    def model_fn(
+        self, config: ExperimentConfig, task: Task, keras_model_fn: Callable[[], tf.keras.Model]
+    ) -> Callable[[], tff.learning.models.VariableModel]:
+        """The TFF model_fn of `keras_model_fn`."""
+        return tff_model_fn(keras_model_fn, task)
+
+    def build_process(
+        self, model_fn, config: ExperimentConfig, parts: ProcessParts
+    ) -> tff.learning.templates.LearningProcess:
+        raise NotImplementedError
+
+    def communication_cost(
+        self, learning_process: tff.learning.templates.LearningProcess
+    ) -> Optional[communication.CommunicationCost]:
+        """Bytes per client per round (None when it changes every round)."""
+        return communication.communication_cost(learning_process)
+
+    def eval_keras_model(self, model_fn, keras_model_fn) -> tf.keras.Model:
+        """A Keras model with the same trainable / non-trainable split as the weights."""
+        return keras_model_fn()
+
+
+_REGISTRY: dict[str, Algorithm] = {}
+
+
+def register(algorithm: Algorithm) -> Algorithm:
+    """Adds `algorithm` under `algorithm.name` (replacing one of the same name)."""
+    if not algorithm.name:
+        raise ValueError(f"{type(algorithm).__name__} has no name.")
+    _REGISTRY[algorithm.name] = algorithm
+    return algorithm
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Algorithm:
+    if name not in _REGISTRY:
+        hint = "" if "fedavg" in _REGISTRY else " (import baselines to register the baselines)"
+        raise ConfigError(
+            f"--algorithm: unknown algorithm {name!r}; valid: {list(_REGISTRY)}{hint}."
+        )
+    return _REGISTRY[name]
+
+
+def tff_model_fn(keras_model_fn, task: Task, freeze: Optional[freezing.FreezeSpec] = None):
+    """A TFF model_fn over `keras_model_fn` with the task's loss and metrics."""
+    input_spec = task.input_spec  # eagerly, once: the task's input map may hold tables
+
+    def model_fn():
+        kwargs = dict(loss=task.loss_fn(), input_spec=input_spec, metrics=task.metrics_fn())
+        if freeze is None:
+            return tff.learning.models.from_keras_model(keras_model_fn(), **kwargs)
+        return keras_models.from_keras_model(keras_model_fn(), freeze=freeze, **kwargs)
+
+    return model_fn
+
+
+def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
+    """The FreezeSpec of `config.freeze`: a preset name, or comma-separated patterns."""
+    presets = task.freeze_presets.get(config.model, {})
+    if config.freeze in presets or config.freeze == "none":
+        return task.freeze_spec(config.model, config.freeze)
+    patterns = tuple(p for p in config.freeze.split(",") if p)
+    try:
+        spec = freezing.FreezeSpec(layers=patterns)
+        freezing.resolve_freeze(task.models[config.model](config.seed), spec)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"--freeze={config.freeze!r} is neither a preset of model {config.model} "
+            f"({sorted([*presets, 'none'])}) nor a valid layer pattern: {e}"
+        ) from e
+    return spec
+
+
+class FedPT(Algorithm):
+    """FedPT: the frozen part is regenerated from a seed and never travels."""
+
+    name = "fedpt"
+    uses_freeze = True
+    compressible = True
+
+    def model_fn(self, config, task, keras_model_fn):
+        return tff_model_fn(keras_model_fn, task, freeze=freeze_spec(config, task))
+
+    def build_process(self, model_fn, config, parts):
+        return process.build_fedpt_process(
+            model_fn,
+            parts.client_optimizer,
+            parts.server_optimizer,
+            frozen_seed=config.frozen_seed,
+            model_aggregator=parts.model_aggregator,
+            client_weighting=parts.client_weighting,
+            broadcast_bits=config.broadcast_bits,
+        )
+
+    def eval_keras_model(self, model_fn, keras_model_fn):
+        return model_fn().keras_model  # built with the frozen layers frozen
+
+
+register(FedPT())

@@ -1,0 +1,40 @@
+"""Centralized evaluation of model weights on the task's test set."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt.tasks import Task
+
+
+class Evaluator:
+    """Evaluates `ModelWeights` on a Keras model with the task's loss and metrics.
+
+    `keras_model` must have the same trainable / non-trainable split as the
+    `ModelWeights` it is given (for FedPT: the layers of the freeze spec frozen).
+    """
+
+    def __init__(self, keras_model: tf.keras.Model, task: Task, batch_size: int = 256):
+        self._keras_model = keras_model
+        self._loss_fn = task.loss_fn()
+        self._loss = tf.keras.metrics.Mean(name="loss")
+        self._metrics = [self._loss, *task.metrics_fn()]
+        self._dataset = task.test_batches(batch_size)
+
+        @tf.function
+        def run(dataset):
+            for metric in self._metrics:
+                metric.reset_state()
+            for x, y in dataset:
+                predictions = self._keras_model(x, training=False)
+                self._loss.update_state(self._loss_fn(y, predictions), sample_weight=tf.shape(y)[0])
+                for metric in self._metrics[1:]:
+                    metric.update_state(y, predictions)
+            return {m.name: m.result() for m in self._metrics}
+
+        self._run = run
+
+    def __call__(self, weights: tff.learning.models.ModelWeights) -> dict[str, float]:
+        weights.assign_weights_to(self._keras_model)
+        return {name: float(value) for name, value in self._run(self._dataset).items()}

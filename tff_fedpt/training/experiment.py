@@ -1,0 +1,259 @@
+"""Building an experiment: validate once, build every part once, hand it to the loop.
+
+`build_experiment(config, task)` resolves the task's defaults, validates, builds the
+algorithm's model function and learning process, the DP aggregator (calibrating the
+noise once), the communication costs and the evaluation model. `loop.run` takes the
+result and never rebuilds or re-checks any of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt import communication, compression, freezing, privacy
+from tff_fedpt.tasks import Task
+from tff_fedpt.training import algorithms
+from tff_fedpt.training.config import (
+    ConfigError,
+    ExperimentConfig,
+    check_choices,
+    check_positive,
+    resolve,
+)
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A built experiment, ready for `loop.run`.
+
+    Attributes:
+      config: The configuration with the task's defaults filled in.
+      task: The loaded task.
+      algorithm: The registered algorithm.
+      process: Its `tff.learning.templates.LearningProcess`.
+      model_fn: The process's model function.
+      keras_model_fn: Builds the Keras model the algorithm trains.
+      cost: Bytes per client per round (None when it changes every round: PVT).
+      fedavg_cost: FedAvg's cost on the full model, the reference for reductions.
+      freeze_report: Trainable / frozen counts per layer (FedPT), else None.
+      privacy: The DP mechanism of one round (None without DP).
+      target_delta: Delta at which epsilon is reported.
+    """
+
+    config: ExperimentConfig
+    task: Task
+    algorithm: algorithms.Algorithm
+    process: tff.learning.templates.LearningProcess
+    model_fn: Callable[[], Any]
+    keras_model_fn: Callable[[], tf.keras.Model]
+    cost: Optional[communication.CommunicationCost]
+    fedavg_cost: communication.CommunicationCost
+    freeze_report: Optional[freezing.FreezeReport]
+    privacy: Optional[privacy.PrivacySetting]
+    target_delta: float
+
+    @property
+    def population(self) -> int:
+        return len(self.task.train_data.client_ids)
+
+
+def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
+    """Checks `config` against `task`; returns it resolved. Raises ConfigError."""
+    algorithm = algorithms.get(config.algorithm)
+    config = resolve(config, task)
+    if config.model not in task.models:
+        raise ConfigError(
+            f"--model: unknown model {config.model!r} for task {task.name}; valid: "
+            f"{sorted(task.models)}."
+        )
+    check_positive(
+        config,
+        [
+            "total_rounds",
+            "clients_per_round",
+            "client_epochs_per_round",
+            "client_batch_size",
+            "client_learning_rate",
+            "server_learning_rate",
+            "rounds_per_eval",
+            "rounds_per_checkpoint",
+        ],
+    )
+    if config.max_elements_per_client is not None:
+        check_positive(config, ["max_elements_per_client"])
+    check_choices(config)
+    _check_seed(config)
+    population = len(task.train_data.client_ids)
+    if config.clients_per_round > population:
+        raise ConfigError(
+            f"--clients_per_round={config.clients_per_round} is larger than the number of "
+            f"training clients of task {task.name} ({population})."
+        )
+    algorithm.check(config, task)
+    try:
+        if config.upload_bits is not None or config.broadcast_bits is not None:
+            if not algorithm.compressible:
+                raise ConfigError(
+                    "--upload_bits / --broadcast_bits compress FedPT's trainable part and "
+                    f"need --algorithm=fedpt; received --algorithm={config.algorithm}."
+                )
+            if config.upload_bits is not None:
+                compression.check_upload_bits(config.upload_bits, "--upload_bits")
+            if config.broadcast_bits is not None:
+                compression.check_broadcast_bits(config.broadcast_bits, "--broadcast_bits")
+        if config.dp:
+            compression.check_dp_compatible(
+                upload_bits=config.upload_bits,
+                broadcast_bits=config.broadcast_bits,
+                name="--upload_bits",
+            )
+            privacy.check_dp_options(
+                noise_multiplier=config.noise_multiplier,
+                target_epsilon=config.target_epsilon,
+                clip=config.clip,
+                adaptive_clip=config.adaptive_clip,
+                target_quantile=config.target_quantile,
+                target_delta=config.target_delta,
+                accountant=config.accountant,
+                sampling=config.sampling,
+                weighted=config.client_weighting == "num_examples",
+                prefix="--",
+            )
+            if config.adaptive_clip and config.noise_multiplier is not None:
+                privacy.check_adaptive_noise(
+                    config.noise_multiplier, config.clients_per_round, prefix="--"
+                )
+        elif config.noise_multiplier is not None or config.target_epsilon is not None:
+            raise ConfigError("--noise_multiplier / --target_epsilon need --dp.")
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    return config
+
+
+def _check_seed(config: ExperimentConfig) -> None:
+    for name in ("frozen_seed", "seed"):
+        value = getattr(config, name)
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(
+                f"--{name} must fit in a signed 64-bit integer "
+                f"[-9223372036854775808, 9223372036854775807]; received {value}."
+            )
+    if config.seed < 0:
+        raise ConfigError(f"--seed must be >= 0 (it seeds numpy); received {config.seed}.")
+
+
+def optimizer(config: ExperimentConfig, role: str) -> tff.learning.optimizers.Optimizer:
+    """The client or server optimizer of `config` (role: "client" or "server")."""
+    name = getattr(config, f"{role}_optimizer")
+    lr = getattr(config, f"{role}_learning_rate")
+    if name == "sgd":
+        return tff.learning.optimizers.build_sgdm(learning_rate=lr)
+    if name == "sgdm":
+        return tff.learning.optimizers.build_sgdm(
+            learning_rate=lr, momentum=getattr(config, f"{role}_momentum")
+        )
+    if role == "server":
+        return tff.learning.optimizers.build_adam(
+            learning_rate=lr,
+            beta_1=config.server_adam_beta1,
+            beta_2=config.server_adam_beta2,
+            epsilon=config.server_adam_epsilon,
+        )
+    return tff.learning.optimizers.build_adam(learning_rate=lr)
+
+
+def _privacy_setting(config: ExperimentConfig, population: int, delta: float):
+    if not config.dp:
+        return None
+    noise = config.noise_multiplier
+    if noise is None:
+        try:
+            noise = privacy.calibrate_noise_multiplier(
+                target_epsilon=config.target_epsilon,
+                target_delta=delta,
+                rounds=config.total_rounds,
+                clients_per_round=config.clients_per_round,
+                population=population,
+                sampling=config.sampling,
+                accountant=config.accountant,
+            )
+        except ValueError as e:
+            raise ConfigError(f"--{e}") from None
+        if config.adaptive_clip:
+            try:
+                privacy.check_adaptive_noise(noise, config.clients_per_round, prefix="--")
+            except ValueError as e:
+                raise ConfigError(f"{e} (calibrated to --target_epsilon)") from None
+    return privacy.PrivacySetting(
+        float(noise), config.clients_per_round, population, config.sampling
+    )
+
+
+def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=None) -> Experiment:
+    """Validates `config` and builds everything a run needs, once.
+
+    Args:
+      config: The experiment configuration (unset model / freeze / experiment_name
+        take the task's defaults).
+      task: The loaded task.
+      model_aggregator: Optional `tff.aggregators` factory for the model update; by
+        default the mean, the DP aggregator with `dp`, or the quantized mean with
+        `upload_bits`.
+
+    Raises:
+      ConfigError: for invalid settings, naming the flag.
+    """
+    config = validate(config, task)
+    algorithm = algorithms.get(config.algorithm)
+    population = len(task.train_data.client_ids)
+    delta = config.target_delta if config.target_delta is not None else 1.0 / population
+    setting = _privacy_setting(config, population, delta)
+    if model_aggregator is None and setting is not None:
+        model_aggregator = privacy.build_dp_aggregator(
+            noise_multiplier=setting.noise_multiplier,
+            clients_per_round=config.clients_per_round,
+            clip=float(config.clip),
+            adaptive_clip=config.adaptive_clip,
+            target_quantile=config.target_quantile,
+        )
+    if model_aggregator is None and config.upload_bits is not None:
+        model_aggregator = compression.quantized_mean(config.upload_bits)
+    weighting = None
+    if config.client_weighting is not None:
+        weighting = (
+            tff.learning.ClientWeighting.UNIFORM
+            if config.client_weighting == "uniform"
+            else tff.learning.ClientWeighting.NUM_EXAMPLES
+        )
+    parts = algorithms.ProcessParts(
+        client_optimizer=optimizer(config, "client"),
+        server_optimizer=optimizer(config, "server"),
+        model_aggregator=model_aggregator,
+        client_weighting=weighting,
+    )
+    keras_model_fn = algorithm.keras_model_fn(config, task)
+    model_fn = algorithm.model_fn(config, task, keras_model_fn)
+    learning_process = algorithm.build_process(model_fn, config, parts)
+    with tf.Graph().as_default():
+        report = getattr(model_fn(), "freeze_report", None)
+    full_model_fn = algorithms.tff_model_fn(lambda: task.models[config.model](config.seed), task)
+    return Experiment(
+        config=config,
+        task=task,
+        algorithm=algorithm,
+        process=learning_process,
+        model_fn=model_fn,
+        keras_model_fn=keras_model_fn,
+        cost=algorithm.communication_cost(learning_process),
+        fedavg_cost=communication.fedavg_communication_cost(full_model_fn),
+        freeze_report=report,
+        privacy=setting,
+        target_delta=delta,
+    )

@@ -1,0 +1,242 @@
+"""Running a built experiment: rounds, evaluation, outputs, checkpoints, resume.
+
+`run(experiment)` resumes from the newest intact checkpoint of the experiment (checked
+against the settings recorded with the checkpoints), cuts metrics.csv back to it, and
+trains the remaining rounds. Nothing here prints: progress goes to the callbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt import communication, freezing, privacy, runtime
+from tff_fedpt.training import outputs
+from tff_fedpt.training.checkpoints import CheckpointStore, Skipped
+from tff_fedpt.training.config import ConfigError
+from tff_fedpt.training.evaluation import Evaluator
+from tff_fedpt.training.experiment import Experiment
+from tff_fedpt.training.sampling import ClientDatasets, sample_clients
+
+
+@dataclasses.dataclass
+class ExperimentResult:
+    """What a finished run returns."""
+
+    rows: list[dict[str, Any]]
+    final_state: Any
+    model_weights: tff.learning.models.ModelWeights
+    freeze_report: Optional[freezing.FreezeReport]
+    cost: Optional[communication.CommunicationCost]
+    fedavg_cost: communication.CommunicationCost
+    results_dir: str
+    resumed_from_round: int
+    skipped_checkpoints: list[Skipped] = dataclasses.field(default_factory=list)
+
+    @property
+    def final_eval(self) -> dict[str, Any]:
+        evals = [r for r in self.rows if r.get("eval/accuracy", "") != ""]
+        return evals[-1] if evals else {}
+
+
+class RunInterrupted(Exception):
+    """The run was stopped (`should_stop` or Ctrl-C); what was computed is checkpointed.
+
+    Attributes:
+      round_num: The last round that completed.
+      checkpoint_round: The last round saved (the rerun resumes after it).
+      checkpoint_dir: Where the checkpoints are.
+    """
+
+    def __init__(self, round_num: int, checkpoint_round: int, checkpoint_dir: str):
+        super().__init__(
+            f"stopped after round {round_num}; rounds 1..{checkpoint_round} are saved "
+            f"in {checkpoint_dir}"
+        )
+        self.round_num = round_num
+        self.checkpoint_round = checkpoint_round
+        self.checkpoint_dir = checkpoint_dir
+
+
+class RoundFailedError(RuntimeError):
+    """A round failed inside TFF; the message gives the cause where it can be found."""
+
+
+_CAUSES = (
+    re.compile(r"(Received a label value of -?\d+ which is outside the valid range of \[[^\]]*\))"),
+    re.compile(r"assertion failed: \[([^\]\"]+)\]"),
+    re.compile(r"(?:INVALID_ARGUMENT|InvalidArgumentError)\W+([^\n\"]{10,300})"),
+)
+
+
+def explain(error: BaseException) -> Optional[str]:
+    """The root cause of a TFF execution error, found in its text (None if not found)."""
+    text = ""
+    while error is not None:
+        text += " " + str(error) + " " + str(getattr(error, "details", lambda: "")())
+        error = error.__cause__ or error.__context__
+    for pattern in _CAUSES:
+        match = pattern.search(text.replace("\\n", "\n"))
+        if match:
+            return match.group(1).strip()
+    return None
+
+
+def run(
+    experiment: Experiment,
+    *,
+    on_start: Optional[Callable[[int], None]] = None,
+    on_round_end: Optional[Callable[[int, dict], None]] = None,
+    on_warning: Optional[Callable[[str], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+) -> ExperimentResult:
+    """Trains a built experiment, resuming from its newest intact checkpoint.
+
+    Args:
+      experiment: From `build_experiment`.
+      on_start: Called with the first round to run (after a resume: the next one).
+      on_round_end: Called with (round_num, metrics row) after every round.
+      on_warning: Called with a message for recovered problems (a corrupt checkpoint
+        skipped, partial saves removed).
+      should_stop: Asked after every round; True stops the run cleanly (the round is
+        checkpointed, then RunInterrupted is raised). A binary sets it from SIGINT.
+
+    Returns:
+      An `ExperimentResult`.
+
+    Raises:
+      ConfigError: for an output directory that cannot be used, another run of the same
+        experiment in progress, settings other than those recorded with the
+        checkpoints, fewer total_rounds than already checkpointed, or edited results.
+      RunInterrupted: when `should_stop` says so, or on KeyboardInterrupt, after saving
+        the last completed round.
+      RoundFailedError: when a round fails and the cause can be named.
+    """
+    config, task, learning_process = experiment.config, experiment.task, experiment.process
+    warn = on_warning or (lambda message: None)
+    dirs = outputs.output_dirs(config)
+    outputs.make_dirs(dirs)
+    with outputs.RunLock(dirs["results"]):
+        store = CheckpointStore(dirs["checkpoints"])
+        for entry in store.remove_partial_saves():
+            warn(f"removed {entry}: a checkpoint save that was interrupted")
+        versions = store.versions()
+        outputs.check_and_write_record(
+            dirs["checkpoints"], outputs.run_record(config, task), bool(versions)
+        )
+        if versions and max(versions) > config.total_rounds:
+            raise ConfigError(
+                f"--total_rounds={config.total_rounds}: experiment "
+                f"{config.experiment_name!r} already has {max(versions)} rounds checkpointed "
+                f"in {dirs['checkpoints']}. Use --total_rounds={max(versions)} to see its "
+                "results, a larger value to continue, or another --experiment_name."
+            )
+        state, version, skipped = store.load_latest(learning_process.initialize())
+        for s in skipped:
+            warn(
+                f"checkpoint of round {s.version} cannot be loaded ({s.reason}); moved to "
+                f"{s.moved_to}; resuming from round {version}"
+            )
+        metrics_path = os.path.join(dirs["results"], "metrics.csv")
+        rows = outputs.metrics_rows_up_to(metrics_path, version)
+        outputs.write_csv_atomic(metrics_path, rows)
+        outputs.write_csv_atomic(
+            os.path.join(dirs["results"], "hparams.csv"),
+            [{"name": k, "value": v} for k, v in config.hparams().items()],
+        )
+        evaluator = Evaluator(
+            experiment.algorithm.eval_keras_model(experiment.model_fn, experiment.keras_model_fn),
+            task,
+        )
+        client_ids = list(task.train_data.client_ids)
+        datasets = ClientDatasets(task, config)
+        if on_start is not None:
+            on_start(version + 1)
+        saved = done = version
+        round_num = version
+        try:
+            with tf.summary.create_file_writer(dirs["logdir"]).as_default():
+                for round_num in range(version + 1, config.total_rounds + 1):
+                    new_state, row = _round(
+                        experiment, state, round_num, client_ids, datasets, rows
+                    )
+                    if round_num % config.rounds_per_eval == 0 or round_num == config.total_rounds:
+                        weights = learning_process.get_model_weights(new_state)
+                        row.update({f"eval/{k}": v for k, v in evaluator(weights).items()})
+                    outputs.write_csv_atomic(metrics_path, [*rows, row])
+                    rows.append(row)
+                    state, done = new_state, round_num
+                    for key, value in row.items():
+                        if key != "round" and isinstance(value, (int, float)):
+                            tf.summary.scalar(key, value, step=round_num)
+                    if (
+                        round_num % config.rounds_per_checkpoint == 0
+                        or round_num == config.total_rounds
+                    ):
+                        store.save(state, round_num)
+                        saved = round_num
+                    if on_round_end is not None:
+                        on_round_end(round_num, row)
+                    restart = config.worker_restart_rounds
+                    if restart > 0 and round_num % restart == 0:
+                        runtime.restart_worker()  # bounds the TFF worker's memory growth
+                    if should_stop is not None and should_stop() and done < config.total_rounds:
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if done > saved:  # keep what was computed: the rerun resumes after `done`
+                store.remove_partial_saves()
+                if done not in store.versions():
+                    store.save(state, done)
+                saved = done
+            raise RunInterrupted(done, saved, dirs["checkpoints"]) from None
+    return ExperimentResult(
+        rows=rows,
+        final_state=state,
+        model_weights=learning_process.get_model_weights(state),
+        freeze_report=experiment.freeze_report,
+        cost=experiment.cost,
+        fedavg_cost=experiment.fedavg_cost,
+        results_dir=dirs["results"],
+        resumed_from_round=version,
+        skipped_checkpoints=skipped,
+    )
+
+
+def _round(experiment: Experiment, state, round_num, client_ids, datasets, rows):
+    """Trains one round; returns the new state and its metrics row."""
+    config = experiment.config
+    ids, seeds = sample_clients(config, client_ids, round_num)
+    data = datasets(ids, seeds)
+    start = time.perf_counter()
+    if data:
+        try:
+            output = experiment.process.next(state, data)
+        except Exception as e:
+            cause = explain(e)
+            if cause is None:
+                raise
+            raise RoundFailedError(
+                f"round {round_num} failed on the clients ({', '.join(ids[:5])}"
+                f"{', ...' if len(ids) > 5 else ''}): {cause}"
+            ) from e
+        state, metrics = output.state, output.metrics
+    else:  # Poisson sampling drew nobody: the model stays, the round still counts
+        metrics = {}
+    seconds = time.perf_counter() - start
+    row = outputs.round_row(
+        round_num, metrics, experiment.cost, rows[-1] if rows else None, seconds, len(ids)
+    )
+    if experiment.privacy is not None:
+        row["privacy/noise_multiplier"] = experiment.privacy.noise_multiplier
+        row["privacy/epsilon"] = privacy.compute_epsilon(
+            experiment.privacy, round_num, experiment.target_delta, config.accountant
+        )
+        row["privacy/delta"] = experiment.target_delta
+    return state, row

@@ -1,0 +1,293 @@
+"""Where a run writes, and the rows it writes: directories, CSV files, the run record.
+
+Layout (google-research/federated's):
+
+    root_output_dir/checkpoints/<experiment_name>/   program_state_N/, experiment.json
+    root_output_dir/results/<experiment_name>/       metrics.csv, hparams.csv
+    root_output_dir/logdir/<experiment_name>/        TensorBoard summaries
+
+`experiment.json` sits with the checkpoints: it records every setting that defines the
+run (the config and the task's own settings), and a resume is checked against it.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from tff_fedpt.training.config import RESUMABLE_FIELDS, ConfigError, ExperimentConfig
+
+RECORD = "experiment.json"
+
+
+def output_dirs(config: ExperimentConfig) -> dict[str, str]:
+    """{"checkpoints", "results", "logdir"} -> this experiment's directory."""
+    if not config.experiment_name:
+        raise ConfigError("--experiment_name is empty; resolve the config with its task first.")
+    return {
+        name: os.path.join(config.root_output_dir, name, config.experiment_name)
+        for name in ("checkpoints", "results", "logdir")
+    }
+
+
+def make_dirs(dirs: Mapping[str, str]) -> None:
+    """Creates the output directories; a path that cannot be one is a ConfigError."""
+    for path in dirs.values():
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, ".write_test")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            reason = {
+                errno.ENOTDIR: "a parent is a regular file, not a directory",
+                errno.EEXIST: "a regular file of that name exists",
+                errno.EROFS: "the filesystem is read-only",
+                errno.EACCES: "permission denied",
+            }.get(e.errno, e.strerror)
+            raise ConfigError(
+                f"--root_output_dir: cannot create or write {path} ({reason}). Choose a "
+                "writable directory."
+            ) from None
+
+
+class RunLock:
+    """One run per experiment: an exclusive `flock` on <results>/.lock.
+
+    The kernel drops the lock when its process dies, so a killed run never blocks its
+    own resume.
+    """
+
+    def __init__(self, results_dir: str):
+        self.path = os.path.join(results_dir, ".lock")
+        self._file = None
+
+    def acquire(self) -> None:
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(
+                f"experiment {os.path.basename(os.path.dirname(self.path))!r} is already "
+                f"running ({holder}, lock {self.path}). Wait for it to finish, or use "
+                "another --experiment_name or --root_output_dir."
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the flock
+            self._file = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# ---------------------------------------------------------------------------
+# CSV files.
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv_atomic(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Writes `rows` (columns: union of keys, in first-seen order) via rename."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def metrics_rows_up_to(path: str, version: int) -> list[dict[str, Any]]:
+    """The metrics rows of rounds 1..version, checked; the rest are cut on resume.
+
+    Raises:
+      ConfigError: if the file is unreadable, lacks a `round` column, has a row that is
+        not a round number, or does not hold exactly rounds 1..version.
+    """
+    try:
+        rows = read_csv(path)
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); move it away to resume.") from None
+    if rows and "round" not in rows[0]:
+        raise ConfigError(
+            f"{path} has no 'round' column (columns: {list(rows[0])[:5]}...); it was edited "
+            "or is not this experiment's. Move it away to resume (a new one is started)."
+        )
+    kept = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            round_num = int(row["round"])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{path} line {line}: round {row['round']!r} is not a round number; the file "
+                "was edited. Fix or remove that line to resume."
+            ) from None
+        if round_num <= version:
+            kept.append(row)
+    if version and [int(r["round"]) for r in kept] != list(range(1, version + 1)):
+        raise ConfigError(
+            f"{path} does not hold rounds 1..{version} once each (the checkpoint is at "
+            f"round {version}); the results directory was changed by hand. Use another "
+            "--experiment_name, or move the file away to start its metrics anew."
+        )
+    return kept
+
+
+# ---------------------------------------------------------------------------
+# The run record: every setting that defines the run, kept with the checkpoints.
+
+
+def run_record(config: ExperimentConfig, task) -> dict[str, str]:
+    """What defines a run: the config (less resumable fields), the task's settings and
+    a fingerprint of its clients (their number and a hash of their ids)."""
+    record = {f"--{k}": v for k, v in config.hparams().items() if k not in RESUMABLE_FIELDS}
+    record.update({f"task:{k}": str(v) for k, v in task.settings.items()})
+    ids = list(task.train_data.client_ids)
+    record["data:clients"] = str(len(ids))
+    record["data:client_ids_sha256"] = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    return record
+
+
+def check_and_write_record(
+    checkpoint_dir: str, record: Mapping[str, str], has_checkpoints: bool
+) -> None:
+    """Compares `record` with the saved one, then saves it.
+
+    Raises:
+      ConfigError: naming every setting that differs, or when checkpoints exist without
+        a record (it was deleted: nothing can be checked).
+    """
+    path = os.path.join(checkpoint_dir, RECORD)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"{path} is unreadable ({e}); it records the settings the checkpoints were "
+                "made with. Restore it, or use another --experiment_name."
+            ) from None
+        changed = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+        if changed:
+            details = ", ".join(
+                f"{k}: saved {saved.get(k)!r}, now {record.get(k)!r}" for k in changed
+            )
+            raise ConfigError(
+                f"{checkpoint_dir} holds a run with other settings ({details}); its "
+                "checkpoints cannot be resumed with these. Use the saved settings, or "
+                "another --experiment_name or --root_output_dir."
+            )
+    elif has_checkpoints:
+        raise ConfigError(
+            f"{checkpoint_dir} has checkpoints but no {RECORD} (the record of the settings "
+            "they were made with), so a resume cannot be checked. Use another "
+            "--experiment_name, or remove that directory to start over."
+        )
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(record), f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Rows.
+
+
+def flatten_metrics(metrics: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested metrics -> {"a/b/c": scalar}; empty groups and non-scalars are dropped."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, name + "/"))
+        elif isinstance(value, (tuple, list)) and not value:
+            continue
+        else:
+            array = np.asarray(value)
+            if array.ndim == 0:
+                flat[name] = array.item()
+    return flat
+
+
+_COMMUNICATION = (
+    "broadcast_bytes_per_client",
+    "upload_bytes_per_client",
+    "round_broadcast_bytes",
+    "round_upload_bytes",
+    "cumulative_broadcast_bytes",
+    "cumulative_upload_bytes",
+)
+
+
+def round_row(
+    round_num: int,
+    metrics: Mapping,
+    cost,
+    previous_row: Optional[Mapping[str, Any]],
+    round_seconds: float,
+    clients: int,
+) -> dict[str, Any]:
+    """One metrics.csv row from a round's metrics.
+
+    Communication comes from the process's own `communication` metrics where it has
+    them (FedPT, PVT), else from `cost` per client (TFF's FedAvg), accumulated on the
+    previous row.
+    """
+    row: dict[str, Any] = {"round": round_num}
+    for key, value in flatten_metrics(metrics).items():
+        if key.startswith("client_work/train/"):
+            row["train/" + key[len("client_work/train/") :]] = value
+        elif not key.startswith("communication/"):
+            row[key] = value
+    comm = metrics.get("communication") if isinstance(metrics, Mapping) else None
+    if comm:
+        row["clients"] = int(comm["clients"])
+        row.update({k: int(comm[k]) for k in _COMMUNICATION})
+    else:
+        before_down = int(previous_row.get("cumulative_broadcast_bytes", 0)) if previous_row else 0
+        before_up = int(previous_row.get("cumulative_upload_bytes", 0)) if previous_row else 0
+        down, up = cost.broadcast_bytes_per_client, cost.upload_bytes_per_client
+        row.update(
+            clients=clients,
+            broadcast_bytes_per_client=down,
+            upload_bytes_per_client=up,
+            round_broadcast_bytes=clients * down,
+            round_upload_bytes=clients * up,
+            cumulative_broadcast_bytes=before_down + clients * down,
+            cumulative_upload_bytes=before_up + clients * up,
+        )
+    row["cumulative_megabytes"] = (
+        row["cumulative_broadcast_bytes"] + row["cumulative_upload_bytes"]
+    ) / 1e6
+    row["round_seconds"] = round_seconds
+    return row
