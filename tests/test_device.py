@@ -1,0 +1,214 @@
+"""The TensorFlow Lite device client against the simulation (TFF's process is the oracle)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+import tff_fedpt
+from tff_fedpt import communication, device, freezing
+from tff_fedpt.tasks import digits
+
+DIGITS_SPEC = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
+SEQ_SPEC = (tf.TensorSpec([None, 6], tf.int32), tf.TensorSpec([None, 6], tf.int32))
+
+
+def _loss():
+    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _digits_fn(dense_units=2048):
+    return lambda: tff_fedpt.from_keras_model(
+        digits.cnn(0, dense_units), loss=_loss(), input_spec=DIGITS_SPEC, freeze="dense"
+    )
+
+
+def _recurrent():
+    """Embedding (uniform), LSTM (Glorot = variance scaling, orthogonal recurrent kernel,
+    forget-gate bias), a Dense with a RandomUniform kernel and zeros bias, and the output."""
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(6,), dtype=tf.int32),
+            tf.keras.layers.Embedding(20, 8, name="embedding"),
+            tf.keras.layers.LSTM(8, return_sequences=True, name="lstm"),
+            tf.keras.layers.Dense(
+                8, name="uniform", kernel_initializer=tf.keras.initializers.RandomUniform()
+            ),
+            tf.keras.layers.Dense(20, name="logits"),
+        ]
+    )
+
+
+def _recurrent_fn(freeze):
+    return lambda: tff_fedpt.from_keras_model(
+        _recurrent(), loss=_loss(), input_spec=SEQ_SPEC, freeze=freeze
+    )
+
+
+def _digits_data(seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.random((12, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 12).astype(np.int32))
+        for _ in range(3)
+    ]
+
+
+def _seq_data(seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            rng.integers(0, 20, (9, 6)).astype(np.int32),
+            rng.integers(0, 20, (9, 6)).astype(np.int32),
+        )
+        for _ in range(3)
+    ]
+
+
+def _device_round(process, state, tflite, data, batch_size):
+    payload = device.broadcast_payload(process, state)
+    updates, clients = [], []
+    for x, y in data:
+        client = device.DeviceClient(tflite)
+        client.start_round(payload["trainable"], payload["frozen_seed"])
+        updates.append(client.train(x, y, batch_size=batch_size))
+        clients.append(client)
+    return device.apply_device_updates(process, state, updates), clients
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize(
+    "model_fn,data,batch,optimizer,broadcast_bits",
+    [
+        (_digits_fn(), _digits_data(), 5, tff.learning.optimizers.build_sgdm(0.1), None),
+        (_digits_fn(), _digits_data(1), 4, tff.learning.optimizers.build_sgdm(0.1, 0.9), 8),
+        (_recurrent_fn("embedding"), _seq_data(), 4, tff.learning.optimizers.build_sgdm(0.5), None),
+        (
+            _recurrent_fn("lstm"),
+            _seq_data(2),
+            4,
+            tff.learning.optimizers.build_sgdm(0.5, 0.9),
+            None,
+        ),
+    ],
+    ids=["digits-sgd", "digits-momentum-8bit-broadcast", "embedding-frozen", "lstm-frozen"],
+)
+def test_a_round_of_device_clients_equals_process_next(
+    model_fn, data, batch, optimizer, broadcast_bits
+):
+    process = tff_fedpt.build_fedpt_process(model_fn, optimizer, broadcast_bits=broadcast_bits)
+    tflite = device.export_tflite(model_fn, optimizer)
+    state = process.initialize()
+    for _ in range(2):  # two rounds: the second starts from the first's state
+        out, _ = _device_round(process, state, tflite, data, batch)
+        datasets = [tf.data.Dataset.from_tensor_slices((x, y)).batch(batch) for x, y in data]
+        ref = process.next(state, datasets)
+        # Measured max difference: ~4e-8 (float32 sums in another order in TFLite kernels).
+        assert (
+            _max_diff(
+                out.state.global_model_weights.trainable, ref.state.global_model_weights.trainable
+            )
+            < 1e-5
+        )
+        assert (
+            out.state.communication["broadcast_bytes"] == ref.state.communication["broadcast_bytes"]
+        )
+        assert out.state.communication["upload_bytes"] == ref.state.communication["upload_bytes"]
+        state = ref.state
+    if broadcast_bits:
+        payload = device.broadcast_payload(process, state)
+        exact = process.get_model_weights(state).trainable
+        assert 0 < _max_diff(payload["trainable"], exact) < 0.01  # dequantized 8-bit values
+
+
+def test_frozen_tensors_regenerated_on_device_match_the_process():
+    model_fn = _recurrent_fn("embedding|lstm|uniform")
+    process = tff_fedpt.build_fedpt_process(model_fn, tff.learning.optimizers.build_sgdm(0.1))
+    state = process.initialize()
+    client = device.DeviceClient(
+        device.export_tflite(model_fn, tff.learning.optimizers.build_sgdm(0.1))
+    )
+    payload = device.broadcast_payload(process, state)
+    client.start_round(payload["trainable"], payload["frozen_seed"])
+    on_device = client.frozen_weights()
+    simulated = process.get_model_weights(state).non_trainable
+    records = model_fn().frozen_initializers
+    eager = freezing.generate_frozen_weights(records, np.int64(0))
+    families = [r.class_name for r in records]
+    assert set(families) >= {"RandomUniform", "VarianceScaling", "Orthogonal", "Zeros"}
+    assert any("lstm" in r.name and "bias" in r.name for r in records)  # forget-gate bias
+    for record, dev, sim, eag in zip(records, on_device, simulated, eager):
+        np.testing.assert_array_equal(dev, eag)  # bit-identical to TensorFlow
+        if record.class_name == "Orthogonal":
+            # The QR decomposition run by TFF's C++ runtime differs from TensorFlow's own
+            # (eager or TFLite Flex) by at most a few float32 ulps; measured 1.5e-7.
+            assert float(np.max(np.abs(dev - sim))) < 5e-7, record.name
+        else:
+            np.testing.assert_array_equal(dev, sim, err_msg=record.name)
+
+
+def test_the_file_holds_no_frozen_tensor():
+    sizes, trainable = {}, {}
+    for width in (1024, 4096):
+        model_fn = _digits_fn(width)
+        sizes[width] = len(device.export_tflite(model_fn, tff.learning.optimizers.build_sgdm(0.1)))
+        with tf.Graph().as_default():
+            model = model_fn()
+            trainable[width] = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+            frozen = sum(int(np.prod(v.shape)) for v in model.non_trainable_variables)
+        # The 4096-wide frozen layer alone would be 16.8 MB in float32.
+        # file = 4 bytes x trainable parameters (their initial values) + graph and state.
+        assert sizes[width] - 4 * trainable[width] < 150_000, (width, sizes[width])
+        assert sizes[width] < 4 * frozen / 10
+    # 4x the frozen parameters; the file grows by the trainable output layer only.
+    grown = sizes[4096] - sizes[1024]
+    assert abs(grown - 4 * (trainable[4096] - trainable[1024])) < 1_000, grown
+
+
+def test_bad_inputs_at_the_device_boundary_are_named():
+    model_fn = _digits_fn()
+    optimizer = tff.learning.optimizers.build_sgdm(0.1)
+    tflite = device.export_tflite(model_fn, optimizer)
+    process = tff_fedpt.build_fedpt_process(model_fn, optimizer)
+    payload = device.broadcast_payload(process, process.initialize())
+    client = device.DeviceClient(tflite)
+    x, y = _digits_data()[0]
+    with pytest.raises(device.DeviceError, match="train: called before start_round"):
+        client.train_step(x, y)
+    weights = list(payload["trainable"])
+    with pytest.raises(device.DeviceError, match="start_round: 5 trainable tensors received"):
+        client.start_round(weights[:-1], 0)
+    bad = [*weights[:-1], np.zeros((3,), np.float32)]
+    with pytest.raises(
+        device.DeviceError,
+        match=r"start_round: argument 'trainable_005' has shape \(3,\); expected \(10,\)",
+    ):
+        client.start_round(bad, 0)
+    bad = [*weights[:-1], weights[-1].astype(np.float64)]
+    with pytest.raises(
+        device.DeviceError, match="'trainable_005' has dtype float64; expected float32"
+    ):
+        client.start_round(bad, 0)
+    for seed in (1.5, "0"):
+        with pytest.raises(device.DeviceError, match="'frozen_seed' must be an int64 scalar"):
+            client.start_round(weights, seed)
+    client.start_round(weights, payload["frozen_seed"])
+    with pytest.raises(device.DeviceError, match="get_update: read before any training"):
+        client.get_update()
+    with pytest.raises(device.DeviceError, match=r"train: argument 'x' has shape \(12, 8, 8\)"):
+        client.train_step(x[..., 0], y)
+    with pytest.raises(device.DeviceError, match="train: argument 'y' has dtype int64"):
+        client.train_step(x, y.astype(np.int64))
+    update = client.train(x, y, batch_size=5, epochs=2, shuffle_seed=3)
+    assert update.num_examples == 24 and update.weight == 24.0
+    with pytest.raises(TypeError, match="model_fn must return a model from tff_fedpt"):
+        device.export_tflite(
+            lambda: tff.learning.models.from_keras_model(
+                digits.cnn(0), loss=_loss(), input_spec=DIGITS_SPEC
+            ),
+            optimizer,
+        )
+    assert "StatelessRandomUniformV2" in device.flex_ops(tflite)
+    assert communication.communication_cost(process).broadcast_bytes_per_client > 0

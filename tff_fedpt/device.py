@@ -1,0 +1,485 @@
+"""FedPT on the device: a TensorFlow Lite client that regenerates the frozen part itself.
+
+`export_tflite(model_fn, client_optimizer)` writes one `.tflite` flatbuffer with four
+signatures a device app calls each round:
+
+    start_round(trainable_000.., frozen_seed)  the broadcast: trainable weights and the
+                                               seed; the frozen part is regenerated on
+                                               the device (stateless RNG, as in TFF)
+    train(x, y) -> loss                        one optimizer step on one batch
+    evaluate(x, y) -> loss, predictions        one batch, training=False
+    get_update() -> delta_000.., weight        what the device uploads: initial minus
+                                               trained trainable weights, and its weight
+    frozen_weights() -> frozen_000..           the regenerated frozen tensors (checks)
+
+The file holds no frozen values: every frozen tensor lives in a variable of undefined
+shape that starts empty and is filled by `start_round` (the converter stores a
+variable's initial value in the file, so a frozen variable of fixed shape would add its
+full size). What the file does hold: the trainable variables' initial values, the tiny
+optimizer and metric state, and the graph. Size ~= 4 * trainable parameters + graph.
+
+`DeviceClient` runs the file in `tf.lite.Interpreter` as a device would (its own
+batching, epochs and shuffling), and checks what crosses the boundary.
+`broadcast_payload` and `apply_device_updates` are the server side: the exact broadcast
+of a FedPT process's state, and the next state from a list of device updates through the
+process's own aggregator and server optimizer.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt import composer, compression, freezing, keras_models
+
+SIGNATURES = ("start_round", "train", "evaluate", "get_update", "frozen_weights")
+SEED = "frozen_seed"
+
+
+def _trainable_name(i: int) -> str:
+    return f"trainable_{i:03d}"
+
+
+def _delta_name(i: int) -> str:
+    return f"delta_{i:03d}"
+
+
+class DeviceError(ValueError):
+    """A bad value at the device boundary; the message names the signature and argument."""
+
+
+def _owners(keras_model: tf.keras.Model, variable: tf.Variable) -> list[tuple[Any, str]]:
+    """(object, attribute) pairs through which a layer reads `variable` in `call`."""
+    found = []
+    for module in [keras_model, *keras_model.submodules]:
+        for attr, value in list(vars(module).items()):
+            if value is variable and not attr.startswith("_"):
+                found.append((module, attr))
+    return found
+
+
+class _ClientModule(tf.Module):
+    """The device's state and its four signatures (see the module docstring)."""
+
+    def __init__(self, model, optimizer, client_weighting, batch_spec):
+        super().__init__()
+        # Not tracked: SavedModel would trace the Keras layers' own call functions, which
+        # read the frozen tensors bound below. The variables the signatures use are
+        # tracked explicitly instead.
+        object.__setattr__(self, "_model", model)
+        self._local_variables = list(model.local_variables)
+        self._optimizer = optimizer
+        self._uniform = client_weighting == tff.learning.ClientWeighting.UNIFORM
+        keras_model = model.keras_model
+        self._trainable = list(model.trainable_variables)
+        frozen = list(model.non_trainable_variables)
+        self._frozen_records = model.frozen_initializers
+        # Each frozen variable: an empty store of undefined shape, filled by start_round,
+        # read by its layer through the attribute that held the original variable.
+        self._frozen_stores = [
+            tf.Variable(tf.zeros([0], v.dtype), shape=tf.TensorShape(None), name=f"frozen_{i}")
+            for i, v in enumerate(frozen)
+        ]
+        self._bindings = []
+        for i, variable in enumerate(frozen):
+            owners = _owners(keras_model, variable)
+            if not owners:
+                raise TypeError(
+                    f"frozen variable {variable.name} is not an attribute of any layer, so "
+                    "the device client cannot substitute its regenerated value."
+                )
+            self._bindings.append((owners, i, variable.shape))
+        self._initial = [
+            tf.Variable(tf.zeros([0], v.dtype), shape=tf.TensorShape(None), name=f"initial_{i}")
+            for i, v in enumerate(self._trainable)
+        ]
+        specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in self._trainable)
+        self._optimizer_specs = specs
+        # Optimizer state (hyperparameters and slots, e.g. momentum), re-initialized by
+        # start_round; slots are stored flat in variables of undefined shape.
+        self._optimizer_state = tf.nest.map_structure(
+            lambda t: tf.Variable(
+                tf.zeros([0], t.dtype) if t.shape.rank else t,
+                shape=tf.TensorShape(None) if t.shape.rank else t.shape,
+            ),
+            self._fresh_optimizer_state(),
+        )
+        self._num_examples = tf.Variable(tf.constant(0, tf.int64))
+        self._started = tf.Variable(tf.constant(False))
+        x_spec, y_spec = batch_spec
+        trainable_specs = [
+            tf.TensorSpec(v.shape, v.dtype, name=_trainable_name(i))
+            for i, v in enumerate(self._trainable)
+        ]
+        self.start_round = tf.function(
+            self._start_round,
+            input_signature=[trainable_specs, tf.TensorSpec([], tf.int64, name=SEED)],
+        )
+        self.train = tf.function(self._train, input_signature=[x_spec, y_spec])
+        self.evaluate = tf.function(self._evaluate, input_signature=[x_spec, y_spec])
+        self.get_update = tf.function(self._get_update, input_signature=[])
+        self.frozen_weights = tf.function(self._frozen_weights, input_signature=[])
+
+    def _fresh_optimizer_state(self, seed=None):
+        """The optimizer's initial state; with `seed` (a runtime value), all-zero slots
+        are made at run time, so the converter stores no zeros of the trainable size."""
+
+        def leaf(t):
+            t = tf.convert_to_tensor(t)
+            static = tf.get_static_value(t)
+            if seed is not None and t.shape.rank and static is not None and not static.any():
+                return _runtime_fill(t.shape, 0, t.dtype, seed)
+            return t
+
+        return tf.nest.map_structure(leaf, self._optimizer.initialize(self._optimizer_specs))
+
+    def _assign_optimizer_state(self, state):
+        tf.nest.map_structure(
+            lambda v, t: v.assign(tf.reshape(t, [-1]) if t.shape.rank else t),
+            self._optimizer_state,
+            tf.nest.map_structure(tf.convert_to_tensor, state),
+        )
+
+    def _bind_frozen(self):
+        for owners, i, shape in self._bindings:
+            value = tf.reshape(self._frozen_stores[i], shape)
+            for module, attr in owners:
+                object.__setattr__(module, attr, value)
+
+    def _start_round(self, trainable, frozen_seed):
+        seed = frozen_seed
+        generated = freezing.generate_frozen_weights(self._frozen_records, seed)
+        for store, value, record in zip(self._frozen_stores, generated, self._frozen_records):
+            config = dict(record.config)
+            constant = {"Zeros": 0, "Ones": 1, "Constant": config.get("value")}
+            if record.class_name in constant and record.forget_bias_units is None:
+                # made at run time, not stored in the file
+                value = _runtime_fill(record.shape, constant[record.class_name], value.dtype, seed)
+            store.assign(tf.reshape(value, [-1]))
+        for i, (variable, value) in enumerate(zip(self._trainable, trainable)):
+            variable.assign(value)
+            self._initial[i].assign(tf.reshape(value, [-1]))
+        self._assign_optimizer_state(self._fresh_optimizer_state(seed))
+        self._num_examples.assign(0)
+        self._started.assign(True)
+        return {"started": tf.constant(True)}
+
+    def _optimizer_state_tensors(self):
+        return tf.nest.map_structure(
+            lambda v, t: tf.reshape(v, t.shape) if t.shape.rank else tf.identity(v),
+            self._optimizer_state,
+            self._fresh_optimizer_state(),
+        )
+
+    def _train(self, x, y):
+        self._bind_frozen()
+        with tf.GradientTape() as tape:
+            output = self._model.forward_pass((x, y), training=True)
+        gradients = tape.gradient(output.loss, self._trainable)
+        state, updated = self._optimizer.next(
+            self._optimizer_state_tensors(), tuple(self._trainable), tuple(gradients)
+        )
+        for variable, value in zip(self._trainable, updated):
+            variable.assign(value)
+        self._assign_optimizer_state(state)
+        self._num_examples.assign_add(tf.shape(y, out_type=tf.int64)[0])
+        return {"loss": output.loss}
+
+    def _evaluate(self, x, y):
+        self._bind_frozen()
+        output = self._model.forward_pass((x, y), training=False)
+        return {"loss": output.loss, "predictions": output.predictions}
+
+    def _frozen_weights(self):
+        return {
+            f"frozen_{i:03d}": tf.reshape(store, shape)
+            for (_, i, shape), store in zip(self._bindings, self._frozen_stores)
+        }
+
+    def _get_update(self):
+        delta = [
+            tf.reshape(initial, v.shape) - v for initial, v in zip(self._initial, self._trainable)
+        ]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
+        delta = [tf.where(finite, d, tf.constant(0, d.dtype)) for d in delta]  # no big zeros
+        weight = tf.constant(1.0) if self._uniform else tf.cast(self._num_examples, tf.float32)
+        result = {_delta_name(i): d for i, d in enumerate(delta)}
+        result["weight"] = tf.where(finite, weight, 0.0)
+        result["num_examples"] = self._num_examples.read_value()
+        return result
+
+
+def _runtime_fill(shape, value, dtype, seed):
+    """`tf.fill(shape, value)` whose shape depends on `seed`, so the converter cannot fold
+    it into a constant of that size in the file."""
+    dims = tf.constant(list(shape), tf.int64) + 0 * tf.cast(seed, tf.int64)
+    return tf.fill(dims, tf.cast(value, dtype))
+
+
+def export_tflite(
+    model_fn: Callable[[], keras_models.PartiallyTrainableModel],
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    *,
+    client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
+    batch_size: Optional[int] = None,
+) -> bytes:
+    """Converts a FedPT client into a TensorFlow Lite flatbuffer (see the module doc).
+
+    Args:
+      model_fn: The FedPT process's model function (`tff_fedpt.from_keras_model`).
+      client_optimizer: The process's client optimizer (`tff.learning.optimizers`,
+        e.g. `build_sgdm(0.1)` or `build_sgdm(0.1, momentum=0.9)`).
+      client_weighting: As in the process: NUM_EXAMPLES (the default) or UNIFORM.
+      batch_size: Fix the batch dimension (None: any batch size).
+
+    Returns:
+      The `.tflite` file's bytes. Ops that TensorFlow Lite lacks (the stateless RNG,
+      gradients of some ops) run through the Flex delegate: see `flex_ops`.
+
+    Raises:
+      TypeError: for a model that is not a `PartiallyTrainableModel`, or an optimizer
+        that is not a `tff.learning.optimizers.Optimizer`.
+    """
+    if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
+        raise TypeError(
+            "client_optimizer must be a tff.learning.optimizers.Optimizer (e.g. "
+            f"tff.learning.optimizers.build_sgdm(0.1)); received {type(client_optimizer)}."
+        )
+    model = model_fn()
+    if not isinstance(model, keras_models.PartiallyTrainableModel):
+        raise TypeError(
+            "model_fn must return a model from tff_fedpt.from_keras_model; it returned "
+            f"{type(model).__name__}."
+        )
+
+    def fixed(spec):
+        return tf.TensorSpec([batch_size, *spec.shape[1:]], spec.dtype)
+
+    x_spec, y_spec = (
+        (model.input_spec["x"], model.input_spec["y"])
+        if isinstance(model.input_spec, collections.abc.Mapping)
+        else tuple(model.input_spec)
+    )
+    module = _ClientModule(
+        model, client_optimizer, client_weighting, (fixed(x_spec), fixed(y_spec))
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
+        tf.saved_model.save(module, directory, signatures=signatures)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            directory, signature_keys=list(SIGNATURES)
+        )
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+            tf.lite.OpsSet.SELECT_TF_OPS,
+        ]
+        converter.experimental_enable_resource_variables = True
+        return converter.convert()
+
+
+def flex_ops(tflite_model: bytes) -> list[str]:
+    """The TensorFlow ops the file runs through the Flex delegate (select TF ops)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(tflite_model, 0)
+    names = set()
+    for code in model.operatorCodes:
+        custom = code.customCode.decode() if code.customCode else ""
+        if custom.startswith("Flex"):
+            names.add(custom[len("Flex") :])
+    return sorted(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceUpdate:
+    """What one device uploads: the trainable delta (initial - trained) and its weight."""
+
+    delta: list[np.ndarray]
+    weight: float
+    num_examples: int
+
+
+class DeviceClient:
+    """One device: a `.tflite` client run in `tf.lite.Interpreter`.
+
+    Args:
+      tflite_model: The file's bytes or path (from `export_tflite`).
+    """
+
+    def __init__(self, tflite_model: bytes | str | os.PathLike):
+        if not isinstance(tflite_model, (bytes, bytearray)):
+            with open(tflite_model, "rb") as f:
+                tflite_model = f.read()
+        self._interpreter = tf.lite.Interpreter(model_content=bytes(tflite_model))
+        missing = set(SIGNATURES) - set(self._interpreter.get_signature_list())
+        if missing:
+            raise DeviceError(f"the file lacks the signatures {sorted(missing)}; re-export it.")
+        self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
+        self._inputs = {s: self._runners[s].get_input_details() for s in SIGNATURES}
+        self._trained = False
+        self._started = False
+
+    @property
+    def num_trainable(self) -> int:
+        return len(self._inputs["start_round"]) - 1
+
+    def _check(self, signature: str, name: str, value) -> np.ndarray:
+        detail = self._inputs[signature][name]
+        array = np.asarray(value)
+        if array.dtype != detail["dtype"]:
+            raise DeviceError(
+                f"{signature}: argument {name!r} has dtype {array.dtype}; expected "
+                f"{np.dtype(detail['dtype']).name}."
+            )
+        expected = detail["shape_signature"]
+        if array.ndim != len(expected) or any(
+            e != -1 and e != d for e, d in zip(expected, array.shape)
+        ):
+            shape = tuple(None if e == -1 else int(e) for e in expected)
+            raise DeviceError(
+                f"{signature}: argument {name!r} has shape {array.shape}; expected {shape}."
+            )
+        return array
+
+    def start_round(self, trainable: Sequence[np.ndarray], frozen_seed) -> None:
+        """Receives the broadcast: the trainable weights and the frozen seed."""
+        if len(trainable) != self.num_trainable:
+            raise DeviceError(
+                f"start_round: {len(trainable)} trainable tensors received; the model has "
+                f"{self.num_trainable}."
+            )
+        if isinstance(frozen_seed, (bool, float, np.floating)) or not isinstance(
+            frozen_seed, (int, np.integer, np.ndarray)
+        ):
+            raise DeviceError(
+                f"start_round: argument 'frozen_seed' must be an int64 scalar; received "
+                f"{type(frozen_seed).__name__} {frozen_seed!r}."
+            )
+        kwargs = {
+            _trainable_name(i): self._check("start_round", _trainable_name(i), t)
+            for i, t in enumerate(trainable)
+        }
+        kwargs[SEED] = self._check("start_round", SEED, np.asarray(frozen_seed, np.int64))
+        self._runners["start_round"](**kwargs)
+        self._started, self._trained = True, False
+
+    def train_step(self, x, y) -> float:
+        """One optimizer step on one batch; returns the loss."""
+        if not self._started:
+            raise DeviceError("train: called before start_round (no broadcast received).")
+        out = self._runners["train"](x=self._check("train", "x", x), y=self._check("train", "y", y))
+        self._trained = True
+        return float(out["loss"])
+
+    def evaluate(self, x, y) -> dict[str, np.ndarray]:
+        if not self._started:
+            raise DeviceError("evaluate: called before start_round (no broadcast received).")
+        return self._runners["evaluate"](
+            x=self._check("evaluate", "x", x), y=self._check("evaluate", "y", y)
+        )
+
+    def frozen_weights(self) -> list[np.ndarray]:
+        """The frozen tensors the device regenerated from the seed."""
+        if not self._started:
+            raise DeviceError("frozen_weights: called before start_round.")
+        out = self._runners["frozen_weights"]()
+        return [out[k] for k in sorted(out)]
+
+    def get_update(self) -> DeviceUpdate:
+        """What the device uploads after training."""
+        if not self._trained:
+            raise DeviceError(
+                "get_update: read before any training in this round (call start_round, "
+                "then train)."
+            )
+        out = self._runners["get_update"]()
+        delta = [out[_delta_name(i)] for i in range(self.num_trainable)]
+        return DeviceUpdate(delta, float(out["weight"]), int(out["num_examples"]))
+
+    def train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        batch_size: int,
+        epochs: int = 1,
+        shuffle_seed: Optional[int] = None,
+    ) -> DeviceUpdate:
+        """A client's local training from numpy arrays, as a device does it.
+
+        Batches of `batch_size` in order (or shuffled per epoch with `shuffle_seed`), the
+        last batch of an epoch possibly smaller; returns the update to upload.
+        """
+        if len(x) != len(y) or len(x) == 0:
+            raise DeviceError(
+                f"train: x and y need the same, non-zero length; got {len(x)}, {len(y)}."
+            )
+        rng = np.random.default_rng(shuffle_seed)
+        for _ in range(epochs):
+            order = rng.permutation(len(x)) if shuffle_seed is not None else np.arange(len(x))
+            for start in range(0, len(x), batch_size):
+                idx = order[start : start + batch_size]
+                self.train_step(x[idx], y[idx])
+        return self.get_update()
+
+
+# ---------------------------------------------------------------------------
+# Server side.
+
+
+def broadcast_payload(learning_process, state) -> collections.OrderedDict:
+    """Exactly what `learning_process` broadcasts from `state`: OrderedDict(trainable=[...],
+    frozen_seed=...), after the process's own distributor (so a quantized broadcast
+    arrives dequantized, as on the clients)."""
+    parts = composer.parts(learning_process)
+    constants = [getattr(state, k) for k in parts.constants]
+    value = parts.payload(state.global_model_weights, *constants)
+    return compression.as_received(parts.distributor, value)
+
+
+def apply_device_updates(learning_process, state, updates: Sequence[DeviceUpdate]):
+    """The next state from device updates, through the process's aggregator and finalizer.
+
+    Returns:
+      `tff.learning.templates.LearningProcessOutput(state, metrics)` with the
+      aggregator's and finalizer's measurements and the round's communication.
+    """
+    if not updates:
+        raise ValueError("apply_device_updates: no updates received.")
+    parts = composer.parts(learning_process)
+    aggregated = parts.aggregator.next(
+        state.aggregator,
+        [list(u.delta) for u in updates],
+        [np.float32(u.weight) for u in updates],
+    )
+    finalized = parts.finalizer.next(state.finalizer, state.global_model_weights, aggregated.result)
+    clients = len(updates)
+    down, up = parts.broadcast_bytes, parts.upload_bytes
+    previous = state.communication
+    communication = collections.OrderedDict(
+        broadcast_bytes=np.int64(previous["broadcast_bytes"] + clients * down),
+        upload_bytes=np.int64(previous["upload_bytes"] + clients * up),
+    )
+    fields = {f: getattr(state, f) for f in parts.state_class._fields}
+    fields.update(
+        global_model_weights=finalized.result,
+        aggregator=aggregated.state,
+        finalizer=finalized.state,
+        communication=communication,
+    )
+    metrics = collections.OrderedDict(
+        aggregator=aggregated.measurements,
+        finalizer=finalized.measurements,
+        communication=collections.OrderedDict(
+            clients=clients, broadcast_bytes_per_client=down, upload_bytes_per_client=up
+        ),
+    )
+    return tff.learning.templates.LearningProcessOutput(parts.state_class(**fields), metrics)
