@@ -408,13 +408,18 @@ kwargs = {
 }
 kwargs["frozen_seed"] = np.array(0, np.int64)
 start(**kwargs)
+loaded = status("VmRSS:") - baseline
 times = []
 for step in range(steps):
     t = time.perf_counter()
     train(x=x, y=y)
     times.append(time.perf_counter() - t)
 json.dump(
-    {"peak_kib": status("VmHWM:") - baseline, "step_s": sorted(times[3:])[len(times[3:]) // 2]},
+    {
+        "peak_kib": status("VmHWM:") - baseline,
+        "loaded_kib": loaded,
+        "step_s": sorted(times[3:])[len(times[3:]) // 2],
+    },
     open(out, "w"),
 )
 """
@@ -465,6 +470,7 @@ def device_client(steps):
             measured[client] = dict(
                 bytes=len(content),
                 peak_mib=statistics.median(r["peak_kib"] for r in runs) / 1024,
+                loaded_mib=statistics.median(r["loaded_kib"] for r in runs) / 1024,
                 step_ms=statistics.median(r["step_s"] for r in runs) * 1000,
             )
             print(f"  {key} {client}: {measured[client]}", flush=True)
@@ -478,6 +484,10 @@ def device_client(steps):
                 fedpt_peak_mib=fedpt["peak_mib"],
                 fedavg_peak_mib=fedavg["peak_mib"],
                 peak_ratio=fedpt["peak_mib"] / fedavg["peak_mib"],
+                fedpt_after_start_round_mib=fedpt["loaded_mib"],
+                fedavg_after_start_round_mib=fedavg["loaded_mib"],
+                training_increment_ratio=(fedpt["peak_mib"] - fedpt["loaded_mib"])
+                / (fedavg["peak_mib"] - fedavg["loaded_mib"]),
                 fedpt_step_ms=fedpt["step_ms"],
                 fedavg_step_ms=fedavg["step_ms"],
                 step_ratio=fedpt["step_ms"] / fedavg["step_ms"],

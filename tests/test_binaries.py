@@ -13,7 +13,7 @@ import pytest
 from tff_fedpt import training
 from tff_fedpt.tasks import load_task
 
-from . import fake_data
+from . import fake_data, processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -237,9 +237,16 @@ def test_demo_smoke(tmp_path):
     assert (tmp_path / "comparison.md").read_text().startswith("| run |")
 
 
-def _pids_of_workers():
-    out = subprocess.run(["pgrep", "-f", "worker_binary"], capture_output=True, text=True)
-    return set(out.stdout.split())
+def _start(args, stderr=subprocess.DEVNULL):
+    """A binary started in the background (scripts/run_digits.py with `args`)."""
+    return subprocess.Popen(
+        [sys.executable, "scripts/run_digits.py", *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
 
 
 def _wait_for_rows(path, count, proc, timeout=240):
@@ -255,7 +262,7 @@ def _wait_for_rows(path, count, proc, timeout=240):
 
 
 def test_ctrl_c_is_one_line_saves_the_last_round_and_the_rerun_resumes(tmp_path):
-    before = _pids_of_workers()
+    before = processes.leaked_workers()
     args = [
         *DIGITS_FLAGS,
         "--total_rounds=40",
@@ -264,14 +271,7 @@ def test_ctrl_c_is_one_line_saves_the_last_round_and_the_rerun_resumes(tmp_path)
         f"--root_output_dir={tmp_path}",
     ]
     metrics = tmp_path / "results" / "int" / "metrics.csv"
-    proc = subprocess.Popen(
-        [sys.executable, "scripts/run_digits.py", *args],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start(args, stderr=subprocess.PIPE)
     _wait_for_rows(metrics, 3, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
@@ -282,7 +282,7 @@ def test_ctrl_c_is_one_line_saves_the_last_round_and_the_rerun_resumes(tmp_path)
     assert "rerun the same command to resume" in lines[0]
     done = len(_rows(metrics))
     assert f"Rounds 1..{done} are saved" in lines[0]  # the last completed round is kept
-    assert _pids_of_workers() <= before  # no worker left behind
+    assert processes.leaked_workers() <= before  # no worker left behind
 
     resumed = _binary("run_digits.py", *args[:-3], "--total_rounds=6", *args[-2:])
     if done >= 6:  # the interrupt came late: nothing left to train, results shown
@@ -300,13 +300,7 @@ def test_second_run_of_a_running_experiment_stops_at_start(tmp_path):
         f"--root_output_dir={tmp_path}",
     ]
     metrics = tmp_path / "results" / "c" / "metrics.csv"
-    first = subprocess.Popen(
-        [sys.executable, "scripts/run_digits.py", *args],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = _start(args)
     try:
         _wait_for_rows(metrics, 1, first)
         second = _binary("run_digits.py", *args)
@@ -399,7 +393,7 @@ def test_compute_epsilon_bad_values_are_one_line(args, needle):
 
 
 def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
-    before = _pids_of_workers()
+    before = processes.leaked_workers()
     args = [
         *DIGITS_FLAGS,
         "--total_rounds=40",
@@ -407,14 +401,7 @@ def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
         f"--root_output_dir={tmp_path}",
     ]
     metrics = tmp_path / "results" / "i2" / "metrics.csv"
-    proc = subprocess.Popen(
-        [sys.executable, "scripts/run_digits.py", *args],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start(args, stderr=subprocess.PIPE)
     _wait_for_rows(metrics, 2, proc)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
@@ -422,4 +409,4 @@ def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
     lines = stderr.strip().splitlines()
     assert proc.returncode == 130 and len(lines) == 1, stderr
     assert "Interrupted" in lines[0] and "rerun the same command to resume" in lines[0]
-    assert _pids_of_workers() <= before
+    assert processes.leaked_workers() <= before

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+from . import processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,28 +17,32 @@ def _example(heading):
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def _workers():
-    out = subprocess.run(["pgrep", "-f", "worker_binary"], capture_output=True, text=True)
-    return set(out.stdout.split())
-
-
-def test_readme_library_example_runs_piped_and_exits(tmp_path):
-    script = tmp_path / "example.py"
-    script.write_text(_example("## Using the library"))
-    before = _workers()
-    # `python example.py | tail`: the pipe stays open while any child holds it.
-    proc = subprocess.run(
-        f"{sys.executable} {script} | tail -n 3",
+def _run_piped(command, **kwargs):
+    return subprocess.run(
+        command,
         shell=True,
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tmp_path,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        **kwargs,
     )
+
+
+def test_readme_library_example_runs_piped_and_exits(tmp_path):
+    script = tmp_path / "example.py"
+    # The device example continues the library example.
+    script.write_text(
+        _example("## Using the library")
+        + _example("## On the device")
+        + "print('device round:', state.communication)\n"
+    )
+    before = processes.leaked_workers()
+    # `python example.py | tail`: the pipe stays open while any child holds it.
+    proc = _run_piped(f"{sys.executable} {script} | tail -n 3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "broadcast_bytes_per_client" in proc.stdout, proc.stdout
-    assert _workers() <= before
+    assert "device round:" in proc.stdout, proc.stdout
+    assert processes.leaked_workers() <= before
 
 
 def test_program_context_worker_dies_with_python(tmp_path):
@@ -54,15 +60,8 @@ def test_program_context_worker_dies_with_python(tmp_path):
         "    return await tff.program.materialize_value(one())\n"
         "print('value', asyncio.run(main()))\n"
     )
-    before = _workers()
-    proc = subprocess.run(
-        f"{sys.executable} {script} | cat",
-        shell=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+    before = processes.leaked_workers()
+    proc = _run_piped(f"{sys.executable} {script} | cat")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "value 1" in proc.stdout
-    assert _workers() <= before
+    assert processes.leaked_workers() <= before

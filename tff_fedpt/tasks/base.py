@@ -20,6 +20,22 @@ class DatasetError(ValueError):
     """A task's data file is there but unreadable (truncated, empty, wrong format)."""
 
 
+def dirichlet_deal(labels, num_clients: int, alpha: float, rng) -> list[list[int]]:
+    """Example indices per client: for each class, the class's examples shuffled and
+    split between clients in Dirichlet(alpha) proportions (small alpha: strong skew).
+    Every example goes to exactly one client; a client may get none."""
+    import numpy as np
+
+    shares: list[list[int]] = [[] for _ in range(num_clients)]
+    for c in range(int(labels.max()) + 1):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        p = rng.dirichlet(np.full(num_clients, alpha))
+        cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
+        for client, part in enumerate(np.split(idx, cuts)):
+            shares[client].extend(part.tolist())
+    return shares
+
+
 def check_sqlite(path: str, tables: tuple[str, ...], split_names: tuple[str, ...] = ()) -> None:
     """Raises DatasetError unless `path` is an SQLite file with `tables` (and, in table
     `examples`, rows of each of `split_names`), the format of TFF's cached data sets."""

@@ -36,13 +36,7 @@ def partition(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> 
     """
     rng = np.random.default_rng(seed)
     while True:
-        shares = [[] for _ in range(num_clients)]
-        for c in range(int(labels.max()) + 1):
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            p = rng.dirichlet(np.full(num_clients, alpha))
-            cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
-            for client, part in enumerate(np.split(idx, cuts)):
-                shares[client].extend(part.tolist())
+        shares = base.dirichlet_deal(labels, num_clients, alpha, rng)
         if min(len(s) for s in shares) >= 2:
             return [np.array(sorted(s), dtype=np.int64) for s in shares]
 

@@ -159,13 +159,7 @@ def partition(
         return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_clients)]
     if not alpha > 0:
         raise ValueError(f"dirichlet_alpha must be > 0; received {alpha}.")
-    shares: list[list[int]] = [[] for _ in range(num_clients)]
-    for c in range(int(labels.max()) + 1):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        p = rng.dirichlet(np.full(num_clients, alpha))
-        cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
-        for client, part in enumerate(np.split(idx, cuts)):
-            shares[client].extend(part.tolist())
+    shares = base.dirichlet_deal(labels, num_clients, alpha, rng)
     for client in range(num_clients):
         if not shares[client]:
             donor = max(range(num_clients), key=lambda k: len(shares[k]))
