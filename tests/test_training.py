@@ -354,3 +354,41 @@ def test_label_outside_the_classes_names_the_cause(tmp_path, task):
 
 def test_digits_settings_live_in_one_place():
     assert digits.RECOMMENDED["client_epochs_per_round"] == 5
+
+
+def test_every_task_setting_is_in_the_run_record(tmp_path):
+    """Each task flag of each binary changes the record, so a resume with it changed stops."""
+    from . import fake_data
+    from .test_fashion_mnist import write_fashion
+
+    fake_data.write_emnist(str(tmp_path / "emnist"))
+    fake_data.write_stackoverflow(str(tmp_path / "so"))
+    write_fashion(str(tmp_path / "fashion"))
+    fake_data.write_emnist(str(tmp_path / "emnist_more"), clients=5)
+    variants = {
+        "digits": [dict(num_clients=20), dict(num_clients=21), dict(num_clients=20, alpha=0.1)],
+        "emnist": [
+            dict(cache_dir=str(tmp_path / "emnist")),
+            dict(cache_dir=str(tmp_path / "emnist"), only_digits=True),
+            dict(cache_dir=str(tmp_path / "emnist_more")),  # other file contents
+        ],
+        "stackoverflow": [
+            dict(cache_dir=str(tmp_path / "so"), vocab_size=8),
+            dict(cache_dir=str(tmp_path / "so"), vocab_size=6),
+            dict(cache_dir=str(tmp_path / "so"), vocab_size=8, max_test_examples=3),
+        ],
+        "fashion_mnist": [
+            dict(data_dir=str(tmp_path / "fashion"), num_clients=12),
+            dict(data_dir=str(tmp_path / "fashion"), num_clients=12, alpha=None),
+            dict(data_dir=str(tmp_path / "fashion"), num_clients=12, alpha=0.1),
+            dict(data_dir=str(tmp_path / "fashion"), num_clients=12, dense_units=64),
+            dict(data_dir=str(tmp_path / "fashion"), num_clients=13),
+        ],
+    }
+    for name, kwargs_list in variants.items():
+        records = []
+        for kwargs in kwargs_list:
+            task = load_task(name, **kwargs)
+            cfg = config.resolve(training.ExperimentConfig(task=name), task)
+            records.append(json.dumps(outputs.run_record(cfg, task), sort_keys=True))
+        assert len(set(records)) == len(records), name
