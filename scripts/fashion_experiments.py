@@ -39,6 +39,11 @@ flags.DEFINE_float("dirichlet_alpha", 0.5, "Label skew of the split.")
 flags.DEFINE_integer("rounds", 100, "Rounds of every run in sections a and b.")
 flags.DEFINE_integer("clients_per_round", 20, "Clients per round in sections a and b.")
 flags.DEFINE_list("learning_rates", ["0.05", "0.2", "0.5"], "Client SGD learning rate grid.")
+flags.DEFINE_list(
+    "fedpt_extra_rates",
+    ["1.0"],
+    "FedPT's grid adds these (its best rate was at the top of the common grid).",
+)
 flags.DEFINE_list("presets", ["dense", "all_but_output", "trainable_0.1"], "FedPT presets tuned.")
 flags.DEFINE_list(
     "untuned_presets",
@@ -47,6 +52,7 @@ flags.DEFINE_list(
 )
 flags.DEFINE_bool("baselines", True, "Section a: also tune the small model and PVT.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds for FedAvg and FedPT dense at their best rate.")
+flags.DEFINE_integer("early_rounds", 4, "Rounds of the every-round-evaluated FedAvg/PVT runs.")
 flags.DEFINE_list("widths", ["512", "2048"], "Frozen dense widths of section b (128 is in a).")
 flags.DEFINE_integer("dp_clients", 3000, "Population of section c.")
 flags.DEFINE_integer("dp_clients_per_round", 100, "Expected clients per round (Poisson), c.")
@@ -106,6 +112,16 @@ def _lr_name(lr):
     return f"lr{lr:g}"
 
 
+# Runs whose one round costs more than FedPT's whole run: their first rounds are also
+# evaluated one by one, so that accuracy at equal megabytes can be read off.
+_EARLY = (("fedavg", "none"), ("pvt", "none"))
+
+
+def _rates(algorithm):
+    extra = FLAGS.fedpt_extra_rates if algorithm == "fedpt" else []
+    return [float(x) for x in [*FLAGS.learning_rates, *extra]]
+
+
 def _grid_runs():
     """Section a's runs: (name, label, config overrides)."""
     runs = []
@@ -113,7 +129,7 @@ def _grid_runs():
     if FLAGS.baselines:
         algorithms += [("small_model", "dense"), ("pvt", "none")]
     for algorithm, freeze in algorithms:
-        for lr in map(float, FLAGS.learning_rates):
+        for lr in _rates(algorithm):
             name = f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s0"
             runs.append((name, dict(algorithm=algorithm, freeze=freeze, client_learning_rate=lr)))
     return runs
@@ -127,7 +143,7 @@ def _final(name):
 
 def _best_lr(algorithm, freeze):
     scores = {}
-    for lr in map(float, FLAGS.learning_rates):
+    for lr in _rates(algorithm):
         acc = _final(f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s0")
         if acc is not None:
             scores[lr] = acc
@@ -148,6 +164,20 @@ def section_a():
                 algorithm="fedpt",
                 freeze=preset,
                 client_learning_rate=best,
+            ),
+            task,
+            name,
+        )
+    for algorithm, freeze in _EARLY:  # evaluated every round: the equal-megabyte comparison
+        name = f"a_{algorithm}_{freeze}_early"
+        _run(
+            _config(
+                name,
+                total_rounds=FLAGS.early_rounds,
+                rounds_per_eval=1,
+                algorithm=algorithm,
+                freeze=freeze,
+                client_learning_rate=_best_lr(algorithm, freeze),
             ),
             task,
             name,
@@ -173,7 +203,7 @@ def section_a():
 
 def section_b():
     rates = sorted(
-        map(float, FLAGS.learning_rates),
+        _rates("fedpt"),
         key=lambda lr: -(_final(f"a_fedpt_dense_{_lr_name(lr)}_s0") or 0),
     )[:2]
     for width in map(int, FLAGS.widths):
@@ -309,10 +339,15 @@ def _section_a_summaries():
         )
         names = [f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s{s}" for s in seeds]
         summary = _summary(f"{label}, lr {lr:g}", names)
+        early = _rows(f"a_{algorithm}_{freeze}_early")
+        if summary and early:  # the same trajectory (same seeds), evaluated every round
+            first = summary["curve_mb"][0][0] if summary["curve_mb"] else float("inf")
+            points = [p for p in _curve(early, "mb") if p[0] < first]
+            summary["curve_mb"] = points + summary["curve_mb"]
         if summary:
             summary["lr_grid"] = {
                 f"{x:g}": _final(f"a_{algorithm}_{freeze}_{_lr_name(x)}_s0")
-                for x in map(float, FLAGS.learning_rates)
+                for x in _rates(algorithm)
             }
             summaries.append(summary)
     best = _best_lr("fedpt", "dense")
@@ -426,7 +461,7 @@ def report():
         )
     b = []
     for width in map(int, FLAGS.widths):
-        for lr in map(float, FLAGS.learning_rates):
+        for lr in _rates("fedpt"):
             summary = _summary(
                 f"FedPT dense{width} frozen, lr {lr:g}", [f"b_fedpt_dense{width}_{_lr_name(lr)}"]
             )
