@@ -104,29 +104,24 @@ def test_target_epsilon_out_of_reach_is_one_clear_error(task):
 # The registry: adding an algorithm is one class and one registration.
 
 
-class _FedAvgWithLargerServerStep(algorithms.Algorithm):
-    name = "test_fedavg_server_lr2"
+def test_the_documented_new_algorithm_runs_through_the_loop(tmp_path, task):
+    """docs/training.md's "Adding an algorithm" example, executed as written."""
+    import re
 
-    def build_process(self, model_fn, config, parts):
-        import tensorflow_federated as tff
-
-        return tff.learning.algorithms.build_weighted_fed_avg(
-            model_fn, parts.client_optimizer, tff.learning.optimizers.build_sgdm(2.0)
-        )
-
-
-def test_a_registered_algorithm_runs_through_the_loop(tmp_path, task):
-    algorithms.register(_FedAvgWithLargerServerStep())
+    with open(os.path.join(ROOT, "docs", "training.md")) as f:
+        docs = f.read()
+    code = re.search(r"```python\n(# baselines/fedprox.py.*?)```", docs, re.S).group(1)
+    exec(compile(code, "docs/training.md", "exec"), {})
     try:
+        assert "fedprox" in algorithms.names()
         result = training.run_experiment(
-            _config(tmp_path, algorithm="test_fedavg_server_lr2", total_rounds=1), task
+            _config(tmp_path, algorithm="fedprox", freeze="none", total_rounds=1), task
         )
     finally:
-        algorithms._REGISTRY.pop("test_fedavg_server_lr2")
+        algorithms._REGISTRY.pop("fedprox")
     assert [r["round"] for r in result.rows] == [1]
-    assert (
-        result.rows[0]["broadcast_bytes_per_client"]
-        == result.fedavg_cost.broadcast_bytes_per_client
+    assert result.rows[0]["broadcast_bytes_per_client"] == (
+        result.fedavg_cost.broadcast_bytes_per_client
     )
 
 
