@@ -122,19 +122,6 @@ def _rates(algorithm):
     return [float(x) for x in [*FLAGS.learning_rates, *extra]]
 
 
-def _grid_runs():
-    """Section a's runs: (name, label, config overrides)."""
-    runs = []
-    algorithms = [("fedavg", "none"), *(("fedpt", p) for p in FLAGS.presets)]
-    if FLAGS.baselines:
-        algorithms += [("small_model", "dense"), ("pvt", "none")]
-    for algorithm, freeze in algorithms:
-        for lr in _rates(algorithm):
-            name = f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s0"
-            runs.append((name, dict(algorithm=algorithm, freeze=freeze, client_learning_rate=lr)))
-    return runs
-
-
 def _final(name):
     rows = outputs.read_csv(os.path.join(FLAGS.output_dir, "results", name, "metrics.csv"))
     evals = [r for r in rows if r.get("eval/accuracy", "") != ""]
@@ -151,54 +138,63 @@ def _best_lr(algorithm, freeze):
 
 
 def section_a():
+    """Most important first: FedAvg and FedPT dense tuned, FedAvg's early rounds, the extra
+    seeds, the small model, the other presets, then PVT (a run that stops early loses the
+    least)."""
     task = _task(num_clients=FLAGS.num_clients, alpha=FLAGS.dirichlet_alpha)
-    for name, overrides in _grid_runs():
-        _run(_config(name, total_rounds=FLAGS.rounds, **overrides), task, name)
-    best = _best_lr("fedpt", "dense")
-    for preset in FLAGS.untuned_presets:
-        name = f"a_fedpt_{preset}_{_lr_name(best)}_s0"
-        _run(
-            _config(
-                name,
-                total_rounds=FLAGS.rounds,
-                algorithm="fedpt",
-                freeze=preset,
-                client_learning_rate=best,
-            ),
-            task,
-            name,
+
+    def run(name, **overrides):
+        overrides.setdefault("total_rounds", FLAGS.rounds)
+        _run(_config(name, **overrides), task, name)
+
+    def grid(algorithm, freeze):
+        for lr in _rates(algorithm):
+            name = f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s0"
+            run(name, algorithm=algorithm, freeze=freeze, client_learning_rate=lr)
+
+    def early(algorithm, freeze):  # evaluated every round: the equal-megabyte comparison
+        run(
+            f"a_{algorithm}_{freeze}_early",
+            total_rounds=FLAGS.early_rounds,
+            rounds_per_eval=1,
+            algorithm=algorithm,
+            freeze=freeze,
+            client_learning_rate=_best_lr(algorithm, freeze),
         )
-    for algorithm, freeze in _EARLY:  # evaluated every round: the equal-megabyte comparison
-        name = f"a_{algorithm}_{freeze}_early"
-        _run(
-            _config(
-                name,
-                total_rounds=FLAGS.early_rounds,
-                rounds_per_eval=1,
-                algorithm=algorithm,
-                freeze=freeze,
-                client_learning_rate=_best_lr(algorithm, freeze),
-            ),
-            task,
-            name,
-        )
-    for algorithm, freeze in (("fedavg", "none"), ("fedpt", "dense")):
+
+    def seeds(algorithm, freeze):
         lr = _best_lr(algorithm, freeze)
         for seed in map(int, FLAGS.seeds[1:]):
-            name = f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s{seed}"
-            _run(
-                _config(
-                    name,
-                    total_rounds=FLAGS.rounds,
-                    algorithm=algorithm,
-                    freeze=freeze,
-                    client_learning_rate=lr,
-                    seed=seed,
-                    frozen_seed=seed,
-                ),
-                task,
-                name,
+            run(
+                f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s{seed}",
+                algorithm=algorithm,
+                freeze=freeze,
+                client_learning_rate=lr,
+                seed=seed,
+                frozen_seed=seed,
             )
+
+    grid("fedavg", "none")
+    grid("fedpt", "dense")
+    early("fedavg", "none")
+    seeds("fedavg", "none")
+    seeds("fedpt", "dense")
+    if FLAGS.baselines:
+        grid("small_model", "dense")
+    for preset in FLAGS.presets:
+        if preset != "dense":
+            grid("fedpt", preset)
+    best = _best_lr("fedpt", "dense")
+    for preset in FLAGS.untuned_presets:
+        run(
+            f"a_fedpt_{preset}_{_lr_name(best)}_s0",
+            algorithm="fedpt",
+            freeze=preset,
+            client_learning_rate=best,
+        )
+    if FLAGS.baselines:
+        grid("pvt", "none")
+        early("pvt", "none")
 
 
 def section_b():
