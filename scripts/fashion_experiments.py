@@ -112,11 +112,6 @@ def _lr_name(lr):
     return f"lr{lr:g}"
 
 
-# Runs whose one round costs more than FedPT's whole run: their first rounds are also
-# evaluated one by one, so that accuracy at equal megabytes can be read off.
-_EARLY = (("fedavg", "none"), ("pvt", "none"))
-
-
 def _rates(algorithm):
     extra = FLAGS.fedpt_extra_rates if algorithm == "fedpt" else []
     return [float(x) for x in [*FLAGS.learning_rates, *extra]]
