@@ -387,3 +387,15 @@ def test_every_task_setting_is_in_the_run_record(tmp_path):
             cfg = config.resolve(training.ExperimentConfig(task=name), task)
             records.append(json.dumps(outputs.run_record(cfg, task), sort_keys=True))
         assert len(set(records)) == len(records), name
+
+
+def test_resume_with_other_rounds_under_a_target_epsilon_is_refused(tmp_path, task):
+    """--total_rounds may change on resume, except where it changes the calibrated noise."""
+    cfg = _config(tmp_path, dp=True, target_epsilon=8.0, sampling="poisson", clip=0.5)
+    training.run_experiment(cfg, task)
+    with pytest.raises(training.ConfigError, match="privacy:noise_multiplier: saved"):
+        training.run_experiment(cfg.replace(total_rounds=3), task)
+    fixed = _config(tmp_path, dp=True, noise_multiplier=0.5, clip=0.5, experiment_name="z")
+    training.run_experiment(fixed, task)
+    result = training.run_experiment(fixed.replace(total_rounds=3), task)  # same noise: fine
+    assert [r["round"] for r in result.rows][-1] == 3

@@ -129,7 +129,11 @@ def run(
             warn(f"removed {entry}: a checkpoint save that was interrupted")
         versions = store.versions()
         outputs.check_and_write_record(
-            dirs["checkpoints"], outputs.run_record(config, task), bool(versions)
+            dirs["checkpoints"],
+            outputs.run_record(
+                config, task, experiment.privacy and experiment.privacy.noise_multiplier
+            ),
+            bool(versions),
         )
         if versions and max(versions) > config.total_rounds:
             raise ConfigError(

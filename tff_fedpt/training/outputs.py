@@ -167,10 +167,16 @@ def metrics_rows_up_to(path: str, version: int) -> list[dict[str, Any]]:
 # The run record: every setting that defines the run, kept with the checkpoints.
 
 
-def run_record(config: ExperimentConfig, task) -> dict[str, str]:
-    """What defines a run: the config (less resumable fields), the task's settings and
-    a fingerprint of its clients (their number and a hash of their ids)."""
+def run_record(
+    config: ExperimentConfig, task, noise_multiplier: Optional[float] = None
+) -> dict[str, str]:
+    """What defines a run: the config (less resumable fields), the task's settings, a
+    fingerprint of its clients (their number and a hash of their ids) and, under DP, the
+    noise multiplier in force (calibrated to --target_epsilon over --total_rounds, so a
+    resume with other total rounds would change the noise mid-run)."""
     record = {f"--{k}": v for k, v in config.hparams().items() if k not in RESUMABLE_FIELDS}
+    if noise_multiplier is not None:
+        record["privacy:noise_multiplier"] = repr(float(noise_multiplier))
     record.update({f"task:{k}": str(v) for k, v in task.settings.items()})
     ids = list(task.train_data.client_ids)
     record["data:clients"] = str(len(ids))
