@@ -271,6 +271,11 @@ def _best_clip(algorithm):
 # Report.
 
 
+def _hparam(name, key):
+    path = os.path.join(FLAGS.output_dir, "results", name, "hparams.csv")
+    return {r["name"]: r["value"] for r in outputs.read_csv(path)}.get(key, "")
+
+
 def _rows(name):
     return outputs.read_csv(os.path.join(FLAGS.output_dir, "results", name, "metrics.csv"))
 
@@ -292,14 +297,17 @@ def _accuracy_at(points, budget):
     return max(within) if within else None
 
 
-def _summary(label, names):
+def _summary(label, names, total=None):
     finals = [(_final(n), _rows(n)) for n in names if _rows(n)]
     finals = [(a, r) for a, r in finals if a is not None]
     if not finals:
         return None
+    total = total or FLAGS.rounds
     accs = [a for a, _ in finals]
     rows = finals[0][1]
     last = rows[-1]
+    if any(len(r) < total for _, r in finals):
+        label += f" (incomplete: {min(len(r) for _, r in finals)} of {total} rounds)"
     return {
         "run": label,
         "seeds": len(accs),
@@ -486,10 +494,12 @@ def report():
                             "run": DP_LABELS[algorithm],
                             "target epsilon": epsilon,
                             "clip": clip,
+                            "client lr": _hparam(name, "client_learning_rate"),
                             "epsilon reached": float(rows[-1]["privacy/epsilon"]),
                             "noise multiplier": float(rows[-1]["privacy/noise_multiplier"]),
                             "rounds": int(rows[-1]["round"]),
                             "test acc": _final(name),
+                            "complete": int(rows[-1]["round"]) >= FLAGS.dp_rounds,
                         }
                     )
     if c:
