@@ -37,7 +37,7 @@ flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX files (default: Debian'
 flags.DEFINE_integer("num_clients", 1000, "Clients of sections a and b.")
 flags.DEFINE_float("dirichlet_alpha", 0.5, "Label skew of the split.")
 flags.DEFINE_integer("rounds", 100, "Rounds of every run in sections a and b.")
-flags.DEFINE_integer("clients_per_round", 20, "Clients per round in sections a and b.")
+flags.DEFINE_integer("clients_per_round", 10, "Clients per round in sections a and b.")
 flags.DEFINE_list("learning_rates", ["0.05", "0.2", "0.5"], "Client SGD learning rate grid.")
 flags.DEFINE_list(
     "fedpt_extra_rates",
@@ -71,7 +71,7 @@ COMMON = dict(
 
 
 def _config(name, **kwargs):
-    values = {**COMMON, **kwargs}
+    values = {**COMMON, "clients_per_round": FLAGS.clients_per_round, **kwargs}
     values.setdefault("rounds_per_checkpoint", values["total_rounds"] // 4 or 1)
     return training.ExperimentConfig(
         **values, root_output_dir=FLAGS.output_dir, experiment_name=name
