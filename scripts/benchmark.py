@@ -1,4 +1,5 @@
-"""Benchmarks: communication, client speed, overhead, memory, scaling, remote workers.
+"""Benchmarks: communication, client speed, overhead, memory, scaling, remote workers,
+the TFLite device client and the Fashion-MNIST workload (real data: `make data`).
 
 Each comparison runs both sides in this invocation, repeats, and reports medians and
 ratios. Prints tables and writes output/benchmark/benchmark.json. Absolute seconds
@@ -26,14 +27,26 @@ from absl import flags
 
 import tff_fedpt
 from tff_fedpt import freezing, remote, reporting, runtime
-from tff_fedpt.tasks import catalog, emnist
+from tff_fedpt.tasks import catalog, emnist, fashion_mnist, load_task
 
-SECTIONS = ("communication", "speed", "overhead", "memory", "scaling", "workers", "device")
+SECTIONS = (
+    "communication",
+    "speed",
+    "overhead",
+    "memory",
+    "scaling",
+    "workers",
+    "device",
+    "fashion",
+)
 flags.DEFINE_list("sections", list(SECTIONS), f"Which benchmarks to run: {SECTIONS}.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats per measurement (medians are reported).")
 flags.DEFINE_integer("memory_rounds", 300, "Rounds of the memory-stability run.")
 flags.DEFINE_string("output_dir", "output/benchmark", "Where benchmark.json goes.")
 flags.DEFINE_integer("device_steps", 40, "Train steps per device-client measurement.")
+flags.DEFINE_string("fashion_data_dir", None, "Fashion-MNIST IDX files (default: Debian's).")
+flags.DEFINE_integer("fashion_rounds", 20, "Rounds of each Fashion-MNIST peak-memory run.")
+flags.DEFINE_integer("fashion_num_clients", 1000, "Clients of the Fashion-MNIST split.")
 FLAGS = flags.FLAGS
 
 LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -241,6 +254,7 @@ from tff_fedpt import runtime, training
 from tff_fedpt.tasks import load_task
 runtime.use_local_runtime()
 algorithm, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+task_name, task_kwargs = sys.argv[4], json.loads(sys.argv[5])
 
 def rss_kib():
     pids = [os.getpid()] + [p.pid for p in runtime._children if p.poll() is None]
@@ -258,19 +272,20 @@ config = training.ExperimentConfig(
     total_rounds=rounds, clients_per_round=10, client_epochs_per_round=1,
     client_batch_size=20, rounds_per_eval=rounds, rounds_per_checkpoint=rounds,
     root_output_dir=out, experiment_name=algorithm)
-training.run_experiment(config, load_task("digits"), on_round_end=on_round_end)
+training.run_experiment(config, load_task(task_name, **task_kwargs), on_round_end=on_round_end)
 with open(os.path.join(out, algorithm + "_rss.json"), "w") as f:
     json.dump(samples, f)
 runtime.shutdown()
 """
 
 
-def _peak_memory(algorithm, rounds, out):
+def _peak_memory(algorithm, rounds, out, task="digits", task_kwargs=None):
     """Peak RSS (KiB) of Python plus its TFF worker, sampled from outside."""
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    args = [algorithm, str(rounds), out, task, json.dumps(task_kwargs or {})]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _MEMORY_CHILD, algorithm, str(rounds), out],
+        [sys.executable, "-c", _MEMORY_CHILD, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -496,6 +511,81 @@ def device_client(steps):
     return rows
 
 
+def fashion(repeats, rounds, out):
+    """The Fashion-MNIST workload of docs/fashion_mnist.md: round time of 10 real clients
+    (the first 10 of the 1,000-client Dirichlet(0.5) split, batch 20, one epoch) for FedPT
+    (dense frozen at 128 and 2048) against TFF's own FedAvg, and the peak RSS of a whole
+    training run (Python + TFF worker, 10 clients per round) for FedPT against FedAvg."""
+    data_kwargs = {"num_clients": FLAGS.fashion_num_clients}
+    if FLAGS.fashion_data_dir:
+        data_kwargs["data_dir"] = FLAGS.fashion_data_dir
+    sgd = tff.learning.optimizers.build_sgdm(0.2)
+    rows = []
+    fedavg_s = None
+    for label, width, frozen in (
+        ("FedAvg (TFF), dense 128", 128, False),
+        ("FedPT, dense 128 frozen", 128, True),
+        ("FedPT, dense 2048 frozen", 2048, True),
+    ):
+        task = load_task("fashion_mnist", dense_units=width, **data_kwargs)
+        if len(task.train_data.client_ids) < 10:
+            raise entry.ScriptError(
+                f"--fashion_num_clients: the workload takes 10 clients; received "
+                f"{len(task.train_data.client_ids)}."
+            )
+        ids = task.train_data.client_ids[:10]
+        data = [
+            task.to_model_input(task.train_data.create_tf_dataset_for_client(c)).batch(20)
+            for c in ids
+        ]
+        examples = sum(len(task.train_data.create_tf_dataset_for_client(c)) for c in ids)
+        spec = data[0].element_spec
+
+        def model_fn(width=width, frozen=frozen, spec=spec):
+            keras_model = fashion_mnist.cnn(0, width)
+            if not frozen:
+                return tff.learning.models.from_keras_model(keras_model, loss=LOSS, input_spec=spec)
+            return tff_fedpt.from_keras_model(
+                keras_model,
+                loss=LOSS,
+                input_spec=spec,
+                freeze=fashion_mnist.PRESETS["cnn"]["dense"],
+            )
+
+        if frozen:
+            process = tff_fedpt.build_fedpt_process(model_fn, sgd)
+        else:
+            process = tff.learning.algorithms.build_weighted_fed_avg(model_fn, sgd)
+        seconds = _median_round_seconds(process, data, repeats)
+        fedavg_s = fedavg_s or seconds
+        rows.append(
+            collections.OrderedDict(
+                measure=f"round time, 10 clients ({examples} examples): {label}",
+                value=round(seconds, 3),
+                unit="s",
+                vs_fedavg=round(seconds / fedavg_s, 3),
+            )
+        )
+        print(f"  {label}: {seconds:.2f} s per round", flush=True)
+    peaks = {}
+    for algorithm in ("fedavg", "fedpt"):
+        peak, _ = _peak_memory(
+            algorithm, rounds, os.path.join(out, "mem_fashion"), "fashion_mnist", data_kwargs
+        )
+        peaks[algorithm] = peak / 1024
+        print(f"  {algorithm}: peak {peaks[algorithm]:.0f} MiB", flush=True)
+    for algorithm, label in (("fedavg", "FedAvg, dense 128"), ("fedpt", "FedPT, dense 128 frozen")):
+        rows.append(
+            collections.OrderedDict(
+                measure=f"peak RSS of a {rounds}-round run (Python + TFF worker): {label}",
+                value=round(peaks[algorithm]),
+                unit="MiB",
+                vs_fedavg=round(peaks[algorithm] / peaks["fedavg"], 3),
+            )
+        )
+    return rows
+
+
 def main():
     unknown = set(FLAGS.sections) - set(SECTIONS)
     if unknown:
@@ -513,6 +603,7 @@ def main():
         "scaling": lambda: scaling(FLAGS.repeats),
         "workers": lambda: workers(min(FLAGS.repeats, 3)),
         "device": lambda: device_client(FLAGS.device_steps),
+        "fashion": lambda: fashion(FLAGS.repeats, FLAGS.fashion_rounds, FLAGS.output_dir),
     }
     for section in SECTIONS:
         if section not in FLAGS.sections:

@@ -8,7 +8,11 @@ half-finished run resumes from its checkpoint):
      algorithm on --learning_rates; extra seeds for FedAvg and FedPT dense-128
   b  overparameterization: FedPT with the dense layer frozen at --widths
   c  DP at a realistic population: --dp_clients clients, Poisson sampling, noise for
-     each of --epsilons at delta 1/population, DP-FedPT against DP-FedAvg
+     each of --epsilons at delta 1/population, DP-FedPT (dense-128 and --dp_widths)
+     against DP-FedAvg; clip tuned per algorithm on --clips
+  long  the headline runs (FedAvg and FedPT dense-128 at their best rate, every seed, and
+     FedPT at the widest --widths) continued from their last round to --long_rounds, to see
+     whether the curves flatten (each continues a copy of the finished run: same trajectory)
   report  tables (Markdown + JSON) and plots from whatever runs exist
 
   .venv/bin/python scripts/fashion_experiments.py --sections=a,b,c,report
@@ -18,6 +22,7 @@ import entry
 
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -29,7 +34,7 @@ from tff_fedpt import reporting, training
 from tff_fedpt.tasks import load_task
 from tff_fedpt.training import outputs
 
-SECTIONS = ("a", "b", "c", "report")
+SECTIONS = ("a", "b", "c", "long", "report")
 flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run: {SECTIONS}.")
 flags.DEFINE_string("output_dir", "output/fashion", "Checkpoints, metrics and reports.")
 flags.DEFINE_string("docs_dir", "docs/fashion_mnist", "Where the report's tables and plots go.")
@@ -44,11 +49,14 @@ flags.DEFINE_list(
     ["1.0"],
     "FedPT's grid adds these (its best rate was at the top of the common grid).",
 )
-flags.DEFINE_list("presets", ["dense", "all_but_output", "trainable_0.1"], "FedPT presets tuned.")
+flags.DEFINE_list(
+    "presets", ["dense", "all_but_output", "trainable_0.1", "convs"], "FedPT presets tuned."
+)
 flags.DEFINE_list(
     "untuned_presets",
-    ["convs", "trainable_0.5", "trainable_0.02"],
-    "FedPT presets run at dense's best learning rate only.",
+    ["trainable_0.5", "trainable_0.02"],
+    "FedPT presets run at dense's best learning rate only (skipped, and reported as such, "
+    "when they freeze the same layers as a preset already run).",
 )
 flags.DEFINE_bool("baselines", True, "Section a: also tune the small model and PVT.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds for FedAvg and FedPT dense at their best rate.")
@@ -56,9 +64,18 @@ flags.DEFINE_integer("early_rounds", 4, "Rounds of the every-round-evaluated Fed
 flags.DEFINE_list("widths", ["512", "2048"], "Frozen dense widths of section b (128 is in a).")
 flags.DEFINE_integer("dp_clients", 3000, "Population of section c.")
 flags.DEFINE_integer("dp_clients_per_round", 100, "Expected clients per round (Poisson), c.")
-flags.DEFINE_integer("dp_rounds", 60, "Rounds of section c.")
+flags.DEFINE_integer("dp_rounds", 30, "Rounds of section c.")
 flags.DEFINE_list("epsilons", ["2", "5", "10"], "Target epsilons of section c.")
-flags.DEFINE_list("clips", ["0.1", "0.5"], "Clip grid of section c (tuned at the middle epsilon).")
+flags.DEFINE_list(
+    "clips", ["0.1", "0.5", "1.0"], "Clip grid of section c (tuned at the middle epsilon)."
+)
+flags.DEFINE_list(
+    "dp_widths",
+    ["2048"],
+    "Section c: DP-FedPT also with the dense layer frozen at these widths (at the clip "
+    "tuned for dense-128 and the width's best rate from section b).",
+)
+flags.DEFINE_integer("long_rounds", 300, "Rounds the long section continues runs to.")
 FLAGS = flags.FLAGS
 
 COMMON = dict(
@@ -180,7 +197,7 @@ def section_a():
         if preset != "dense":
             grid("fedpt", preset)
     best = _best_lr("fedpt", "dense")
-    for preset in FLAGS.untuned_presets:
+    for preset in _distinct_untuned():
         run(
             f"a_fedpt_{preset}_{_lr_name(best)}_s0",
             algorithm="fedpt",
@@ -190,6 +207,42 @@ def section_a():
     if FLAGS.baselines:
         grid("pvt", "none")
         early("pvt", "none")
+
+
+def _frozen_layers(preset):
+    from tff_fedpt import freezing
+    from tff_fedpt.tasks import fashion_mnist
+
+    spec = fashion_mnist.PRESETS["cnn"][preset]
+    return freezing.resolve_freeze(fashion_mnist.cnn(), spec).frozen_layer_names
+
+
+def _untuned_duplicates():
+    """{untuned preset: the earlier preset freezing exactly the same layers}."""
+    seen, duplicates = {}, {}
+    for preset in [*FLAGS.presets, *FLAGS.untuned_presets]:
+        layers = _frozen_layers(preset)
+        if layers in seen and preset in FLAGS.untuned_presets:
+            duplicates[preset] = seen[layers]
+        seen.setdefault(layers, preset)
+    return duplicates
+
+
+def _distinct_untuned():
+    duplicates = _untuned_duplicates()
+    for preset, same in duplicates.items():
+        print(f"  {preset}: freezes the same layers as {same}; not run again", flush=True)
+    return [p for p in FLAGS.untuned_presets if p not in duplicates]
+
+
+def _best_width_lr(width):
+    """Section b's best rate at `width` (dense-128's when b has no run at it)."""
+    scores = {
+        lr: _final(f"b_fedpt_dense{width}_{_lr_name(lr)}")
+        for lr in _rates("fedpt")
+        if _final(f"b_fedpt_dense{width}_{_lr_name(lr)}") is not None
+    }
+    return max(scores, key=scores.get) if scores else _best_lr("fedpt", "dense")
 
 
 def section_b():
@@ -214,6 +267,72 @@ def section_b():
             )
 
 
+def _long_sources():
+    """[(label, source run name, task kwargs)]: the runs the long section continues."""
+    sources = []
+    for algorithm, freeze, label in (("fedavg", "none", "FedAvg"), ("fedpt", "dense", "FedPT")):
+        lr = _best_lr(algorithm, freeze)
+        for seed in FLAGS.seeds:
+            name = f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s{seed}"
+            sources.append((f"{label} dense-128, lr {lr:g}", name, {}))
+    if FLAGS.widths:
+        width = max(map(int, FLAGS.widths))
+        name = f"b_fedpt_dense{width}_{_lr_name(_best_width_lr(width))}"
+        sources.append(
+            (f"FedPT dense-{width}, lr {_best_width_lr(width):g}", name, {"dense_units": width})
+        )
+    return sources
+
+
+def _fork(source, name):
+    """Copies run `source` (checkpoints, metrics, summaries) to `name`, once: the copy then
+    resumes from the source's last checkpoint, so it follows the very same trajectory."""
+    dst_checkpoints = os.path.join(FLAGS.output_dir, "checkpoints", name)
+    if os.path.exists(dst_checkpoints):
+        return
+    for kind in ("results", "logdir"):
+        src = os.path.join(FLAGS.output_dir, kind, source)
+        if os.path.exists(src):
+            shutil.rmtree(os.path.join(FLAGS.output_dir, kind, name), ignore_errors=True)
+            shutil.copytree(src, os.path.join(FLAGS.output_dir, kind, name))
+    staging = dst_checkpoints + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(os.path.join(FLAGS.output_dir, "checkpoints", source), staging)
+    record_path = os.path.join(staging, outputs.RECORD)
+    with open(record_path) as f:
+        record = json.load(f)
+    record["--experiment_name"] = name
+    with open(record_path, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+    os.rename(staging, dst_checkpoints)  # the copy exists whole or not at all
+
+
+def section_long():
+    for _, source, task_kwargs in _long_sources():
+        if len(_rows(source)) < FLAGS.rounds:
+            print(f"  {source}: not finished; run its section first", flush=True)
+            continue
+        task = _task(num_clients=FLAGS.num_clients, alpha=FLAGS.dirichlet_alpha, **task_kwargs)
+        name = f"l_{source}"
+        _fork(source, name)
+        hparams = {
+            r["name"]: r["value"]
+            for r in outputs.read_csv(
+                os.path.join(FLAGS.output_dir, "results", source, "hparams.csv")
+            )
+        }
+        config = _config(
+            name,
+            total_rounds=FLAGS.long_rounds,
+            algorithm=hparams["algorithm"],
+            freeze=hparams["freeze"],
+            client_learning_rate=float(hparams["client_learning_rate"]),
+            seed=int(hparams["seed"]),
+            frozen_seed=int(hparams["frozen_seed"]),
+        )
+        _run(config, task, name)
+
+
 DP_LABELS = {"fedpt": "DP-FedPT (dense frozen)", "fedavg": "DP-FedAvg"}
 
 
@@ -226,17 +345,19 @@ def _dp_runs():
     return runs
 
 
-def _dp_name(algorithm, epsilon, clip):
-    return f"c_{algorithm}_eps{epsilon:g}_clip{clip:g}"
+def _dp_name(algorithm, epsilon, clip, width=128):
+    dense = "" if width == 128 else f"_dense{width}"
+    return f"c_{algorithm}{dense}_eps{epsilon:g}_clip{clip:g}"
 
 
-def _dp_config(algorithm, freeze, epsilon, clip):
+def _dp_config(algorithm, freeze, epsilon, clip, width=128):
+    lr = _best_lr(algorithm, freeze) if width == 128 else _best_width_lr(width)
     return _config(
-        _dp_name(algorithm, epsilon, clip),
+        _dp_name(algorithm, epsilon, clip, width),
         total_rounds=FLAGS.dp_rounds,
         algorithm=algorithm,
         freeze=freeze,
-        client_learning_rate=_best_lr(algorithm, freeze),
+        client_learning_rate=lr,
         clients_per_round=FLAGS.dp_clients_per_round,
         dp=True,
         target_epsilon=epsilon,
@@ -255,6 +376,13 @@ def section_c():
         for epsilon in map(float, FLAGS.epsilons):
             name = _dp_name(algorithm, epsilon, clip)
             _run(_dp_config(algorithm, freeze, epsilon, clip), task, name)
+    clip = _best_clip("fedpt")
+    for width in map(int, FLAGS.dp_widths):
+        task = _task(num_clients=FLAGS.dp_clients, alpha=FLAGS.dirichlet_alpha, dense_units=width)
+        for epsilon in map(float, FLAGS.epsilons):
+            name = _dp_name("fedpt", epsilon, clip, width)
+            config = _dp_config("fedpt", "dense", epsilon, clip, width)
+            _run(config, task, name)
 
 
 def _best_clip(algorithm):
@@ -517,7 +645,13 @@ def main():
     unknown = set(FLAGS.sections) - set(SECTIONS)
     if unknown:
         raise entry.ScriptError(f"--sections: unknown {sorted(unknown)}; valid: {list(SECTIONS)}")
-    steps = {"a": section_a, "b": section_b, "c": section_c, "report": report}
+    steps = {
+        "a": section_a,
+        "b": section_b,
+        "c": section_c,
+        "long": section_long,
+        "report": report,
+    }
     for section in SECTIONS:
         if section in FLAGS.sections:
             print(f"\n# section {section}", flush=True)

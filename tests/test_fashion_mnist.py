@@ -132,3 +132,35 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert f"{path} has 25 data bytes, expected 30" in lines[0]
+
+
+def test_benchmark_workload_on_tiny_files(tmp_path):
+    """scripts/benchmark.py --sections=fashion: both sides measured, rows and JSON written."""
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    write_fashion(str(tmp_path / "data"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "scripts", "benchmark.py"),
+            "--sections=fashion",
+            "--repeats=1",
+            "--fashion_rounds=2",
+            "--fashion_num_clients=12",
+            f"--fashion_data_dir={tmp_path}/data",
+            f"--output_dir={tmp_path}/out",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "out" / "benchmark.json") as f:
+        rows = json.load(f)["fashion"]
+    assert [r["unit"] for r in rows] == ["s", "s", "s", "MiB", "MiB"]
+    assert rows[0]["vs_fedavg"] == 1.0 and rows[3]["vs_fedavg"] == 1.0
+    assert all(r["value"] > 0 for r in rows)
