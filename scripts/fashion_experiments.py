@@ -49,12 +49,10 @@ flags.DEFINE_list(
     ["1.0"],
     "FedPT's grid adds these (its best rate was at the top of the common grid).",
 )
-flags.DEFINE_list(
-    "presets", ["dense", "all_but_output", "trainable_0.1", "convs"], "FedPT presets tuned."
-)
+flags.DEFINE_list("presets", ["dense", "all_but_output", "convs"], "FedPT presets tuned.")
 flags.DEFINE_list(
     "untuned_presets",
-    ["trainable_0.5", "trainable_0.02"],
+    ["trainable_0.1", "trainable_0.5", "trainable_0.02"],
     "FedPT presets run at dense's best learning rate only (skipped, and reported as such, "
     "when they freeze the same layers as a preset already run).",
 )
@@ -209,12 +207,19 @@ def section_a():
         early("pvt", "none")
 
 
-def _frozen_layers(preset):
+def _freeze_report(preset):
     from tff_fedpt import freezing
     from tff_fedpt.tasks import fashion_mnist
 
-    spec = fashion_mnist.PRESETS["cnn"][preset]
-    return freezing.resolve_freeze(fashion_mnist.cnn(), spec).frozen_layer_names
+    return freezing.resolve_freeze(fashion_mnist.cnn(), fashion_mnist.PRESETS["cnn"][preset])
+
+
+def _frozen_layers(preset):
+    return _freeze_report(preset).frozen_layer_names
+
+
+def _trainable_fraction(preset):
+    return _freeze_report(preset).trainable_fraction
 
 
 def _untuned_duplicates():
@@ -346,8 +351,14 @@ def _dp_runs():
 
 
 def _dp_name(algorithm, epsilon, clip, width=128):
+    if epsilon is None:
+        return _nodp_name(algorithm)
     dense = "" if width == 128 else f"_dense{width}"
     return f"c_{algorithm}{dense}_eps{epsilon:g}_clip{clip:g}"
+
+
+def _nodp_name(algorithm):
+    return f"c_{algorithm}_nodp"
 
 
 def _dp_config(algorithm, freeze, epsilon, clip, width=128):
@@ -361,7 +372,7 @@ def _dp_config(algorithm, freeze, epsilon, clip, width=128):
         clients_per_round=FLAGS.dp_clients_per_round,
         dp=True,
         target_epsilon=epsilon,
-        clip=clip,
+        clip=1.0 if clip is None else clip,
         sampling="poisson",
         client_weighting="uniform",
     )
@@ -376,6 +387,15 @@ def section_c():
         for epsilon in map(float, FLAGS.epsilons):
             name = _dp_name(algorithm, epsilon, clip)
             _run(_dp_config(algorithm, freeze, epsilon, clip), task, name)
+    for algorithm, freeze in (("fedpt", "dense"), ("fedavg", "none")):
+        # The control: the same population, sampling, weighting and rates without DP (no
+        # clip, no noise), so what DP costs each algorithm can be told from what the
+        # setting (30 rounds of one local step) costs it.
+        name = _nodp_name(algorithm)
+        config = _dp_config(algorithm, freeze, None, None).replace(
+            experiment_name=name, dp=False, target_epsilon=None
+        )
+        _run(config, task, name)
     clip = _best_clip("fedpt")
     for width in map(int, FLAGS.dp_widths):
         task = _task(num_clients=FLAGS.dp_clients, alpha=FLAGS.dirichlet_alpha, dense_units=width)
@@ -539,6 +559,26 @@ def _plot(summaries, path, key, title):
     plt.close(fig)
 
 
+def _plot_rounds(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, points in curves:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", markersize=2, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (10,000 test images)")
+    ax.set_title("Fashion-MNIST: the headline runs continued")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report():
     os.makedirs(FLAGS.docs_dir, exist_ok=True)
     out = {"machine": f"{os.cpu_count()} CPU cores, {os.uname().machine}", "sections": {}}
@@ -611,15 +651,19 @@ def report():
             )
         )
     c = []
-    for algorithm in ("fedpt", "fedavg"):
+    dp_runs = [("fedpt", 128), *(("fedpt", int(w)) for w in FLAGS.dp_widths), ("fedavg", 128)]
+    for algorithm, width in dp_runs:
         for epsilon in map(float, FLAGS.epsilons):
             for clip in map(float, FLAGS.clips):
-                name = _dp_name(algorithm, epsilon, clip)
+                name = _dp_name(algorithm, epsilon, clip, width)
                 rows = _rows(name)
                 if rows and _final(name) is not None:
+                    label = DP_LABELS[algorithm]
                     c.append(
                         {
-                            "run": DP_LABELS[algorithm],
+                            "run": label
+                            if width == 128
+                            else label.replace("dense", f"dense-{width}"),
                             "target epsilon": epsilon,
                             "clip": clip,
                             "client lr": _hparam(name, "client_learning_rate"),
@@ -630,10 +674,69 @@ def report():
                             "complete": int(rows[-1]["round"]) >= FLAGS.dp_rounds,
                         }
                     )
+    for algorithm in ("fedpt", "fedavg"):
+        name = _nodp_name(algorithm)
+        rows = _rows(name)
+        if rows and _final(name) is not None:
+            c.append(
+                {
+                    "run": DP_LABELS[algorithm].replace("DP-", "") + ", no DP (control)",
+                    "target epsilon": "—",
+                    "clip": "—",
+                    "client lr": _hparam(name, "client_learning_rate"),
+                    "epsilon reached": "—",
+                    "noise multiplier": "—",
+                    "rounds": int(rows[-1]["round"]),
+                    "test acc": _final(name),
+                    "complete": int(rows[-1]["round"]) >= FLAGS.dp_rounds,
+                }
+            )
     if c:
         out["sections"]["c"] = c
         lines.append("\n## c. DP at a realistic population\n")
         lines.append(reporting.table(c))
+    long_rows, curves = [], []
+    for label, source, _ in _long_sources():
+        rows = _rows(f"l_{source}")
+        evals = {int(r["round"]): float(r["eval/accuracy"]) for r in rows if r["eval/accuracy"]}
+        if not evals:
+            continue
+        last = max(evals)
+        long_rows.append(
+            {
+                "run": f"{label} ({source.rsplit('_', 1)[-1]})",
+                "rounds": last,
+                **{f"acc @{r}": f"{evals[r]:.4f}" for r in (100, 200, 300) if r in evals},
+                "gain over the last 100 rounds": (
+                    f"{evals[last] - evals[last - 100]:+.4f}" if last - 100 in evals else ""
+                ),
+                "complete": last >= FLAGS.long_rounds,
+            }
+        )
+        curves.append((long_rows[-1]["run"], sorted(evals.items())))
+    if long_rows:
+        out["sections"]["long"] = {"rows": long_rows, "curves": curves}
+        lines.append(
+            f"\n## Longer runs: the headline runs continued to {FLAGS.long_rounds} rounds\n"
+        )
+        lines.append(reporting.table(long_rows))
+        _plot_rounds(curves, os.path.join(FLAGS.docs_dir, "accuracy_vs_rounds_long.png"))
+    presets = [
+        {
+            "preset": p,
+            "frozen layers": ", ".join(_frozen_layers(p)),
+            "trainable": f"{100 * _trainable_fraction(p):.2f}%",
+            "run": (
+                f"same layers as {_untuned_duplicates()[p]}, not run again"
+                if p in _untuned_duplicates()
+                else "yes"
+            ),
+        }
+        for p in [*FLAGS.presets, *FLAGS.untuned_presets]
+    ]
+    out["sections"]["presets"] = presets
+    lines.append("\n## What each preset freezes (TFF's EMNIST CNN, 10 outputs, dense 128)\n")
+    lines.append(reporting.table(presets))
     with open(os.path.join(FLAGS.docs_dir, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
     with open(os.path.join(FLAGS.docs_dir, "results.md"), "w") as f:
