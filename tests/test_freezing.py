@@ -27,6 +27,20 @@ def cnn():
 SIZES = {"conv1": 40, "conv2": 296, "dense_wide": 8256, "out": 650}
 
 
+def test_unreachable_fraction_is_explained():
+    """Target 0.2: only 0.893 is reachable at or above it (dense_wide would leave 0.107)."""
+    report = tff_fedpt.resolve_freeze(cnn(), tff_fedpt.FreezeSpec(trainable_fraction=0.2))
+    assert report.fraction_note == (
+        "trainable_fraction=0.2 is not reachable with whole layers: the closest fraction at "
+        "or above it is 89.33%; dense_wide holds 89.33% of the parameters, and freezing it "
+        "leaves at most 10.67% trainable. Name the layers to freeze, or use a target of at "
+        "most 0.1067."
+    )
+    assert report.format_table().endswith("note: " + report.fraction_note)
+    reachable = tff_fedpt.resolve_freeze(cnn(), tff_fedpt.FreezeSpec(trainable_fraction=0.1))
+    assert reachable.fraction_note is None and "note:" not in reachable.format_table()
+
+
 @pytest.mark.parametrize(
     "spec,frozen",
     [

@@ -132,9 +132,15 @@ class LayerReport:
 
 @dataclasses.dataclass(frozen=True)
 class FreezeReport:
-    """Result of resolving a FreezeSpec on a model: counts per layer and totals."""
+    """Result of resolving a FreezeSpec on a model: counts per layer and totals.
+
+    Attributes:
+      layers: One report per layer with parameters.
+      target_fraction: The spec's `trainable_fraction` (None when it has none).
+    """
 
     layers: tuple[LayerReport, ...]
+    target_fraction: float | None = None
 
     @property
     def trainable_params(self) -> int:
@@ -155,6 +161,26 @@ class FreezeReport:
     @property
     def frozen_layer_names(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.layers if r.frozen)
+
+    @property
+    def fraction_note(self) -> str | None:
+        """Why the trainable fraction is over twice the spec's target, or None.
+
+        Layers are frozen whole, so a model whose parameters sit in one large layer (TFF's
+        EMNIST CNN: 98% in its dense layer) cannot approach most targets.
+        """
+        target = self.target_fraction
+        if target is None or self.trainable_fraction <= 2 * target:
+            return None
+        largest = max((r for r in self.layers if not r.frozen), key=lambda r: r.trainable_params)
+        left = 1 - largest.trainable_params / max(self.total_params, 1)
+        return (
+            f"trainable_fraction={target:g} is not reachable with whole layers: the closest "
+            f"fraction at or above it is {100 * self.trainable_fraction:.2f}%; "
+            f"{largest.name} holds {100 * (1 - left):.2f}% of the parameters, and freezing "
+            f"it leaves at most {100 * left:.2f}% trainable. Name the layers to freeze, or "
+            f"use a target of at most {left:.4g}."
+        )
 
     def totals(self) -> dict[str, int]:
         """Returns {'trainable': ..., 'frozen': ..., 'total': ...} parameter counts."""
@@ -180,13 +206,15 @@ class FreezeReport:
             )
         )
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        return "\n".join(
+        table = "\n".join(
             "  ".join(
                 cell.ljust(w) if i < 2 else cell.rjust(w)
                 for i, (cell, w) in enumerate(zip(row, widths))
             )
             for row in rows
         )
+        note = self.fraction_note
+        return f"{table}\nnote: {note}" if note else table
 
 
 def _num_params(variables) -> int:
@@ -283,7 +311,7 @@ def resolve_freeze(keras_model: tf.keras.Model, freeze: FreezeLike) -> FreezeRep
         )
         for layer, size, f in zip(param_layers, sizes, frozen)
     )
-    return FreezeReport(layers=reports)
+    return FreezeReport(layers=reports, target_fraction=spec.trainable_fraction)
 
 
 # ---------------------------------------------------------------------------
