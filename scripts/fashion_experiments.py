@@ -711,7 +711,7 @@ def report():
         marks = sorted({100, 200, FLAGS.long_rounds, last})
         long_rows.append(
             {
-                "run": f"{label} ({source.rsplit('_', 1)[-1]})",
+                "run": f"{label} (seed {source[-1]})" if source[-3:-1] == "_s" else label,
                 "rounds": last,
                 **{f"acc @{r}": f"{_smoothed(evals, r):.4f}" for r in marks if r in evals},
                 "gain over the last 100 rounds": (
