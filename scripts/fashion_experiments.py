@@ -10,6 +10,7 @@ half-finished run resumes from its checkpoint):
   c  DP at a realistic population: --dp_clients clients, Poisson sampling, noise for
      each of --epsilons at delta 1/population, DP-FedPT (dense-128 and --dp_widths)
      against DP-FedAvg; clip tuned per algorithm on --clips
+  c_control  c's population, sampling and rates without DP (what the setting itself costs)
   long  the headline runs (FedAvg and FedPT dense-128 at their best rate, every seed, and
      FedPT at the widest --widths) continued from their last round to --long_rounds, to see
      whether the curves flatten (each continues a copy of the finished run: same trajectory)
@@ -34,7 +35,7 @@ from tff_fedpt import reporting, training
 from tff_fedpt.tasks import load_task
 from tff_fedpt.training import outputs
 
-SECTIONS = ("a", "b", "c", "long", "report")
+SECTIONS = ("a", "b", "c", "c_control", "long", "report")
 flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run: {SECTIONS}.")
 flags.DEFINE_string("output_dir", "output/fashion", "Checkpoints, metrics and reports.")
 flags.DEFINE_string("docs_dir", "docs/fashion_mnist", "Where the report's tables and plots go.")
@@ -65,7 +66,9 @@ flags.DEFINE_integer("dp_clients_per_round", 100, "Expected clients per round (P
 flags.DEFINE_integer("dp_rounds", 30, "Rounds of section c.")
 flags.DEFINE_list("epsilons", ["2", "5", "10"], "Target epsilons of section c.")
 flags.DEFINE_list(
-    "clips", ["0.1", "0.5", "1.0"], "Clip grid of section c (tuned at the middle epsilon)."
+    "clips",
+    ["0.1", "0.5", "1.0", "2.0"],
+    "Clip grid of section c (tuned at the middle epsilon).",
 )
 flags.DEFINE_list(
     "dp_widths",
@@ -387,15 +390,6 @@ def section_c():
         for epsilon in map(float, FLAGS.epsilons):
             name = _dp_name(algorithm, epsilon, clip)
             _run(_dp_config(algorithm, freeze, epsilon, clip), task, name)
-    for algorithm, freeze in (("fedpt", "dense"), ("fedavg", "none")):
-        # The control: the same population, sampling, weighting and rates without DP (no
-        # clip, no noise), so what DP costs each algorithm can be told from what the
-        # setting (30 rounds of one local step) costs it.
-        name = _nodp_name(algorithm)
-        config = _dp_config(algorithm, freeze, None, None).replace(
-            experiment_name=name, dp=False, target_epsilon=None
-        )
-        _run(config, task, name)
     clip = _best_clip("fedpt")
     for width in map(int, FLAGS.dp_widths):
         task = _task(num_clients=FLAGS.dp_clients, alpha=FLAGS.dirichlet_alpha, dense_units=width)
@@ -403,6 +397,19 @@ def section_c():
             name = _dp_name("fedpt", epsilon, clip, width)
             config = _dp_config("fedpt", "dense", epsilon, clip, width)
             _run(config, task, name)
+
+
+def section_c_control():
+    """The control of c: the same population, sampling, weighting and rates without DP (no
+    clip, no noise), so what DP costs each algorithm can be told from what the setting
+    (--dp_rounds rounds of one local step) costs it."""
+    task = _task(num_clients=FLAGS.dp_clients, alpha=FLAGS.dirichlet_alpha)
+    for algorithm, freeze in (("fedpt", "dense"), ("fedavg", "none")):
+        name = _nodp_name(algorithm)
+        config = _dp_config(algorithm, freeze, None, None).replace(
+            experiment_name=name, dp=False, target_epsilon=None
+        )
+        _run(config, task, name)
 
 
 def _best_clip(algorithm):
@@ -789,6 +796,7 @@ def main():
         "a": section_a,
         "b": section_b,
         "c": section_c,
+        "c_control": section_c_control,
         "long": section_long,
         "report": report,
     }
