@@ -111,7 +111,11 @@ def _run(config, task, label):
                 flush=True,
             )
 
-    result = training.run_experiment(config, task, on_round_end=on_round_end)
+    try:
+        result = training.run_experiment(config, task, on_round_end=on_round_end)
+    except outputs.RunInProgressError:  # another invocation is running it: leave it there
+        print(f"  {label}: running in another process; skipped here", flush=True)
+        return None
     return result.final_eval.get("eval/accuracy")
 
 

@@ -242,7 +242,7 @@ def test_run_record_catches_every_task_setting(tmp_path, task):
 
 def test_run_lock_admits_one_run(tmp_path):
     with outputs.RunLock(str(tmp_path)):
-        with pytest.raises(training.ConfigError, match=r"already running \(pid \d+"):
+        with pytest.raises(outputs.RunInProgressError, match=r"already running \(pid \d+"):
             outputs.RunLock(str(tmp_path)).acquire()
     with outputs.RunLock(str(tmp_path)):  # released: a new run may start
         pass

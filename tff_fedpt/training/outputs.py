@@ -60,6 +60,10 @@ def make_dirs(dirs: Mapping[str, str]) -> None:
             ) from None
 
 
+class RunInProgressError(ConfigError):
+    """Another process holds the experiment's lock (its run is in progress)."""
+
+
 class RunLock:
     """One run per experiment: an exclusive `flock` on <results>/.lock.
 
@@ -79,7 +83,7 @@ class RunLock:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise ConfigError(
+            raise RunInProgressError(
                 f"experiment {os.path.basename(os.path.dirname(self.path))!r} is already "
                 f"running ({holder}, lock {self.path}). Wait for it to finish, or use "
                 "another --experiment_name or --root_output_dir."
