@@ -456,6 +456,11 @@ def _accuracy_at(points, budget):
     return max(within) if within else None
 
 
+def _train_minutes(rows):
+    """Minutes of training rounds in a run (evaluation and checkpoints not included)."""
+    return sum(float(r["round_seconds"]) for r in rows) / 60
+
+
 def _summary(label, names, total=None):
     finals = [(_final(n), _rows(n)) for n in names if _rows(n)]
     finals = [(a, r) for a, r in finals if a is not None]
@@ -477,6 +482,7 @@ def _summary(label, names, total=None):
         + int(last["upload_bytes_per_client"]),
         "total_megabytes": float(last["cumulative_megabytes"]),
         "median_round_seconds": float(np.median([float(r["round_seconds"]) for r in rows])),
+        "train_minutes": _train_minutes(rows),
         "curve_mb": _curve(rows, "mb"),
         "curve_seconds": _curve(rows, "seconds"),
         "runs": names,
@@ -614,6 +620,7 @@ def report():
                         "bytes/client/round": s["bytes_per_client_round"],
                         "total MB": f"{s['total_megabytes']:.1f}",
                         "median s/round": f"{s['median_round_seconds']:.2f}",
+                        "train min/run": f"{s['train_minutes']:.1f}",
                         "lr grid (acc)": ", ".join(
                             f"{k}: {v:.3f}" for k, v in s.get("lr_grid", {}).items() if v
                         ),
@@ -662,6 +669,7 @@ def report():
                         "test acc": _fmt_acc(s),
                         "bytes/client/round": s["bytes_per_client_round"],
                         "median s/round": f"{s['median_round_seconds']:.2f}",
+                        "train min": f"{s['train_minutes']:.1f}",
                     }
                     for s in b
                 ]
@@ -688,6 +696,7 @@ def report():
                             "noise multiplier": float(rows[-1]["privacy/noise_multiplier"]),
                             "rounds": int(rows[-1]["round"]),
                             "test acc": _final(name),
+                            "train min": round(_train_minutes(rows), 1),
                             "complete": int(rows[-1]["round"]) >= FLAGS.dp_rounds,
                         }
                     )
@@ -705,6 +714,7 @@ def report():
                     "noise multiplier": "—",
                     "rounds": int(rows[-1]["round"]),
                     "test acc": _final(name),
+                    "train min": round(_train_minutes(rows), 1),
                     "complete": int(rows[-1]["round"]) >= FLAGS.dp_rounds,
                 }
             )
@@ -730,6 +740,7 @@ def report():
                     if last - 100 in evals
                     else ""
                 ),
+                "train min (all rounds)": f"{_train_minutes(rows):.1f}",
                 "complete": last >= FLAGS.long_rounds,
             }
         )
