@@ -11,6 +11,7 @@ half-finished run resumes from its checkpoint):
      each of --epsilons at delta 1/population, DP-FedPT (dense-128 and --dp_widths)
      against DP-FedAvg; clip tuned per algorithm on --clips
   c_control  c's population, sampling and rates without DP (what the setting itself costs)
+  c_long  DP-FedPT and DP-FedAvg at the smallest epsilon over --dp_long_rounds rounds
   long  the headline runs (FedAvg and FedPT dense-128 at their best rate, every seed, and
      FedPT at the widest --widths) continued from their last round to --long_rounds, to see
      whether the curves flatten (each continues a copy of the finished run: same trajectory)
@@ -35,7 +36,7 @@ from tff_fedpt import reporting, training
 from tff_fedpt.tasks import load_task
 from tff_fedpt.training import outputs
 
-SECTIONS = ("a", "b", "c", "c_control", "long", "report")
+SECTIONS = ("a", "b", "c", "c_control", "c_long", "long", "report")
 flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run: {SECTIONS}.")
 flags.DEFINE_string("output_dir", "output/fashion", "Checkpoints, metrics and reports.")
 flags.DEFINE_string("docs_dir", "docs/fashion_mnist", "Where the report's tables and plots go.")
@@ -77,6 +78,7 @@ flags.DEFINE_list(
     "tuned for dense-128 and the width's best rate from section b).",
 )
 flags.DEFINE_integer("long_rounds", 300, "Rounds the long section continues runs to.")
+flags.DEFINE_integer("dp_long_rounds", 100, "Rounds of the c_long section's DP runs.")
 FLAGS = flags.FLAGS
 
 COMMON = dict(
@@ -403,6 +405,21 @@ def section_c():
             _run(config, task, name)
 
 
+def section_c_long():
+    """DP-FedPT (dense-128) and DP-FedAvg at their tuned clips and the smallest epsilon over
+    --dp_long_rounds rounds: the same privacy spread over more rounds (a larger noise
+    multiplier), towards the noise-bound regime the paper's DP claim is about."""
+    task = _task(num_clients=FLAGS.dp_clients, alpha=FLAGS.dirichlet_alpha)
+    epsilon = min(map(float, FLAGS.epsilons))
+    for algorithm, freeze in (("fedpt", "dense"), ("fedavg", "none")):
+        clip = _best_clip(algorithm)
+        name = _dp_name(algorithm, epsilon, clip) + f"_r{FLAGS.dp_long_rounds}"
+        config = _dp_config(algorithm, freeze, epsilon, clip).replace(
+            experiment_name=name, total_rounds=FLAGS.dp_long_rounds
+        )
+        _run(config, task, name)
+
+
 def section_c_control():
     """The control of c: the same population, sampling, weighting and rates without DP (no
     clip, no noise), so what DP costs each algorithm can be told from what the setting
@@ -701,6 +718,25 @@ def report():
                         }
                     )
     for algorithm in ("fedpt", "fedavg"):
+        epsilon = min(map(float, FLAGS.epsilons))
+        name = _dp_name(algorithm, epsilon, _best_clip(algorithm)) + f"_r{FLAGS.dp_long_rounds}"
+        rows = _rows(name)
+        if rows and _final(name) is not None:
+            c.append(
+                {
+                    "run": f"{DP_LABELS[algorithm]}, {FLAGS.dp_long_rounds} rounds",
+                    "target epsilon": epsilon,
+                    "clip": _best_clip(algorithm),
+                    "client lr": _hparam(name, "client_learning_rate"),
+                    "epsilon reached": float(rows[-1]["privacy/epsilon"]),
+                    "noise multiplier": float(rows[-1]["privacy/noise_multiplier"]),
+                    "rounds": int(rows[-1]["round"]),
+                    "test acc": _final(name),
+                    "train min": round(_train_minutes(rows), 1),
+                    "complete": int(rows[-1]["round"]) >= FLAGS.dp_long_rounds,
+                }
+            )
+    for algorithm in ("fedpt", "fedavg"):
         name = _nodp_name(algorithm)
         rows = _rows(name)
         if rows and _final(name) is not None:
@@ -812,6 +848,7 @@ def main():
         "b": section_b,
         "c": section_c,
         "c_control": section_c_control,
+        "c_long": section_c_long,
         "long": section_long,
         "report": report,
     }
