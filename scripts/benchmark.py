@@ -520,6 +520,19 @@ def fashion(repeats, rounds, out):
     if FLAGS.fashion_data_dir:
         data_kwargs["data_dir"] = FLAGS.fashion_data_dir
     sgd = tff.learning.optimizers.build_sgdm(0.2)
+    # The data does not depend on the dense width (only the model does): loaded once.
+    task = load_task("fashion_mnist", **data_kwargs)
+    if len(task.train_data.client_ids) < 10:
+        raise entry.ScriptError(
+            f"--fashion_num_clients: the workload takes 10 clients; received "
+            f"{len(task.train_data.client_ids)}."
+        )
+    ids = task.train_data.client_ids[:10]
+    data = [
+        task.to_model_input(task.train_data.create_tf_dataset_for_client(c)).batch(20) for c in ids
+    ]
+    examples = sum(len(task.train_data.create_tf_dataset_for_client(c)) for c in ids)
+    spec = data[0].element_spec
     rows = []
     fedavg_s = None
     for label, width, frozen in (
@@ -527,21 +540,8 @@ def fashion(repeats, rounds, out):
         ("FedPT, dense 128 frozen", 128, True),
         ("FedPT, dense 2048 frozen", 2048, True),
     ):
-        task = load_task("fashion_mnist", dense_units=width, **data_kwargs)
-        if len(task.train_data.client_ids) < 10:
-            raise entry.ScriptError(
-                f"--fashion_num_clients: the workload takes 10 clients; received "
-                f"{len(task.train_data.client_ids)}."
-            )
-        ids = task.train_data.client_ids[:10]
-        data = [
-            task.to_model_input(task.train_data.create_tf_dataset_for_client(c)).batch(20)
-            for c in ids
-        ]
-        examples = sum(len(task.train_data.create_tf_dataset_for_client(c)) for c in ids)
-        spec = data[0].element_spec
 
-        def model_fn(width=width, frozen=frozen, spec=spec):
+        def model_fn(width=width, frozen=frozen):
             keras_model = fashion_mnist.cnn(0, width)
             if not frozen:
                 return tff.learning.models.from_keras_model(keras_model, loss=LOSS, input_spec=spec)

@@ -22,6 +22,7 @@ half-finished run resumes from its checkpoint):
 
 import entry
 
+import functools
 import json
 import os
 import shutil
@@ -147,13 +148,19 @@ def _final(name):
     return float(evals[-1]["eval/accuracy"]) if evals else None
 
 
+def _best_of(values, run_name, default):
+    """The value whose run (`run_name(value)`) ended most accurate; `default` if none ran."""
+    scores = {v: _final(run_name(v)) for v in values}
+    scores = {v: acc for v, acc in scores.items() if acc is not None}
+    return max(scores, key=scores.get) if scores else default
+
+
 def _best_lr(algorithm, freeze):
-    scores = {}
-    for lr in _rates(algorithm):
-        acc = _final(f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s0")
-        if acc is not None:
-            scores[lr] = acc
-    return max(scores, key=scores.get) if scores else float(FLAGS.learning_rates[0])
+    return _best_of(
+        _rates(algorithm),
+        lambda lr: f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s0",
+        float(FLAGS.learning_rates[0]),
+    )
 
 
 def section_a():
@@ -216,6 +223,7 @@ def section_a():
         early("pvt", "none")
 
 
+@functools.cache
 def _freeze_report(preset):
     from tff_fedpt import freezing
     from tff_fedpt.tasks import fashion_mnist
@@ -251,12 +259,11 @@ def _distinct_untuned():
 
 def _best_width_lr(width):
     """Section b's best rate at `width` (dense-128's when b has no run at it)."""
-    scores = {
-        lr: _final(f"b_fedpt_dense{width}_{_lr_name(lr)}")
-        for lr in _rates("fedpt")
-        if _final(f"b_fedpt_dense{width}_{_lr_name(lr)}") is not None
-    }
-    return max(scores, key=scores.get) if scores else _best_lr("fedpt", "dense")
+    return _best_of(
+        _rates("fedpt"),
+        lambda lr: f"b_fedpt_dense{width}_{_lr_name(lr)}",
+        _best_lr("fedpt", "dense"),
+    )
 
 
 def section_b():
@@ -405,6 +412,11 @@ def section_c():
             _run(config, task, name)
 
 
+def _dp_long_name(algorithm):
+    epsilon = min(map(float, FLAGS.epsilons))
+    return _dp_name(algorithm, epsilon, _best_clip(algorithm)) + f"_r{FLAGS.dp_long_rounds}"
+
+
 def section_c_long():
     """DP-FedPT (dense-128) and DP-FedAvg at their tuned clips and the smallest epsilon over
     --dp_long_rounds rounds: the same privacy spread over more rounds (a larger noise
@@ -413,7 +425,7 @@ def section_c_long():
     epsilon = min(map(float, FLAGS.epsilons))
     for algorithm, freeze in (("fedpt", "dense"), ("fedavg", "none")):
         clip = _best_clip(algorithm)
-        name = _dp_name(algorithm, epsilon, clip) + f"_r{FLAGS.dp_long_rounds}"
+        name = _dp_long_name(algorithm)
         config = _dp_config(algorithm, freeze, epsilon, clip).replace(
             experiment_name=name, total_rounds=FLAGS.dp_long_rounds
         )
@@ -435,12 +447,11 @@ def section_c_control():
 
 def _best_clip(algorithm):
     middle = float(FLAGS.epsilons[len(FLAGS.epsilons) // 2])
-    scores = {
-        clip: _final(_dp_name(algorithm, middle, clip))
-        for clip in map(float, FLAGS.clips)
-        if _final(_dp_name(algorithm, middle, clip)) is not None
-    }
-    return max(scores, key=scores.get) if scores else float(FLAGS.clips[0])
+    return _best_of(
+        map(float, FLAGS.clips),
+        lambda clip: _dp_name(algorithm, middle, clip),
+        float(FLAGS.clips[0]),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -593,6 +604,26 @@ def _plot(summaries, path, key, title):
     plt.close(fig)
 
 
+def _dp_row(name, label, total_rounds, epsilon=None, clip=None):
+    """Section c's table row of run `name` (None when it has no evaluation yet)."""
+    rows = _rows(name)
+    if not rows or _final(name) is None:
+        return None
+    dp = epsilon is not None
+    return {
+        "run": label,
+        "target epsilon": epsilon if dp else "—",
+        "clip": clip if dp else "—",
+        "client lr": _hparam(name, "client_learning_rate"),
+        "epsilon reached": float(rows[-1]["privacy/epsilon"]) if dp else "—",
+        "noise multiplier": float(rows[-1]["privacy/noise_multiplier"]) if dp else "—",
+        "rounds": int(rows[-1]["round"]),
+        "test acc": _final(name),
+        "train min": round(_train_minutes(rows), 1),
+        "complete": int(rows[-1]["round"]) >= total_rounds,
+    }
+
+
 def _smoothed(evals, round_num):
     """Mean test accuracy of the evaluations at round_num - 20, - 10 and round_num."""
     window = [evals[r] for r in range(round_num - 20, round_num + 1) if r in evals]
@@ -695,65 +726,21 @@ def report():
     c = []
     dp_runs = [("fedpt", 128), *(("fedpt", int(w)) for w in FLAGS.dp_widths), ("fedavg", 128)]
     for algorithm, width in dp_runs:
+        label = DP_LABELS[algorithm]
+        if width != 128:
+            label = label.replace("dense", f"dense-{width}")
         for epsilon in map(float, FLAGS.epsilons):
             for clip in map(float, FLAGS.clips):
                 name = _dp_name(algorithm, epsilon, clip, width)
-                rows = _rows(name)
-                if rows and _final(name) is not None:
-                    label = DP_LABELS[algorithm]
-                    c.append(
-                        {
-                            "run": label
-                            if width == 128
-                            else label.replace("dense", f"dense-{width}"),
-                            "target epsilon": epsilon,
-                            "clip": clip,
-                            "client lr": _hparam(name, "client_learning_rate"),
-                            "epsilon reached": float(rows[-1]["privacy/epsilon"]),
-                            "noise multiplier": float(rows[-1]["privacy/noise_multiplier"]),
-                            "rounds": int(rows[-1]["round"]),
-                            "test acc": _final(name),
-                            "train min": round(_train_minutes(rows), 1),
-                            "complete": int(rows[-1]["round"]) >= FLAGS.dp_rounds,
-                        }
-                    )
+                c.append(_dp_row(name, label, FLAGS.dp_rounds, epsilon, clip))
     for algorithm in ("fedpt", "fedavg"):
-        epsilon = min(map(float, FLAGS.epsilons))
-        name = _dp_name(algorithm, epsilon, _best_clip(algorithm)) + f"_r{FLAGS.dp_long_rounds}"
-        rows = _rows(name)
-        if rows and _final(name) is not None:
-            c.append(
-                {
-                    "run": f"{DP_LABELS[algorithm]}, {FLAGS.dp_long_rounds} rounds",
-                    "target epsilon": epsilon,
-                    "clip": _best_clip(algorithm),
-                    "client lr": _hparam(name, "client_learning_rate"),
-                    "epsilon reached": float(rows[-1]["privacy/epsilon"]),
-                    "noise multiplier": float(rows[-1]["privacy/noise_multiplier"]),
-                    "rounds": int(rows[-1]["round"]),
-                    "test acc": _final(name),
-                    "train min": round(_train_minutes(rows), 1),
-                    "complete": int(rows[-1]["round"]) >= FLAGS.dp_long_rounds,
-                }
-            )
+        label = f"{DP_LABELS[algorithm]}, {FLAGS.dp_long_rounds} rounds"
+        epsilon, clip = min(map(float, FLAGS.epsilons)), _best_clip(algorithm)
+        c.append(_dp_row(_dp_long_name(algorithm), label, FLAGS.dp_long_rounds, epsilon, clip))
     for algorithm in ("fedpt", "fedavg"):
-        name = _nodp_name(algorithm)
-        rows = _rows(name)
-        if rows and _final(name) is not None:
-            c.append(
-                {
-                    "run": DP_LABELS[algorithm].replace("DP-", "") + ", no DP (control)",
-                    "target epsilon": "—",
-                    "clip": "—",
-                    "client lr": _hparam(name, "client_learning_rate"),
-                    "epsilon reached": "—",
-                    "noise multiplier": "—",
-                    "rounds": int(rows[-1]["round"]),
-                    "test acc": _final(name),
-                    "train min": round(_train_minutes(rows), 1),
-                    "complete": int(rows[-1]["round"]) >= FLAGS.dp_rounds,
-                }
-            )
+        label = DP_LABELS[algorithm].replace("DP-", "") + ", no DP (control)"
+        c.append(_dp_row(_nodp_name(algorithm), label, FLAGS.dp_rounds))
+    c = [row for row in c if row]
     if c:
         out["sections"]["c"] = c
         lines.append("\n## c. DP at a realistic population\n")
