@@ -8,6 +8,10 @@ and prints its size against the fully trainable model's (the FedAvg client).
 
 import entry
 
+import errno
+import os
+import tempfile
+
 import tensorflow as tf
 import tensorflow_federated as tff
 from absl import flags
@@ -28,7 +32,7 @@ flags.DEFINE_integer(
 flags.DEFINE_enum("client_optimizer", "sgd", ["sgd", "sgdm"], "Client optimizer.")
 flags.DEFINE_float("client_learning_rate", 0.1, "Client learning rate.")
 flags.DEFINE_float("client_momentum", 0.9, "Client momentum (sgdm).")
-flags.DEFINE_integer("batch_size", None, "Fix the batch size (default: any).")
+flags.DEFINE_integer("batch_size", None, "Fix the batch size (default: any).", lower_bound=1)
 flags.DEFINE_string("output", "output/client.tflite", "Where the .tflite file goes.")
 FLAGS = flags.FLAGS
 
@@ -49,28 +53,52 @@ def _export(spec, freeze, optimizer):
     return device.export_tflite(model_fn, optimizer, batch_size=FLAGS.batch_size), trainable, frozen
 
 
-def main():
-    import os
+def _check_output(path: str) -> str:
+    """The absolute --output path, checked writable before the (long) conversion."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise entry.ScriptError(f"--output={FLAGS.output} is a directory; name a file in it.")
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write_test"):
+            pass
+    except OSError as e:
+        reason = {
+            errno.ENOTDIR: "a parent is a regular file, not a directory",
+            errno.EROFS: "the filesystem is read-only",
+            errno.EACCES: "permission denied",
+        }.get(e.errno, e.strerror)
+        raise entry.ScriptError(
+            f"--output={FLAGS.output}: cannot write in {parent} ({reason})."
+        ) from None
+    return path
 
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def main():
     try:
         spec = catalog.model_spec(FLAGS.task, FLAGS.model)
         freeze = catalog.freeze_spec(spec, FLAGS.freeze)
+        tff_fedpt.resolve_freeze(spec.build(0), freeze)
     except ValueError as e:
-        raise entry.ScriptError(str(e)) from None
+        raise entry.ScriptError(f"--freeze={FLAGS.freeze}: {e}") from None
     if not FLAGS.client_learning_rate > 0:
         raise entry.ScriptError(
             f"--client_learning_rate must be > 0; received {FLAGS.client_learning_rate}."
         )
+    output = _check_output(FLAGS.output)
     momentum = FLAGS.client_momentum if FLAGS.client_optimizer == "sgdm" else None
     optimizer = tff.learning.optimizers.build_sgdm(FLAGS.client_learning_rate, momentum)
-    try:
-        fedpt, trainable, frozen = _export(spec, freeze, optimizer)
-    except ValueError as e:
-        raise entry.ScriptError(f"--freeze: {e}") from None
+    fedpt, trainable, frozen = _export(spec, freeze, optimizer)
     full, _, _ = _export(spec, catalog.freeze_spec(spec, "none"), optimizer)
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "wb") as f:
-        f.write(fedpt)
+    _write_atomic(output, fedpt)
     graph = len(fedpt) - 4 * trainable
     print(
         f"{FLAGS.task}/{FLAGS.model}, --freeze={FLAGS.freeze}: {trainable:,} trainable and "
@@ -80,7 +108,7 @@ def main():
         f"fully trainable:   {len(full):>12,} bytes (the FedAvg client)\n"
         f"ratio:             {len(full) / len(fedpt):>12.1f}x smaller\n"
         f"ops through Flex:  {', '.join(device.flex_ops(fedpt))}\n"
-        f"written to {os.path.abspath(FLAGS.output)}"
+        f"written to {output}"
     )
 
 

@@ -159,6 +159,7 @@ def _warn(message: str) -> None:
 
 def train(task_name: str, task_kwargs: dict) -> None:
     """Loads the task, builds the experiment once from the flags, and trains it."""
+    print(f"Loading the {task_name} task (reading and splitting its data)...", flush=True)
     try:
         task = load_task(task_name, **task_kwargs)
     except ValueError as e:

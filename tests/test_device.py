@@ -1,5 +1,7 @@
 """The TensorFlow Lite device client against the simulation (TFF's process is the oracle)."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -212,3 +214,122 @@ def test_bad_inputs_at_the_device_boundary_are_named():
         )
     assert "StatelessRandomUniformV2" in device.flex_ops(tflite)
     assert communication.communication_cost(process).broadcast_bytes_per_client > 0
+
+
+# ---------------------------------------------------------------------------
+# Untrusted input at the device boundary: the file, the seed, the updates.
+
+
+@pytest.fixture(scope="module")
+def small_client():
+    """A small digits FedPT client, exported once: (model_fn, optimizer, file bytes)."""
+    model_fn = _digits_fn(64)
+    optimizer = tff.learning.optimizers.build_sgdm(0.1)
+    return model_fn, optimizer, device.export_tflite(model_fn, optimizer)
+
+
+def test_damaged_files_are_refused_before_the_interpreter_sees_them(small_client, tmp_path):
+    _, _, tflite = small_client
+    cases = {
+        "half.tflite": (tflite[: len(tflite) // 2], "is truncated or damaged"),
+        "head.tflite": (tflite[:100], "is truncated or damaged"),
+        "last_byte_missing.tflite": (tflite[:-1], "is truncated or damaged"),
+        "text.tflite": (b"this is not a model\n" * 10, "is not a TensorFlow Lite file"),
+        "empty.tflite": (b"", "is empty (0 bytes)"),
+        "short.tflite": (b"TF", "is not a TensorFlow Lite file"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        # Before: a segfault (exit 139) for the truncated files; a ValueError without
+        # the file's name for text; "model_path or model_content" for an empty file.
+        with pytest.raises(device.DeviceError, match=re.escape(message)) as error:
+            device.DeviceClient(str(path))
+        assert str(path) in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(device.DeviceError, match="the model bytes is truncated or damaged"):
+        device.DeviceClient(tflite[:-7])
+    with pytest.raises(device.DeviceError, match=f"{tmp_path}: cannot be read"):
+        device.DeviceClient(str(tmp_path))  # a directory
+    with pytest.raises(device.DeviceError, match="missing.tflite: cannot be read"):
+        device.DeviceClient(str(tmp_path / "missing.tflite"))
+    assert device.read_tflite(tflite) == tflite
+
+
+def test_seeds_and_training_arguments_outside_their_range_are_named(small_client):
+    model_fn, optimizer, tflite = small_client
+    process = tff_fedpt.build_fedpt_process(model_fn, optimizer)
+    weights = device.broadcast_payload(process, process.initialize())["trainable"]
+    client = device.DeviceClient(tflite)
+    bad_seeds = [
+        (2**63, "must fit in a signed 64-bit integer"),  # was an OverflowError
+        (np.uint64(2**64 - 1), "must fit in a signed 64-bit integer"),  # was the seed -1
+        (np.array(1.5), "must be an int64 scalar; received ndarray"),  # was the seed 1
+        (True, "must be an int64 scalar"),
+        (np.array([1, 2]), "must be an int64 scalar"),
+    ]
+    for seed, message in bad_seeds:
+        with pytest.raises(
+            device.DeviceError, match=f"start_round: argument 'frozen_seed' {message}"
+        ):
+            client.start_round(weights, seed)
+    client.start_round(weights, np.array(3))  # a 0-d integer array is a seed
+    client.start_round(weights, np.uint64(5))
+    x, y = _digits_data()[0]
+    for kwargs, message in (
+        (dict(batch_size=0), "train: batch_size must be >= 1; received 0"),
+        (dict(batch_size=2.5), "train: batch_size must be an integer >= 1; received float"),
+        (dict(batch_size=4, epochs=0), "train: epochs must be >= 1; received 0"),
+    ):
+        with pytest.raises(device.DeviceError, match=message):
+            client.train(x, y, **kwargs)
+    with pytest.raises(ValueError, match="batch_size must be None .* or an integer >= 1"):
+        device.export_tflite(model_fn, optimizer, batch_size=0)
+
+
+def test_device_updates_are_untrusted_a_nan_device_is_zeroed_as_tff_zeroes_a_nan_client(
+    small_client,
+):
+    model_fn, optimizer, tflite = small_client
+    process = tff_fedpt.build_fedpt_process(model_fn, optimizer)
+    state = process.initialize()
+    payload = device.broadcast_payload(process, state)
+    (x, y), (x_bad, y_bad) = _digits_data()[:2]
+    x_bad = x_bad.copy()
+    x_bad[0, 0, 0, 0] = np.nan  # this client's training diverges: a NaN delta
+    client = device.DeviceClient(tflite)
+    client.start_round(payload["trainable"], payload["frozen_seed"])
+    good = client.train(x, y, batch_size=4)
+    # What an app that skipped the file's own check would send: NaN, weight 12.
+    bad = device.DeviceUpdate([np.full_like(d, np.nan) for d in good.delta], 12.0, 12)
+    out = device.apply_device_updates(process, state, [good, bad])
+    ref = process.next(
+        state,
+        [tf.data.Dataset.from_tensor_slices(d).batch(4) for d in ((x, y), (x_bad, y_bad))],
+    )
+    # Before: the NaN update made the aggregate non-finite and the finalizer dropped the
+    # whole round (update_non_finite=1), losing the good device's work.
+    assert out.metrics["finalizer"]["update_non_finite"] == 0
+    assert out.metrics["devices"]["non_finite_updates"] == 1
+    after, expected = out.state.global_model_weights, ref.state.global_model_weights
+    assert _max_diff(after.trainable, expected.trainable) < 1e-5
+    assert _max_diff(after.trainable, state.global_model_weights.trainable) > 1e-4  # it moved
+
+    def refused(updates, message):
+        with pytest.raises(ValueError, match=message) as error:
+            device.apply_device_updates(process, state, updates)
+        assert "\n" not in str(error.value) and len(str(error.value)) < 300, str(error.value)
+
+    refused(
+        [good, device.DeviceUpdate(good.delta, -6.0, 6)],
+        "update 1: weight must be finite and >= 0; received -6.0",
+    )
+    refused([device.DeviceUpdate(good.delta, float("inf"), 6)], "update 0: weight must be finite")
+    refused(
+        [device.DeviceUpdate(good.delta[:-1], 6.0, 6)],
+        "update 0 has 5 delta tensors; the process uploads 6",
+    )
+    refused(
+        [device.DeviceUpdate([*good.delta[:-1], np.zeros(3, np.float32)], 6.0, 6)],
+        r"update 0: delta 5 has shape \(3,\) and dtype float32; expected shape \(10,\)",
+    )
+    refused([good, "garbage"], "update 1 is a str; expected a DeviceUpdate")

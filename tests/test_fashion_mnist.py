@@ -76,6 +76,49 @@ def test_partition_deals_every_example_once_and_every_client_one_at_least():
         fashion_mnist.partition(labels, 301, 0.5, 0)
 
 
+def test_a_corrupt_gzip_body_is_one_error_naming_the_file(tmp_path):
+    path = str(tmp_path / "x.gz")
+    _idx(path, np.arange(1000) % 256, 0x801, True)
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    data[20:40] = b"\xff" * 20  # inside the deflate body (the gzip header is 10 bytes)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(DatasetError, match=f"{path} cannot be read"):  # was zlib.error
+        fashion_mnist.read_idx(path, 0x801)
+
+
+@pytest.mark.parametrize("alpha", [float("inf"), float("nan"), 1e-12, 0.0, -1.0, 1e7, "0.5", True])
+def test_dirichlet_alpha_outside_its_range_is_refused(tmp_path, alpha):
+    # Before: inf dealt 59,981 of 60,000 examples to one client (numpy warning, exit 0);
+    # 1e-12 hung inside numpy's Dirichlet sampler.
+    labels = np.repeat(np.arange(10), 30)
+    with pytest.raises(ValueError, match=r"dirichlet_alpha must be a number in \[0.001, 1e\+06\]"):
+        fashion_mnist.partition(labels, 20, alpha, seed=0)
+    with pytest.raises(ValueError, match="dirichlet_alpha must be a number"):
+        load_task("fashion_mnist", data_dir=str(tmp_path), alpha=alpha)  # before any file
+
+
+def test_splitting_60000_examples_over_60000_clients_is_quick():
+    import time
+
+    labels = np.random.default_rng(0).integers(0, 10, 60_000)
+    start = time.perf_counter()
+    parts = fashion_mnist.partition(labels, 60_000, 0.5, seed=0)
+    seconds = time.perf_counter() - start
+    assert {len(p) for p in parts} == {1}
+    assert seconds < 30, seconds  # was 97 s (a linear search per empty client); 1.6 s here
+
+
+def test_the_data_fingerprint_covers_labels(tmp_path):
+    write_fashion(str(tmp_path))
+    before = fashion_mnist.data_fingerprint(fashion_mnist.load_arrays(str(tmp_path)))
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    _idx(str(path), (np.arange(120) + 1) % 10, 0x801, True)  # every label shifted by one
+    after = fashion_mnist.data_fingerprint(fashion_mnist.load_arrays(str(tmp_path)))
+    assert before != after
+
+
 def test_missing_data_is_one_line_naming_the_places(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=f"looked for the four IDX files in {tmp_path}"):
         fashion_mnist.find_data_dir(str(tmp_path))
@@ -123,6 +166,21 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "59.7x less communication" in result.stdout  # 1,199,882 / 20,106 parameters
+    # Other training labels (every one shifted by one): the resume is refused. Before, the
+    # record held the images' sum only, and the run went on with the wrong labels.
+    labels = tmp_path / "data" / "train-labels-idx1-ubyte.gz"
+    _idx(str(labels), (np.arange(120) + 1) % 10, 0x801, True)
+    resumed = subprocess.run(
+        [*common, "--total_rounds=3", "--clients_per_round=3", f"--root_output_dir={tmp_path}/out"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    lines = resumed.stderr.strip().splitlines()
+    assert resumed.returncode == 2 and len(lines) == 1, resumed.stderr[-2000:]
+    assert "task:data_sha256: saved" in lines[0]
+    _idx(str(labels), np.arange(120) % 10, 0x801, True)
     path = tmp_path / "data" / "t10k-labels-idx1-ubyte.gz"
     with gzip.open(path, "rb") as f:
         data = f.read()

@@ -297,8 +297,12 @@ def test_unweighted_aggregator_and_uniform_weighting():
             TypeError,
             "server_optimizer_fn must be a tff.learning.optimizers.Optimizer or None; received str",
         ),
-        (dict(frozen_seed=1.5), TypeError, "frozen_seed must be an integer; received 1.5"),
-        (dict(frozen_seed=2**70), ValueError, "frozen_seed must fit in int64"),
+        (
+            dict(frozen_seed=1.5),
+            TypeError,
+            "frozen_seed must be an int64 scalar; received float 1.5",
+        ),
+        (dict(frozen_seed=2**70), ValueError, "frozen_seed must fit in a signed 64-bit integer"),
         (
             dict(model_aggregator="mean"),
             TypeError,

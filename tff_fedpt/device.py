@@ -247,11 +247,20 @@ def export_tflite(
     Raises:
       TypeError: for a model that is not a `PartiallyTrainableModel`, or an optimizer
         that is not a `tff.learning.optimizers.Optimizer`.
+      ValueError: for a `batch_size` below 1.
     """
     if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
         raise TypeError(
             "client_optimizer must be a tff.learning.optimizers.Optimizer (e.g. "
             f"tff.learning.optimizers.build_sgdm(0.1)); received {type(client_optimizer)}."
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"batch_size must be None (any batch size) or an integer >= 1; received {batch_size!r}."
         )
     model = model_fn()
     if not isinstance(model, keras_models.PartiallyTrainableModel):
@@ -307,21 +316,84 @@ class DeviceUpdate:
     num_examples: int
 
 
+_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of every .tflite file, at byte 4
+
+
+def read_tflite(tflite_model: bytes | bytearray | str | os.PathLike) -> bytes:
+    """The bytes of a FedPT client file, checked before any interpreter sees them.
+
+    A damaged file handed to TensorFlow Lite's interpreter can crash the process (a
+    truncated export segfaults it), so the file is checked here first: it is read whole,
+    must carry the `TFL3` flatbuffer identifier, must parse completely (every table,
+    vector and buffer inside the file's bounds) and must hold the signatures
+    `export_tflite` writes.
+
+    Args:
+      tflite_model: The file's path, or its bytes.
+
+    Returns:
+      The file's bytes.
+
+    Raises:
+      DeviceError: naming the file and what is wrong with it.
+    """
+    if isinstance(tflite_model, (bytes, bytearray, memoryview)):
+        data, source = bytes(tflite_model), "the model bytes"
+    elif isinstance(tflite_model, (str, os.PathLike)):
+        source = os.fspath(tflite_model)
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise DeviceError(f"{source}: cannot be read ({e.strerror}).") from None
+    else:
+        raise DeviceError(
+            "the model must be a .tflite file's path or its bytes; received "
+            f"{type(tflite_model).__name__}."
+        )
+    if not data:
+        raise DeviceError(f"{source} is empty (0 bytes); expected a file from export_tflite.")
+    if data[4:8] != _IDENTIFIER:
+        raise DeviceError(
+            f"{source} is not a TensorFlow Lite file ({len(data):,} bytes starting "
+            f"{data[:8]!r}; a .tflite file has {_IDENTIFIER!r} at byte 4)."
+        )
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    try:
+        model = schema.ModelT.InitFromPackedBuf(data, 0)
+        for buffer in model.buffers or []:
+            if buffer.offset > 1 and buffer.offset + buffer.size > len(data):
+                raise ValueError(f"a buffer ends at byte {buffer.offset + buffer.size:,}")
+    except Exception as e:  # noqa: BLE001 - any parse failure means a damaged file
+        raise DeviceError(
+            f"{source} is truncated or damaged ({len(data):,} bytes; its contents cannot "
+            f"be read: {e}). Export it again."
+        ) from None
+    found = sorted(d.signatureKey.decode() for d in model.signatureDefs or [])
+    missing = sorted(set(SIGNATURES) - set(found))
+    if missing:
+        raise DeviceError(
+            f"{source} lacks the signatures {missing} (it has {found}); it is not a FedPT "
+            "client from export_tflite, or an old one. Export it again."
+        )
+    return data
+
+
 class DeviceClient:
     """One device: a `.tflite` client run in `tf.lite.Interpreter`.
 
     Args:
       tflite_model: The file's bytes or path (from `export_tflite`).
+
+    Raises:
+      DeviceError: for a file that is missing, empty, truncated, not TensorFlow Lite, or
+        lacks the FedPT signatures (checked by `read_tflite` before the interpreter
+        loads it).
     """
 
     def __init__(self, tflite_model: bytes | str | os.PathLike):
-        if not isinstance(tflite_model, (bytes, bytearray)):
-            with open(tflite_model, "rb") as f:
-                tflite_model = f.read()
-        self._interpreter = tf.lite.Interpreter(model_content=bytes(tflite_model))
-        missing = set(SIGNATURES) - set(self._interpreter.get_signature_list())
-        if missing:
-            raise DeviceError(f"the file lacks the signatures {sorted(missing)}; re-export it.")
+        self._interpreter = tf.lite.Interpreter(model_content=read_tflite(tflite_model))
         self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
         self._inputs = {s: self._runners[s].get_input_details() for s in SIGNATURES}
         self._trained = False
@@ -356,18 +428,15 @@ class DeviceClient:
                 f"start_round: {len(trainable)} trainable tensors received; the model has "
                 f"{self.num_trainable}."
             )
-        if isinstance(frozen_seed, (bool, float, np.floating)) or not isinstance(
-            frozen_seed, (int, np.integer, np.ndarray)
-        ):
-            raise DeviceError(
-                f"start_round: argument 'frozen_seed' must be an int64 scalar; received "
-                f"{type(frozen_seed).__name__} {frozen_seed!r}."
-            )
+        try:
+            seed = freezing.check_frozen_seed(frozen_seed, f"argument {SEED!r}")
+        except (TypeError, ValueError) as e:
+            raise DeviceError(f"start_round: {e}") from None
         kwargs = {
             _trainable_name(i): self._check("start_round", _trainable_name(i), t)
             for i, t in enumerate(trainable)
         }
-        kwargs[SEED] = self._check("start_round", SEED, np.asarray(frozen_seed, np.int64))
+        kwargs[SEED] = self._check("start_round", SEED, np.asarray(seed))
         self._runners["start_round"](**kwargs)
         self._started, self._trained = True, False
 
@@ -422,6 +491,14 @@ class DeviceClient:
             raise DeviceError(
                 f"train: x and y need the same, non-zero length; got {len(x)}, {len(y)}."
             )
+        for name, value in (("batch_size", batch_size), ("epochs", epochs)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise DeviceError(
+                    f"train: {name} must be an integer >= 1; received "
+                    f"{type(value).__name__} {value!r}."
+                )
+            if value < 1:
+                raise DeviceError(f"train: {name} must be >= 1; received {value}.")
         rng = np.random.default_rng(shuffle_seed)
         for _ in range(epochs):
             order = rng.permutation(len(x)) if shuffle_seed is not None else np.arange(len(x))
@@ -445,20 +522,88 @@ def broadcast_payload(learning_process, state) -> collections.OrderedDict:
     return compression.as_received(parts.distributor, value)
 
 
+def _upload_specs(parts) -> list[tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each tensor a client uploads, from the aggregator's type."""
+    value_type = parts.aggregator.next.type_signature.parameter[1].member
+    return [(tuple(t.shape), np.dtype(t.dtype)) for t in value_type]
+
+
+class _Delta(list):
+    """A checked delta; `zeroed` when the device sent a non-finite value."""
+
+    zeroed = False
+
+
+def _untrusted_update(index: int, update, expected) -> tuple[_Delta, np.float32]:
+    """One device's upload, checked as untrusted input: (delta, weight) to aggregate.
+
+    As TFF's own client step does (`build_model_delta_update_with_tff_optimizer`), a
+    delta holding a non-finite value is zeroed and given weight 0, so the round keeps
+    the other devices' work; a structure that is not the process's upload type, or a
+    negative or non-finite weight, is refused.
+    """
+    where = f"apply_device_updates: update {index}"
+    delta = getattr(update, "delta", None)
+    weight = getattr(update, "weight", None)
+    if delta is None or weight is None:
+        raise ValueError(
+            f"{where} is a {type(update).__name__}; expected a DeviceUpdate (from "
+            "DeviceClient.get_update or .train)."
+        )
+    if isinstance(delta, (np.ndarray, tf.Tensor)) or not isinstance(delta, Sequence):
+        raise ValueError(f"{where}: delta must be a list of tensors; received {type(delta)}.")
+    if len(delta) != len(expected):
+        raise ValueError(
+            f"{where} has {len(delta)} delta tensors; the process uploads {len(expected)}."
+        )
+    out = _Delta()
+    for i, (value, (shape, dtype)) in enumerate(zip(delta, expected)):
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: delta {i} is not a numeric tensor ({e}).") from None
+        if array.shape != shape or not np.can_cast(array.dtype, dtype, casting="same_kind"):
+            raise ValueError(
+                f"{where}: delta {i} has shape {array.shape} and dtype {array.dtype}; "
+                f"expected shape {shape} and dtype {dtype}."
+            )
+        out.append(array.astype(dtype, copy=False))
+    try:
+        weight = float(weight)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: weight must be a number; received {weight!r}.") from None
+    if not np.isfinite(weight) or weight < 0:
+        raise ValueError(f"{where}: weight must be finite and >= 0; received {weight}.")
+    if not all(np.all(np.isfinite(a)) for a in out):
+        zeroed = _Delta(np.zeros_like(a) for a in out)
+        zeroed.zeroed = True
+        return zeroed, np.float32(0.0)
+    return out, np.float32(weight)
+
+
 def apply_device_updates(learning_process, state, updates: Sequence[DeviceUpdate]):
     """The next state from device updates, through the process's aggregator and finalizer.
 
+    Each update is untrusted input: a delta with a non-finite value is zeroed with weight
+    0 (as TFF's client step treats a client whose training diverged), so the others'
+    work is kept; an update of the wrong structure, or a negative or non-finite weight,
+    is refused.
+
     Returns:
       `tff.learning.templates.LearningProcessOutput(state, metrics)` with the
-      aggregator's and finalizer's measurements and the round's communication.
+      aggregator's and finalizer's measurements, the round's communication and
+      `devices/non_finite_updates` (how many updates were zeroed).
+
+    Raises:
+      ValueError: naming the update and what is wrong with it.
     """
     if not updates:
         raise ValueError("apply_device_updates: no updates received.")
     parts = composer.parts(learning_process)
+    expected = _upload_specs(parts)
+    checked = [_untrusted_update(i, u, expected) for i, u in enumerate(updates)]
     aggregated = parts.aggregator.next(
-        state.aggregator,
-        [list(u.delta) for u in updates],
-        [np.float32(u.weight) for u in updates],
+        state.aggregator, [list(delta) for delta, _ in checked], [weight for _, weight in checked]
     )
     finalized = parts.finalizer.next(state.finalizer, state.global_model_weights, aggregated.result)
     clients = len(updates)
@@ -480,6 +625,9 @@ def apply_device_updates(learning_process, state, updates: Sequence[DeviceUpdate
         finalizer=finalized.measurements,
         communication=collections.OrderedDict(
             clients=clients, broadcast_bytes_per_client=down, upload_bytes_per_client=up
+        ),
+        devices=collections.OrderedDict(
+            non_finite_updates=sum(delta.zeroed for delta, _ in checked)
         ),
     )
     return tff.learning.templates.LearningProcessOutput(parts.state_class(**fields), metrics)

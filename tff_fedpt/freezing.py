@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import numpy as np
@@ -100,14 +100,68 @@ class FreezeSpec:
 FreezeLike = Union[FreezeSpec, str, Sequence[str], None]
 
 
+NO_FREEZE = "none"
+
+
+def parse_freeze(text: str, presets: Mapping[str, FreezeSpec] | None = None) -> FreezeSpec:
+    """The FreezeSpec a command line names: `"none"`, a preset name, or comma-separated
+    layer names / regular expressions (the one parser of every binary and task).
+
+    Raises:
+      ValueError: for an empty pattern (`""`, `","`, `"a,,b"`), which would freeze
+        nothing without a word, or an invalid regular expression.
+    """
+    presets = presets or {}
+    if text == NO_FREEZE:
+        return FreezeSpec()
+    if text in presets:
+        return presets[text]
+    patterns = [p.strip() for p in text.split(",")]
+    if not text.strip() or not all(patterns):
+        raise ValueError(
+            f"freeze: {text!r} has an empty layer pattern; name a preset "
+            f"{sorted([*presets, NO_FREEZE])}, or layer names / regular expressions "
+            "separated by single commas."
+        )
+    return FreezeSpec(layers=tuple(patterns))
+
+
+def check_frozen_seed(frozen_seed: Any, name: str = "frozen_seed") -> np.int64:
+    """`frozen_seed` as an int64, or the error that names it.
+
+    Accepts a Python or numpy integer (or a 0-d integer array) within int64's range;
+    a float, a bool, or a value outside int64 (such as `np.uint64(2**64 - 1)`, which
+    would wrap to -1) is refused rather than converted.
+
+    Raises:
+      TypeError: for a value that is not an integer.
+      ValueError: for an integer outside [-2**63, 2**63 - 1].
+    """
+    value = frozen_seed
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"{name} must be an int64 scalar; received {type(frozen_seed).__name__} "
+            f"{frozen_seed!r}."
+        )
+    info = np.iinfo(np.int64)
+    if not info.min <= int(value) <= info.max:
+        raise ValueError(
+            f"{name} must fit in a signed 64-bit integer [{info.min}, {info.max}]; "
+            f"received {int(value)}."
+        )
+    return np.int64(int(value))
+
+
 def as_freeze_spec(freeze: FreezeLike) -> FreezeSpec:
-    """Converts `freeze` (a FreezeSpec, a name/regex, a list of them, or None)."""
+    """Converts `freeze` (a FreezeSpec, `"none"`, a name/regex, a list of them, or None)."""
     if freeze is None:
         return FreezeSpec()
     if isinstance(freeze, FreezeSpec):
         return freeze
     if isinstance(freeze, str):
-        return FreezeSpec(layers=(freeze,))
+        return FreezeSpec() if freeze == NO_FREEZE else FreezeSpec(layers=(freeze,))
     if isinstance(freeze, Sequence) and all(isinstance(x, str) for x in freeze):
         return FreezeSpec(layers=tuple(freeze))
     raise TypeError(

@@ -194,10 +194,7 @@ def _checked(
             "server_optimizer_fn must be a tff.learning.optimizers.Optimizer or None; "
             f"received {type(server_optimizer_fn).__name__}."
         )
-    if isinstance(frozen_seed, bool) or not isinstance(frozen_seed, (int, np.integer)):
-        raise TypeError(f"frozen_seed must be an integer; received {frozen_seed!r}.")
-    if not np.iinfo(np.int64).min <= int(frozen_seed) <= np.iinfo(np.int64).max:
-        raise ValueError(f"frozen_seed must fit in int64; received {frozen_seed}.")
+    freezing.check_frozen_seed(frozen_seed)
     if broadcast_bits is not None:
         compression.check_broadcast_bits(broadcast_bits)
     if model_aggregator is None:

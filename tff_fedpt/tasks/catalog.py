@@ -65,9 +65,5 @@ def model_spec(task: str, model: str) -> ModelSpec:
 
 
 def freeze_spec(spec: ModelSpec, freeze: str) -> freezing.FreezeSpec:
-    """A preset name, 'none', or comma-separated layer patterns."""
-    if freeze == "none":
-        return freezing.FreezeSpec()
-    if freeze in spec.presets:
-        return spec.presets[freeze]
-    return freezing.FreezeSpec(layers=tuple(p for p in freeze.split(",") if p))
+    """A preset name, 'none', or comma-separated layer patterns (`freezing.parse_freeze`)."""
+    return freezing.parse_freeze(freeze, spec.presets)

@@ -35,10 +35,18 @@ def partition(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> 
     Every client gets at least two examples.
     """
     rng = np.random.default_rng(seed)
-    while True:
+    for _ in range(_MAX_DEALS):
         shares = base.dirichlet_deal(labels, num_clients, alpha, rng)
         if min(len(s) for s in shares) >= 2:
             return [np.array(sorted(s), dtype=np.int64) for s in shares]
+    raise ValueError(
+        f"dirichlet_alpha={alpha:g} with num_clients={num_clients}: {_MAX_DEALS} draws all "
+        "left a client with fewer than 2 examples; raise dirichlet_alpha or lower "
+        "num_clients."
+    )
+
+
+_MAX_DEALS = 1000
 
 
 def cnn(seed: int = 0, dense_units: int = 2048) -> tf.keras.Model:
@@ -89,7 +97,8 @@ def load(
 
     Args:
       num_clients: Number of clients (2 to 800).
-      alpha: Dirichlet concentration of the label skew (> 0; small = more skew).
+      alpha: Dirichlet concentration of the label skew (in
+        `base.DIRICHLET_ALPHA_RANGE`; small = more skew).
       test_fraction: Fraction of each client's examples held out for testing.
       seed: Seed of the partition.
 
@@ -98,8 +107,7 @@ def load(
     """
     if not 2 <= num_clients <= 800:
         raise ValueError(f"num_clients must be in [2, 800]; received {num_clients}.")
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0; received {alpha}.")
+    base.check_dirichlet_alpha(alpha)
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1); received {test_fraction}.")
     images, labels = _load_images()

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import collections
 import gzip
+import hashlib
+import heapq
 import os
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -58,7 +61,7 @@ def read_idx(path: str, magic: int, shape: Optional[tuple[int, ...]] = None) -> 
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise base.DatasetError(f"{path} cannot be read ({e}).") from None
     if len(data) < 4 or int.from_bytes(data[:4], "big") != magic:
         found = hex(int.from_bytes(data[:4], "big")) if len(data) >= 4 else "nothing"
@@ -139,6 +142,17 @@ def load_arrays(data_dir: Optional[str] = None) -> dict[str, np.ndarray]:
     return arrays
 
 
+def data_fingerprint(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the four arrays (names, shapes and bytes, in `FILES` order): the run
+    record holds it, so a resume on other images or labels is refused."""
+    digest = hashlib.sha256()
+    for key in FILES:
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def partition(
     labels: np.ndarray, num_clients: int, alpha: Optional[float], seed: int
 ) -> list[np.ndarray]:
@@ -157,13 +171,21 @@ def partition(
     rng = np.random.default_rng(seed)
     if alpha is None:
         return [np.sort(p) for p in np.array_split(rng.permutation(len(labels)), num_clients)]
-    if not alpha > 0:
-        raise ValueError(f"dirichlet_alpha must be > 0; received {alpha}.")
     shares = base.dirichlet_deal(labels, num_clients, alpha, rng)
+    # Each empty client, in order, takes the last example of the largest client (the
+    # lowest index among equals): a heap of (-size, index) with stale entries skipped.
+    heap = [(-len(share), k) for k, share in enumerate(shares)]
+    heapq.heapify(heap)
     for client in range(num_clients):
-        if not shares[client]:
-            donor = max(range(num_clients), key=lambda k: len(shares[k]))
-            shares[client].append(shares[donor].pop())
+        if shares[client]:
+            continue
+        while True:
+            size, donor = heapq.heappop(heap)
+            if -size == len(shares[donor]):
+                break
+        shares[client].append(shares[donor].pop())
+        heapq.heappush(heap, (-len(shares[donor]), donor))
+        heapq.heappush(heap, (-1, client))
     return [np.array(sorted(s), dtype=np.int64) for s in shares]
 
 
@@ -214,6 +236,8 @@ def load(
     """
     if not dense_units >= 1:
         raise ValueError(f"dense_units must be >= 1; received {dense_units}.")
+    if alpha is not None:
+        base.check_dirichlet_alpha(alpha)
     arrays = load_arrays(data_dir)
     images = (arrays["train_images"].astype(np.float32) / 255.0)[..., np.newaxis]
     labels = arrays["train_labels"].astype(np.int32)
@@ -251,6 +275,6 @@ def load(
             alpha=alpha,
             seed=seed,
             dense_units=dense_units,
-            train_images_sum=int(arrays["train_images"].sum(dtype=np.int64)),
+            data_sha256=data_fingerprint(arrays),
         ),
     )

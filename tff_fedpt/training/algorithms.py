@@ -122,11 +122,10 @@ def tff_model_fn(keras_model_fn, task: Task, freeze: Optional[freezing.FreezeSpe
 def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
     """The FreezeSpec of `config.freeze`: a preset name, or comma-separated patterns."""
     presets = task.freeze_presets.get(config.model, {})
-    if config.freeze in presets or config.freeze == "none":
-        return task.freeze_spec(config.model, config.freeze)
-    patterns = tuple(p for p in config.freeze.split(",") if p)
+    if config.freeze in presets or config.freeze == freezing.NO_FREEZE:
+        return freezing.parse_freeze(config.freeze, presets)
     try:
-        spec = freezing.FreezeSpec(layers=patterns)
+        spec = freezing.parse_freeze(config.freeze, presets)
         freezing.resolve_freeze(task.models[config.model](config.seed), spec)
     except (ValueError, TypeError) as e:
         raise ConfigError(
