@@ -32,7 +32,7 @@ flags.DEFINE_integer(
 flags.DEFINE_enum("client_optimizer", "sgd", ["sgd", "sgdm"], "Client optimizer.")
 flags.DEFINE_float("client_learning_rate", 0.1, "Client learning rate.")
 flags.DEFINE_float("client_momentum", 0.9, "Client momentum (sgdm).")
-flags.DEFINE_integer("batch_size", None, "Fix the batch size (default: any).", lower_bound=1)
+flags.DEFINE_integer("batch_size", None, "Fix the batch size (default: any).")
 flags.DEFINE_string("output", "output/client.tflite", "Where the .tflite file goes.")
 FLAGS = flags.FLAGS
 
@@ -66,6 +66,7 @@ def _check_output(path: str) -> str:
     except OSError as e:
         reason = {
             errno.ENOTDIR: "a parent is a regular file, not a directory",
+            errno.EEXIST: "a parent is a regular file, not a directory",
             errno.EROFS: "the filesystem is read-only",
             errno.EACCES: "permission denied",
         }.get(e.errno, e.strerror)
@@ -85,10 +86,17 @@ def _write_atomic(path: str, data: bytes) -> None:
 def main():
     try:
         spec = catalog.model_spec(FLAGS.task, FLAGS.model)
+    except ValueError as e:
+        raise entry.ScriptError(str(e)) from None
+    try:
         freeze = catalog.freeze_spec(spec, FLAGS.freeze)
         tff_fedpt.resolve_freeze(spec.build(0), freeze)
     except ValueError as e:
-        raise entry.ScriptError(f"--freeze={FLAGS.freeze}: {e}") from None
+        raise entry.ScriptError(f"--freeze={FLAGS.freeze!r} is not usable here: {e}") from None
+    if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
+        raise entry.ScriptError(
+            f"--batch_size must be >= 1 (or unset: any batch size); received {FLAGS.batch_size}."
+        )
     if not FLAGS.client_learning_rate > 0:
         raise entry.ScriptError(
             f"--client_learning_rate must be > 0; received {FLAGS.client_learning_rate}."

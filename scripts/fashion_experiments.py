@@ -653,7 +653,7 @@ def _plot_rounds(curves, path):
 def report():
     os.makedirs(FLAGS.docs_dir, exist_ok=True)
     out = {"machine": f"{os.cpu_count()} CPU cores, {os.uname().machine}", "sections": {}}
-    lines = []
+    lines, plots = [], []  # plots are drawn once the report may be written
     a = _section_a_summaries()
     if a:
         out["sections"]["a"] = a
@@ -686,17 +686,21 @@ def report():
                     f"({budget}):\n"
                 )
                 lines.append(reporting.table(rows))
-        _plot(
-            a,
-            os.path.join(FLAGS.docs_dir, "accuracy_vs_megabytes.png"),
-            "mb",
-            "Fashion-MNIST: test accuracy vs communication",
+        plots.append(
+            lambda: _plot(
+                a,
+                os.path.join(FLAGS.docs_dir, "accuracy_vs_megabytes.png"),
+                "mb",
+                "Fashion-MNIST: test accuracy vs communication",
+            )
         )
-        _plot(
-            a,
-            os.path.join(FLAGS.docs_dir, "accuracy_vs_seconds.png"),
-            "seconds",
-            "Fashion-MNIST: test accuracy vs round time",
+        plots.append(
+            lambda: _plot(
+                a,
+                os.path.join(FLAGS.docs_dir, "accuracy_vs_seconds.png"),
+                "seconds",
+                "Fashion-MNIST: test accuracy vs round time",
+            )
         )
     b = []
     for width in map(int, FLAGS.widths):
@@ -802,7 +806,11 @@ def report():
             "(single evaluations move by a point or two from one to the next).\n"
         )
         lines.append(reporting.table(long_rows))
-        _plot_rounds(curves, os.path.join(FLAGS.docs_dir, "accuracy_vs_rounds_long.png"))
+        plots.append(
+            lambda: _plot_rounds(
+                curves, os.path.join(FLAGS.docs_dir, "accuracy_vs_rounds_long.png")
+            )
+        )
     presets = [
         {
             "preset": p,
@@ -812,6 +820,8 @@ def report():
                 f"same layers as {_untuned_duplicates()[p]}, not run again"
                 if p in _untuned_duplicates()
                 else "yes"
+                if _preset_ran(p)
+                else f"no run found in {FLAGS.output_dir}"
             ),
         }
         for p in [*FLAGS.presets, *FLAGS.untuned_presets]
@@ -819,6 +829,9 @@ def report():
     out["sections"]["presets"] = presets
     lines.append("\n## What each preset freezes (TFF's EMNIST CNN, 10 outputs, dense 128)\n")
     lines.append(reporting.table(presets))
+    _refuse_fewer_runs(out)
+    for plot in plots:
+        plot()
     with open(os.path.join(FLAGS.docs_dir, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
     with open(os.path.join(FLAGS.docs_dir, "results.md"), "w") as f:
@@ -826,7 +839,51 @@ def report():
     print("\n".join(lines))
 
 
+def _preset_ran(preset):
+    """Whether section a has a run of FedPT with `preset` frozen (at any rate tried)."""
+    return any(_rows(f"a_fedpt_{preset}_{_lr_name(lr)}_s0") for lr in _rates("fedpt"))
+
+
+def _result_rows(report):
+    """{section: number of run rows} of a report (results.json's "sections")."""
+    counts = {}
+    for key, value in report.get("sections", {}).items():
+        if key == "presets":
+            continue  # describes the model, not runs
+        rows = value.get("rows", []) if isinstance(value, dict) else value
+        counts[key] = len(rows)
+    return counts
+
+
+def _refuse_fewer_runs(report):
+    """Stops the report before it replaces results that hold more runs than it found
+    (run from another --output_dir, or before the runs were copied back)."""
+    path = os.path.join(FLAGS.docs_dir, "results.json")
+    try:
+        with open(path) as f:
+            saved = _result_rows(json.load(f))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, AttributeError) as e:
+        raise entry.ScriptError(
+            f"{path} exists but cannot be read ({e}); move it away to write a new report."
+        ) from None
+    found = _result_rows(report)
+    fewer = {k: (found.get(k, 0), n) for k, n in saved.items() if found.get(k, 0) < n}
+    if fewer:
+        details = ", ".join(
+            f"section {k}: {a} run rows (saved: {b})" for k, (a, b) in fewer.items()
+        )
+        raise entry.ScriptError(
+            f"the report from {FLAGS.output_dir} has fewer runs than {path} holds "
+            f"({details}); nothing was written. Point --output_dir at the runs behind it, "
+            "or write this report elsewhere with --docs_dir."
+        )
+
+
 def main():
+    if not FLAGS.sections:
+        raise entry.ScriptError(f"--sections is empty; name at least one of {list(SECTIONS)}.")
     unknown = set(FLAGS.sections) - set(SECTIONS)
     if unknown:
         raise entry.ScriptError(f"--sections: unknown {sorted(unknown)}; valid: {list(SECTIONS)}")

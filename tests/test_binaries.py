@@ -114,6 +114,8 @@ def test_digits_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     [
         ("--model=resnet", "--model: unknown model 'resnet'"),
         ("--freeze=nothing_like_this", "--freeze='nothing_like_this' is neither a preset"),
+        ("--freeze=,", "--freeze=',' is neither a preset .* has an empty layer pattern"),
+        ("--freeze=dense,,conv1", "has an empty layer pattern"),
         ("--clients_per_round=500", "--clients_per_round=500 is larger than the number"),
         ("--total_rounds=0", "--total_rounds must be > 0; received 0"),
         ("--client_batch_size=-1", "--client_batch_size must be > 0"),
@@ -373,6 +375,23 @@ def test_bad_inputs_are_one_line(tmp_path):
         _binary("run_emnist.py", f"--cache_dir={tmp_path}/garbage", "--noprogress"),
         "is not a readable SQLite data set",
     )
+
+
+def test_export_device_model_bad_inputs_are_one_line_before_converting(tmp_path):
+    """One line on stderr, exit 2, and before the conversion (which writes to stderr)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    common = ["--task=digits", "--model=cnn", "--freeze=dense"]
+    for args, needles in (
+        ([f"--output={blocker}/x.tflite"], ["cannot write in", "a parent is a regular file"]),
+        (["--output=/proc/x.tflite"], ["--output=/proc/x.tflite: cannot write in /proc"]),
+        ([f"--output={tmp_path}"], ["is a directory; name a file in it"]),
+        (["--batch_size=0"], ["--batch_size must be >= 1", "received 0"]),
+        (["--batch_size=-3"], ["--batch_size must be >= 1", "received -3"]),
+        (["--freeze=,"], ["--freeze=',' is not usable here", "empty layer pattern"]),
+    ):
+        _one_line_error(_binary("export_device_model.py", *common, *args), *needles)
+    assert blocker.read_text() == "x"
 
 
 @pytest.mark.parametrize(

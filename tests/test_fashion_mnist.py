@@ -222,3 +222,41 @@ def test_benchmark_workload_on_tiny_files(tmp_path):
     assert [r["unit"] for r in rows] == ["s", "s", "s", "MiB", "MiB"]
     assert rows[0]["vs_fedavg"] == 1.0 and rows[3]["vs_fedavg"] == 1.0
     assert all(r["value"] > 0 for r in rows)
+
+
+def test_the_report_never_replaces_results_with_fewer_runs(tmp_path):
+    """scripts/fashion_experiments.py --sections=report over an output directory without
+    the runs: it used to rewrite the committed results (6,537 -> 517 bytes), exit 0."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("results.json", "results.md"):
+        shutil.copy(os.path.join(root, "docs", "fashion_mnist", name), docs / name)
+    before = {p.name: p.read_bytes() for p in docs.iterdir()}
+
+    def report(*args):
+        return subprocess.run(
+            [sys.executable, os.path.join(root, "scripts", "fashion_experiments.py"), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            timeout=300,
+        )
+
+    empty = f"--output_dir={tmp_path}/no_runs"
+    result = report("--sections=report", empty, f"--docs_dir={docs}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "fewer runs than" in lines[0] and "section a: 0 run rows (saved: 7)" in lines[0]
+    assert {p.name: p.read_bytes() for p in docs.iterdir()} == before  # nothing written
+    # Elsewhere, the partial report is written and says that no run was found.
+    result = report("--sections=report", empty, f"--docs_dir={tmp_path}/new")
+    assert result.returncode == 0, result.stderr[-2000:]
+    presets = (tmp_path / "new" / "results.md").read_text()
+    assert "| yes" not in presets and "no run found in" in presets
+    result = report("--sections=")
+    assert result.returncode == 2 and "--sections is empty" in result.stderr

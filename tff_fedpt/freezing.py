@@ -119,7 +119,7 @@ def parse_freeze(text: str, presets: Mapping[str, FreezeSpec] | None = None) -> 
     patterns = [p.strip() for p in text.split(",")]
     if not text.strip() or not all(patterns):
         raise ValueError(
-            f"freeze: {text!r} has an empty layer pattern; name a preset "
+            f"{text!r} has an empty layer pattern; name a preset "
             f"{sorted([*presets, NO_FREEZE])}, or layer names / regular expressions "
             "separated by single commas."
         )
