@@ -6,6 +6,7 @@ even when its output is piped.
 """
 
 from tff_fedpt import runtime as _runtime
+from tff_fedpt.adapters import add_adapters, merge_adapters
 from tff_fedpt.communication import (
     CommunicationCost,
     communication_cost,
@@ -20,7 +21,8 @@ from tff_fedpt.freezing import (
     resolve_freeze,
 )
 from tff_fedpt.keras_models import PartiallyTrainableModel, from_keras_model
-from tff_fedpt.process import FedPTState, build_fedpt_process
+from tff_fedpt.pretrained import PretrainedWeights
+from tff_fedpt.process import FedPTState, PretrainedFedPTState, build_fedpt_process
 
 _runtime.install()
 
@@ -33,11 +35,15 @@ __all__ = [
     "FreezeSpec",
     "LayerReport",
     "PartiallyTrainableModel",
+    "PretrainedFedPTState",
+    "PretrainedWeights",
+    "add_adapters",
     "build_fedpt_process",
     "communication_cost",
     "fedavg_communication_cost",
     "from_keras_model",
     "generate_frozen_weights",
+    "merge_adapters",
     "resolve_freeze",
     "type_bytes",
 ]

@@ -38,9 +38,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import composer, compression, freezing, keras_models
+from tff_fedpt import composer, compression, freezing, keras_models, pretrained
 
 SIGNATURES = ("start_round", "train", "evaluate", "get_update", "frozen_weights")
+# Only in files whose frozen part is (in part) pretrained: the values ship inside the file,
+# once, with the app; this signature returns their fingerprint, checked each round.
+FINGERPRINT_SIGNATURE = "frozen_fingerprint"
 SEED = "frozen_seed"
 
 
@@ -127,6 +130,12 @@ class _ClientModule(tf.Module):
         self.evaluate = tf.function(self._evaluate, input_signature=[x_spec, y_spec])
         self.get_update = tf.function(self._get_update, input_signature=[])
         self.frozen_weights = tf.function(self._frozen_weights, input_signature=[])
+        self.fingerprint = pretrained.sources_fingerprint(self._frozen_records)
+        if self.fingerprint is not None:
+            words = pretrained.fingerprint_words(self.fingerprint)
+            self.frozen_fingerprint = tf.function(
+                lambda: {"fingerprint": tf.constant(words)}, input_signature=[]
+            )
 
     def _fresh_optimizer_state(self, seed=None):
         """The optimizer's initial state; with `seed` (a runtime value), all-zero slots
@@ -281,11 +290,10 @@ def export_tflite(
         model, client_optimizer, client_weighting, (fixed(x_spec), fixed(y_spec))
     )
     with tempfile.TemporaryDirectory() as directory:
-        signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
+        names = SIGNATURES if module.fingerprint is None else (*SIGNATURES, FINGERPRINT_SIGNATURE)
+        signatures = {name: getattr(module, name).get_concrete_function() for name in names}
         tf.saved_model.save(module, directory, signatures=signatures)
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            directory, signature_keys=list(SIGNATURES)
-        )
+        converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=list(names))
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS,
             tf.lite.OpsSet.SELECT_TF_OPS,
@@ -396,6 +404,10 @@ class DeviceClient:
         self._interpreter = tf.lite.Interpreter(model_content=read_tflite(tflite_model))
         self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
         self._inputs = {s: self._runners[s].get_input_details() for s in SIGNATURES}
+        self.fingerprint = None
+        if FINGERPRINT_SIGNATURE in self._interpreter.get_signature_list():
+            words = self._interpreter.get_signature_runner(FINGERPRINT_SIGNATURE)()["fingerprint"]
+            self.fingerprint = pretrained.fingerprint_hex(words)
         self._trained = False
         self._started = False
 
@@ -421,8 +433,37 @@ class DeviceClient:
             )
         return array
 
-    def start_round(self, trainable: Sequence[np.ndarray], frozen_seed) -> None:
-        """Receives the broadcast: the trainable weights and the frozen seed."""
+    def _check_fingerprint(self, frozen_fingerprint) -> None:
+        if frozen_fingerprint is None and self.fingerprint is None:
+            return
+        if frozen_fingerprint is None:
+            raise DeviceError(
+                f"start_round: this file holds pretrained frozen values (fingerprint "
+                f"{self.fingerprint}); pass the broadcast's 'frozen_fingerprint'."
+            )
+        received = (
+            frozen_fingerprint
+            if isinstance(frozen_fingerprint, str)
+            else pretrained.fingerprint_hex(frozen_fingerprint)
+        )
+        if self.fingerprint is None:
+            raise DeviceError(
+                f"start_round: the broadcast carries pretrained fingerprint {received}, but "
+                "this file holds no pretrained frozen value; export the process's client."
+            )
+        if received != self.fingerprint:
+            raise DeviceError(
+                "start_round: "
+                + pretrained.mismatch_message("this device's file", received, self.fingerprint)
+            )
+
+    def start_round(
+        self, trainable: Sequence[np.ndarray], frozen_seed, frozen_fingerprint=None
+    ) -> None:
+        """Receives the broadcast: the trainable weights, the frozen seed and, for a
+        process with pretrained frozen values, their fingerprint (checked against the
+        values this file holds before anything is trained)."""
+        self._check_fingerprint(frozen_fingerprint)
         if len(trainable) != self.num_trainable:
             raise DeviceError(
                 f"start_round: {len(trainable)} trainable tensors received; the model has "

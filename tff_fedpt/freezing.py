@@ -37,14 +37,26 @@ class FreezeSpec:
         Layers are frozen largest first (ties: the earlier layer first), skipping any
         layer whose freezing would push the trainable fraction below the target, so
         the result is the closest greedy fraction at or above the target.
+      pretrained: A `tff_fedpt.PretrainedWeights`, or None. The frozen tensors it holds
+        (by layer and weight name) keep its pretrained values, which never travel: the
+        process carries their fingerprint instead. Every other frozen tensor (and an
+        FFA adapter's A) is regenerated from the seed. None: every frozen tensor is
+        seeded.
     """
 
     layers: tuple[str, ...] = ()
     layer_types: tuple[Union[str, type], ...] = ()
     all_but_last: int | None = None
     trainable_fraction: float | None = None
+    pretrained: Any = None
 
     def __post_init__(self):
+        if self.pretrained is not None and not hasattr(self.pretrained, "value_for"):
+            raise TypeError(
+                "FreezeSpec.pretrained must be a tff_fedpt.PretrainedWeights (from "
+                "PretrainedWeights.from_keras_model or .load) or None; received "
+                f"{type(self.pretrained).__name__}."
+            )
         if isinstance(self.layers, str):
             object.__setattr__(self, "layers", (self.layers,))
         else:
@@ -181,7 +193,8 @@ class LayerReport:
 
     @property
     def frozen(self) -> bool:
-        return self.frozen_params > 0
+        """The whole layer is frozen (an adapted layer is frozen in part only)."""
+        return self.frozen_params > 0 and self.trainable_params == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,7 +374,11 @@ def resolve_freeze(keras_model: tf.keras.Model, freeze: FreezeLike) -> FreezeRep
             name=layer.name,
             layer_type=type(layer).__name__,
             trainable_params=0 if f else _num_params(layer.trainable_weights),
-            frozen_params=size if f else 0,
+            frozen_params=size
+            if f
+            else _num_params(layer.non_trainable_weights)
+            if getattr(layer, "frozen_by_design", False)
+            else 0,
         )
         for layer, size, f in zip(param_layers, sizes, frozen)
     )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import freezing
+from tff_fedpt import freezing, pretrained
 
 
 class PartiallyTrainableModel(tff.learning.models.VariableModel):
@@ -84,6 +84,21 @@ class PartiallyTrainableModel(tff.learning.models.VariableModel):
         return self._inner.reset_metrics()
 
 
+def _frozen_source(layer, variable, held):
+    """Where a frozen tensor's value comes from: the pretrained weights that hold it
+    (unless the layer regenerates it from the seed by design, as FFA's A), else the seed."""
+    seeded = variable.name.split("/")[-1].split(":")[0] in getattr(layer, "seeded_weights", ())
+    value = None if held is None or seeded else held.value_for(layer.name, variable)
+    if value is None:
+        return freezing.frozen_initializer_for(layer, variable)
+    return pretrained.PretrainedValue(
+        name=variable.name,
+        shape=tuple(variable.shape.as_list()),
+        dtype=variable.dtype.name,
+        value=value,
+    )
+
+
 def from_keras_model(
     keras_model: tf.keras.Model,
     *,
@@ -158,7 +173,7 @@ def from_keras_model(
         live = [
             v.name
             for layer in keras_model.layers
-            if layer.name not in frozen_names
+            if layer.name not in frozen_names and not getattr(layer, "frozen_by_design", False)
             for v in layer.non_trainable_weights
         ]
         if live:
@@ -173,6 +188,7 @@ def from_keras_model(
     for layer in keras_model.layers:
         for v in layer.weights:
             owners[v.ref()] = layer
+    held = freezing.as_freeze_spec(freeze).pretrained
     initializers = []
     for v in keras_model.non_trainable_weights:
         layer = owners.get(v.ref())
@@ -181,7 +197,15 @@ def from_keras_model(
                 f"Non-trainable variable {v.name} belongs to no top-level layer of the "
                 "model; tff_fedpt cannot regenerate it from a seed."
             )
-        initializers.append(freezing.frozen_initializer_for(layer, v))
+        initializers.append(_frozen_source(layer, v, held))
+    if held is not None and not any(
+        isinstance(s, pretrained.PretrainedValue) for s in initializers
+    ):
+        raise ValueError(
+            f"FreezeSpec.pretrained ({held.source}) holds no frozen tensor of this model: "
+            f"it holds layers {sorted(held)}, the frozen tensors are "
+            f"{[v.name for v in keras_model.non_trainable_weights]}."
+        )
     inner = tff.learning.models.from_keras_model(
         keras_model,
         loss=loss,

@@ -12,9 +12,10 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.aggregators import factory_utils
 from tensorflow_federated.python.learning.templates import model_delta_client_work
 
-from tff_fedpt import composer, compression, freezing, keras_models
+from tff_fedpt import composer, compression, freezing, keras_models, pretrained
 
 ModelWeights = tff.learning.models.ModelWeights
+FINGERPRINT = "frozen_fingerprint"
 
 
 class FedPTState(NamedTuple):
@@ -33,6 +34,21 @@ class FedPTState(NamedTuple):
 
     global_model_weights: Any
     frozen_seed: Any
+    distributor: Any
+    client_work: Any
+    aggregator: Any
+    finalizer: Any
+    communication: Any
+
+
+class PretrainedFedPTState(NamedTuple):
+    """Server state of a FedPT process with pretrained frozen tensors: a `FedPTState`
+    plus `frozen_fingerprint`, the int32[8] fingerprint of the pretrained values
+    (`tff_fedpt.pretrained`), which the broadcast carries and every client checks."""
+
+    global_model_weights: Any
+    frozen_seed: Any
+    frozen_fingerprint: Any
     distributor: Any
     client_work: Any
     aggregator: Any
@@ -92,12 +108,25 @@ def _build_client_work(
         del state
         return hparams
 
+    expected = pretrained.sources_fingerprint(frozen_initializers)
+
     @tff.tensorflow.computation(hparams_type, broadcast_type, data_type)
     def client_update_computation(hparams, broadcast, dataset):
+        checks = []
+        if expected is not None:  # the client's pretrained values are the server's
+            checks.append(
+                tf.debugging.assert_equal(
+                    broadcast[FINGERPRINT],
+                    tf.constant(pretrained.fingerprint_words(expected)),
+                    message=pretrained.mismatch_message(
+                        "FedPT client", "the broadcast fingerprint", expected
+                    ),
+                )
+            )
+        with tf.control_dependencies(checks):  # nothing trains before the check
+            trainable = [tf.identity(t) for t in broadcast["trainable"]]
         frozen = freezing.generate_frozen_weights(frozen_initializers, broadcast["frozen_seed"])
-        initial_weights = ModelWeights(
-            trainable=list(broadcast["trainable"]), non_trainable=list(frozen)
-        )
+        initial_weights = ModelWeights(trainable=trainable, non_trainable=list(frozen))
         client_update = model_delta_client_work.build_model_delta_update_with_tff_optimizer(
             model_fn=model_fn,
             weighting=client_weighting,
@@ -131,14 +160,17 @@ def _weight_functions(frozen_initializers):
     """(payload, to_full_weights, from_full_weights) for the composer: the broadcast is
     the trainable weights and the seed; the full weights add the seed's frozen ones."""
 
-    def payload(weights, seed):
-        return collections.OrderedDict(trainable=weights.trainable, frozen_seed=seed)
+    def payload(weights, seed, fingerprint=None):
+        value = collections.OrderedDict(trainable=weights.trainable, frozen_seed=seed)
+        if fingerprint is not None:
+            value[FINGERPRINT] = fingerprint
+        return value
 
-    def to_full_weights(weights, seed):
+    def to_full_weights(weights, seed, fingerprint=None):
         frozen = freezing.generate_frozen_weights(frozen_initializers, seed)
         return ModelWeights(trainable=list(weights.trainable), non_trainable=list(frozen))
 
-    def from_full_weights(model_weights, seed):
+    def from_full_weights(model_weights, seed, fingerprint=None):
         frozen = freezing.generate_frozen_weights(frozen_initializers, seed)
         checks = [
             tf.debugging.assert_equal(
@@ -158,7 +190,15 @@ def _weight_functions(frozen_initializers):
             trainable = [tf.identity(w) for w in model_weights.trainable]
         return ModelWeights(trainable=trainable, non_trainable=[])
 
-    return payload, to_full_weights, from_full_weights
+    arity = 2 if pretrained.sources_fingerprint(frozen_initializers) is None else 3
+    return tuple(_fixed_arity(f, arity) for f in (payload, to_full_weights, from_full_weights))
+
+
+def _fixed_arity(fn, n):
+    """`fn` taking exactly n positional arguments (TFF traces no defaults or varargs)."""
+    if n == 2:
+        return lambda a, b: fn(a, b)
+    return lambda a, b, c: fn(a, b, c)
 
 
 def _checked(
@@ -322,6 +362,7 @@ def build_fedpt_process(
         frozen_initializers = _frozen_initializers_of(model)
         data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
     seed_value = np.int64(frozen_seed)
+    fingerprint = pretrained.sources_fingerprint(frozen_initializers)
 
     @tff.tensorflow.computation
     def initial_model_weights_fn():
@@ -332,10 +373,14 @@ def build_fedpt_process(
 
     model_weights_type = initial_model_weights_fn.type_signature.result
     seed_type = tff.TensorType(np.int64)
-    broadcast_type = tff.StructWithPythonType(
-        [("trainable", model_weights_type.trainable), ("frozen_seed", seed_type)],
-        collections.OrderedDict,
-    )
+    broadcast_fields = [("trainable", model_weights_type.trainable), ("frozen_seed", seed_type)]
+    constants = {"frozen_seed": seed_value}
+    if fingerprint is not None:
+        broadcast_fields.append(
+            (FINGERPRINT, tff.TensorType(np.int32, [pretrained.FINGERPRINT_WORDS]))
+        )
+        constants[FINGERPRINT] = pretrained.fingerprint_words(fingerprint)
+    broadcast_type = tff.StructWithPythonType(broadcast_fields, collections.OrderedDict)
 
     if broadcast_bits is None:
         distributor = tff.learning.templates.build_broadcast_process(broadcast_type)
@@ -371,9 +416,9 @@ def build_fedpt_process(
 
     payload, to_full_weights, from_full_weights = _weight_functions(frozen_initializers)
     learning_process = composer.compose_learning_process(
-        state_class=FedPTState,
+        state_class=FedPTState if fingerprint is None else PretrainedFedPTState,
         initial_model_weights=initial_model_weights_fn,
-        constants={"frozen_seed": seed_value},
+        constants=constants,
         distributor=distributor,
         client_work=client_work,
         aggregator=aggregator,
@@ -386,7 +431,35 @@ def build_fedpt_process(
     learning_process._set_model_weights = _CheckedSetModelWeights(
         learning_process.set_model_weights, frozen_initializers
     )
+    if fingerprint is not None:
+        learning_process._next_fn = _CheckedNext(learning_process.next, fingerprint)
     return learning_process
+
+
+def state_fingerprint(state) -> str | None:
+    """The pretrained fingerprint a FedPT state carries (hex), or None."""
+    words = getattr(state, FINGERPRINT, None)
+    return None if words is None else pretrained.fingerprint_hex(words)
+
+
+class _CheckedNext:
+    """`next` that refuses, in one Python line, a state made with other pretrained values
+    (each client checks it again in the computation)."""
+
+    def __init__(self, computation, fingerprint):
+        self._computation = computation
+        self._fingerprint = fingerprint
+
+    def __getattr__(self, name):
+        return getattr(self._computation, name)
+
+    def __call__(self, state, client_data):
+        held = state_fingerprint(state)
+        if held is not None and held != self._fingerprint:
+            raise pretrained.FingerprintMismatchError(
+                pretrained.mismatch_message("next", held, self._fingerprint)
+            )
+        return self._computation(state, client_data)
 
 
 class _CheckedSetModelWeights:

@@ -46,7 +46,7 @@ def load_latest_state(config: ExperimentConfig, task):
     """
     experiment = build_experiment(config, task)
     store = CheckpointStore(output_dirs(experiment.config)["checkpoints"])
-    state, version, _ = store.load_latest(experiment.process.initialize())
+    state, version, _ = store.load_latest(experiment.initial_state())
     return experiment.process, state, version
 
 

@@ -17,13 +17,14 @@ its bottom; see README "Adding an algorithm".
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication, freezing, keras_models, process
+from tff_fedpt import adapters, communication, freezing, keras_models, pretrained, process
 from tff_fedpt.tasks import Task
 from tff_fedpt.training.config import ConfigError, ExperimentConfig
 
@@ -57,8 +58,9 @@ class Algorithm:
             freeze_spec(config, task)
 
     def keras_model_fn(self, config: ExperimentConfig, task: Task) -> Callable[[], tf.keras.Model]:
-        """The Keras model this algorithm trains (before any freezing)."""
-        return lambda: task.models[config.model](config.seed)
+        """The Keras model this algorithm trains (before any freezing), with the adapters
+        of --adapter_layers."""
+        return adapted_keras_model_fn(config, lambda: task.models[config.model](config.seed))
 
     def model_fn(
         self, config: ExperimentConfig, task: Task, keras_model_fn: Callable[[], tf.keras.Model]
@@ -119,11 +121,52 @@ def tff_model_fn(keras_model_fn, task: Task, freeze: Optional[freezing.FreezeSpe
     return model_fn
 
 
+def adapted_keras_model_fn(
+    config: ExperimentConfig, keras_model_fn: Callable[[], tf.keras.Model]
+) -> Callable[[], tf.keras.Model]:
+    """`keras_model_fn` with the adapters of --adapter_layers (itself when unset)."""
+    if not config.adapter_layers:
+        return keras_model_fn
+    patterns = [p.strip() for p in config.adapter_layers.split(",")]
+
+    def adapted():
+        return adapters.add_adapters(
+            keras_model_fn(),
+            patterns,
+            rank=config.adapter_rank,
+            alpha=config.adapter_alpha,
+            mode=config.adapter_mode,
+        )
+
+    return adapted
+
+
+@functools.lru_cache(maxsize=4)
+def _load_pretrained(path: str) -> pretrained.PretrainedWeights:
+    return pretrained.PretrainedWeights.load(path)
+
+
+def pretrained_weights(config: ExperimentConfig) -> Optional[pretrained.PretrainedWeights]:
+    """The weights of --pretrained_weights (read once per path), or None.
+
+    Raises:
+      ConfigError: naming the flag, for a file that is missing or not such a file.
+    """
+    if not config.pretrained_weights:
+        return None
+    try:
+        return _load_pretrained(config.pretrained_weights)
+    except ValueError as e:
+        raise ConfigError(f"--pretrained_weights: {e}") from None
+
+
 def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
-    """The FreezeSpec of `config.freeze`: a preset name, or comma-separated patterns."""
+    """The FreezeSpec of `config.freeze` (a preset name, or comma-separated patterns),
+    with --pretrained_weights as the frozen layers' values."""
     presets = task.freeze_presets.get(config.model, {})
+    held = pretrained_weights(config)
     if config.freeze in presets or config.freeze == freezing.NO_FREEZE:
-        return freezing.parse_freeze(config.freeze, presets)
+        return dataclasses.replace(freezing.parse_freeze(config.freeze, presets), pretrained=held)
     try:
         spec = freezing.parse_freeze(config.freeze, presets)
         freezing.resolve_freeze(task.models[config.model](config.seed), spec)
@@ -132,7 +175,7 @@ def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
             f"--freeze={config.freeze!r} is neither a preset of model {config.model} "
             f"({sorted([*presets, 'none'])}) nor a valid layer pattern: {e}"
         ) from e
-    return spec
+    return dataclasses.replace(spec, pretrained=held)
 
 
 class FedPT(Algorithm):

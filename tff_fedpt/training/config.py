@@ -107,6 +107,25 @@ class ExperimentConfig:
         None, "FedPT: broadcast the trainable weights in 8 or 16 bits."
     )
 
+    # Pretrained frozen parts and adapters (every algorithm).
+    pretrained_weights: Optional[str] = option(
+        None,
+        "A pretrained-weights file (scripts/pretrain.py; tff_fedpt.PretrainedWeights): every "
+        "layer it holds starts from its values; with FedPT, the frozen layers keep them and "
+        "only their fingerprint travels.",
+    )
+    adapter_layers: Optional[str] = option(
+        None,
+        "Comma-separated layer names/regexes given low-rank adapters (Dense, Conv2D, Embedding).",
+    )
+    adapter_rank: int = option(4, "Rank r of the adapters.")
+    adapter_alpha: Optional[float] = option(None, "Adapter scale numerator alpha (default: rank).")
+    adapter_mode: str = option(
+        "lora",
+        "lora: A and B trained; ffa: A frozen and regenerated from the seed, only B trained.",
+        choices=("lora", "ffa"),
+    )
+
     def hparams(self) -> dict[str, str]:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt import communication, compression, freezing, privacy
+from tff_fedpt import pretrained as pretrained_lib
 from tff_fedpt.tasks import Task
 from tff_fedpt.training import algorithms
 from tff_fedpt.training.config import (
@@ -56,10 +57,22 @@ class Experiment:
     freeze_report: Optional[freezing.FreezeReport]
     privacy: Optional[privacy.PrivacySetting]
     target_delta: float
+    pretrained: Optional[pretrained_lib.PretrainedWeights] = None
 
     @property
     def population(self) -> int:
         return len(self.task.train_data.client_ids)
+
+    def initial_state(self):
+        """The process's initial state; with --pretrained_weights, every value the file
+        holds put in place (through `set_model_weights`, so any algorithm starts from it,
+        and FedPT checks that its frozen part is the file's)."""
+        state = self.process.initialize()
+        if self.pretrained is None:
+            return state
+        keras_model = self.algorithm.eval_keras_model(self.model_fn, self.keras_model_fn)
+        weights = self.pretrained.overwrite(self.process.get_model_weights(state), keras_model)
+        return self.process.set_model_weights(state, weights)
 
 
 def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
@@ -95,6 +108,7 @@ def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
             f"training clients of task {task.name} ({population})."
         )
     algorithm.check(config, task)
+    _check_pretrained_and_adapters(config, task, algorithm)
     try:
         if config.upload_bits is not None or config.broadcast_bits is not None:
             if not algorithm.compressible:
@@ -135,6 +149,23 @@ def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     return config
+
+
+def _check_pretrained_and_adapters(config: ExperimentConfig, task: Task, algorithm) -> None:
+    """--pretrained_weights and --adapter_*: the file loads, and the model builds with them."""
+    if not config.pretrained_weights and not config.adapter_layers:
+        return
+    if isinstance(config.adapter_rank, bool) or config.adapter_rank < 1:
+        raise ConfigError(f"--adapter_rank must be >= 1; received {config.adapter_rank}.")
+    if config.adapter_alpha is not None:
+        check_positive(config, ["adapter_alpha"])
+    algorithms.pretrained_weights(config)  # a ConfigError naming the file
+    names = "--pretrained_weights / --adapter_layers"
+    try:
+        with tf.Graph().as_default():
+            algorithm.model_fn(config, task, algorithm.keras_model_fn(config, task))()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{names}: {e}") from None
 
 
 def _check_seed(config: ExperimentConfig) -> None:
@@ -256,4 +287,5 @@ def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=N
         freeze_report=report,
         privacy=setting,
         target_delta=delta,
+        pretrained=algorithms.pretrained_weights(config),
     )

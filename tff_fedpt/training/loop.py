@@ -131,7 +131,11 @@ def run(
         outputs.check_and_write_record(
             dirs["checkpoints"],
             outputs.run_record(
-                config, task, experiment.privacy and experiment.privacy.noise_multiplier
+                config,
+                task,
+                experiment.privacy and experiment.privacy.noise_multiplier,
+                pretrained_fingerprint=experiment.pretrained
+                and experiment.pretrained.fingerprint(),
             ),
             bool(versions),
         )
@@ -142,7 +146,7 @@ def run(
                 f"in {dirs['checkpoints']}. Use --total_rounds={max(versions)} to see its "
                 "results, a larger value to continue, or another --experiment_name."
             )
-        state, version, skipped = store.load_latest(learning_process.initialize())
+        state, version, skipped = store.load_latest(experiment.initial_state())
         for s in skipped:
             warn(
                 f"checkpoint of round {s.version} cannot be loaded ({s.reason}); moved to "

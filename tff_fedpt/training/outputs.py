@@ -172,15 +172,22 @@ def metrics_rows_up_to(path: str, version: int) -> list[dict[str, Any]]:
 
 
 def run_record(
-    config: ExperimentConfig, task, noise_multiplier: Optional[float] = None
+    config: ExperimentConfig,
+    task,
+    noise_multiplier: Optional[float] = None,
+    *,
+    pretrained_fingerprint: Optional[str] = None,
 ) -> dict[str, str]:
     """What defines a run: the config (less resumable fields), the task's settings, a
-    fingerprint of its clients (their number and a hash of their ids) and, under DP, the
+    fingerprint of its clients (their number and a hash of their ids), under DP the
     noise multiplier in force (calibrated to --target_epsilon over --total_rounds, so a
-    resume with other total rounds would change the noise mid-run)."""
+    resume with other total rounds would change the noise mid-run), and the SHA-256 of
+    --pretrained_weights (a resume on other pretrained values is refused)."""
     record = {f"--{k}": v for k, v in config.hparams().items() if k not in RESUMABLE_FIELDS}
     if noise_multiplier is not None:
         record["privacy:noise_multiplier"] = repr(float(noise_multiplier))
+    if pretrained_fingerprint is not None:
+        record["pretrained:sha256"] = pretrained_fingerprint
     record.update({f"task:{k}": str(v) for k, v in task.settings.items()})
     ids = list(task.train_data.client_ids)
     record["data:clients"] = str(len(ids))

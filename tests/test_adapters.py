@@ -1,0 +1,147 @@
+"""Low-rank adapters over frozen layers (LoRA and FFA-LoRA)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+import tff_fedpt
+from tff_fedpt import adapters, device, pretrained
+from tff_fedpt.tasks import digits
+
+SPEC = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
+SEQ_SPEC = (tf.TensorSpec([None, 5], tf.int32), tf.TensorSpec([None], tf.int32))
+WIDTH = 64
+
+
+def _loss():
+    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _sequence_model(seed=0):
+    tf.keras.utils.set_random_seed(seed)
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(5,), dtype=tf.int32),
+            tf.keras.layers.Embedding(30, 8, name="embedding"),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(10, name="logits"),
+        ]
+    )
+
+
+def _randomize_b(keras_model, seed=1):
+    rng = np.random.default_rng(seed)
+    for layer in keras_model.layers:
+        if isinstance(layer, adapters.ADAPTER_TYPES):
+            layer.lora_b.assign(rng.normal(0, 0.1, layer.lora_b.shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("mode", adapters.MODES)
+def test_adapters_start_as_their_base_layers_and_merge_exactly(mode):
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    ids = np.random.default_rng(0).integers(0, 30, (4, 5)).astype(np.int32)
+    for model, layers, inputs in (
+        (digits.cnn(0, WIDTH), ["conv1", "dense"], x),  # Conv2D and Dense
+        (_sequence_model(), ["embedding", "logits"], ids),  # Embedding and Dense
+    ):
+        adapted = adapters.add_adapters(model, layers, rank=3, alpha=6.0, mode=mode)
+        assert [type(lyr).__name__ for lyr in adapted.layers if lyr.name in layers] == [
+            type(adapters._adapted_layer(lyr, 3, 6.0, mode)).__name__
+            for lyr in model.layers
+            if lyr.name in layers
+        ]
+        # B = 0: exactly the base layer (the low-rank term adds zeros).
+        np.testing.assert_array_equal(adapted(inputs).numpy(), model(inputs).numpy())
+        _randomize_b(adapted)
+        moved = adapted(inputs).numpy()
+        assert np.max(np.abs(moved - model(inputs).numpy())) > 1e-3
+        merged = adapters.merge_adapters(adapted)
+        assert not any(isinstance(lyr, adapters.ADAPTER_TYPES) for lyr in merged.layers)
+        np.testing.assert_allclose(merged(inputs).numpy(), moved, atol=1e-5)
+
+
+def test_bad_adapter_requests_are_named():
+    model = digits.cnn(0, WIDTH)
+    with pytest.raises(ValueError, match="'nope' matches no layer"):
+        adapters.add_adapters(model, "nope")
+    with pytest.raises(ValueError, match="rank must be an integer >= 1; received 0"):
+        adapters.add_adapters(model, "dense", rank=0)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        adapters.add_adapters(model, "dense", mode="both")
+    flat = tf.keras.Sequential(
+        [tf.keras.layers.InputLayer(input_shape=(4,)), tf.keras.layers.LayerNormalization()]
+    )
+    with pytest.raises(ValueError, match="is a LayerNormalization; adapters cover"):
+        adapters.add_adapters(flat, ".*")
+
+
+def _adapted_fn(mode, held=None, rank=4):
+    def model_fn():
+        model = adapters.add_adapters(digits.cnn(0, WIDTH), "dense", rank=rank, mode=mode)
+        spec = tff_fedpt.FreezeSpec(layers=("conv1",), pretrained=held)
+        return tff_fedpt.from_keras_model(model, loss=_loss(), input_spec=SPEC, freeze=spec)
+
+    return model_fn
+
+
+def test_ffa_sends_b_only_and_lora_sends_a_and_b():
+    conv2, logits = 3 * 3 * 16 * 32 + 32, WIDTH * 10 + 10
+    rank = 4
+    a, b = 512 * rank, rank * WIDTH
+    for mode, sent in (("lora", a + b), ("ffa", b)):
+        process = tff_fedpt.build_fedpt_process(
+            _adapted_fn(mode, rank=rank), tff.learning.optimizers.build_sgdm(0.1)
+        )
+        cost = tff_fedpt.communication_cost(process)
+        # Upload: every trainable value (conv2, the adapter factors, logits) + the weight.
+        assert cost.upload_bytes_per_client == 4 * (conv2 + sent + logits) + 4, mode
+    report = _adapted_fn("ffa")().freeze_report
+    dense = [r for r in report.layers if r.name == "dense"][0]
+    assert (dense.trainable_params, dense.frozen_params) == (b, 512 * WIDTH + WIDTH + a)
+    assert not dense.frozen and "dense" not in report.frozen_layer_names
+
+
+def test_ffa_with_a_pretrained_base_a_device_round_equals_process_next():
+    base = digits.cnn(7, WIDTH)  # the "pretrained" model
+    held = pretrained.PretrainedWeights.from_keras_model(base)
+    model_fn = _adapted_fn("ffa", held)
+    model = model_fn()
+    kinds = {s.name.split(":")[0]: type(s).__name__ for s in model.frozen_initializers}
+    assert kinds == {
+        "conv1/kernel": "PretrainedValue",
+        "conv1/bias": "PretrainedValue",
+        "dense/kernel": "PretrainedValue",  # the adapter's base
+        "dense/bias": "PretrainedValue",
+        "dense/lora_a": "FrozenInitializer",  # FFA: A regenerated from the seed
+    }
+    optimizer = tff.learning.optimizers.build_sgdm(0.2)
+    process = tff_fedpt.build_fedpt_process(model_fn, optimizer, frozen_seed=5)
+    state = process.initialize()
+    full = process.get_model_weights(state)
+    np.testing.assert_array_equal(full.non_trainable[2], held["dense"]["kernel"])
+    tflite = device.export_tflite(model_fn, optimizer)
+    payload = device.broadcast_payload(process, state)
+    rng = np.random.default_rng(0)
+    data = [
+        (rng.random((12, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 12).astype(np.int32))
+        for _ in range(3)
+    ]
+    updates = []
+    for x, y in data:
+        client = device.DeviceClient(tflite)
+        client.start_round(
+            payload["trainable"], payload["frozen_seed"], payload["frozen_fingerprint"]
+        )
+        updates.append(client.train(x, y, batch_size=4))
+    out = device.apply_device_updates(process, state, updates)
+    ref = process.next(state, [tf.data.Dataset.from_tensor_slices(d).batch(4) for d in data])
+    after = out.state.global_model_weights.trainable
+    for a, b in zip(after, ref.state.global_model_weights.trainable):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # The merged Keras model of the trained state computes what the adapted one does.
+    keras_model = model_fn().keras_model
+    process.get_model_weights(ref.state).assign_weights_to(keras_model)
+    merged = adapters.merge_adapters(keras_model)
+    x = data[0][0]
+    np.testing.assert_allclose(merged(x).numpy(), keras_model(x).numpy(), atol=1e-5)

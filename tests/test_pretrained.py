@@ -1,0 +1,229 @@
+"""Pretrained frozen layers: never sent, exactly used, identified by fingerprint."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+import tff_fedpt
+from tff_fedpt import device, freezing, pretrained
+from tff_fedpt.tasks import digits
+
+SPEC = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
+WIDTH = 64
+
+
+def _loss():
+    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _weights(seed):
+    """'Pretrained' values: another seed's model, so they differ from every seeded draw."""
+    return pretrained.PretrainedWeights.from_keras_model(digits.cnn(seed, WIDTH))
+
+
+def _model_fn(weights, layers=("conv1", "dense")):
+    spec = tff_fedpt.FreezeSpec(layers=layers, pretrained=weights)
+    return lambda: tff_fedpt.from_keras_model(
+        digits.cnn(0, WIDTH), loss=_loss(), input_spec=SPEC, freeze=spec
+    )
+
+
+def _data(n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.random((12, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 12).astype(np.int32))
+        for _ in range(n)
+    ]
+
+
+def _datasets(data, batch=4):
+    return [tf.data.Dataset.from_tensor_slices(d).batch(batch) for d in data]
+
+
+def test_fingerprint_is_sha256_over_dtype_shape_and_bytes_as_documented():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([1, -2], dtype=np.int32)
+    digest = hashlib.sha256()
+    digest.update(b"float32(2, 3)\n" + a.astype("<f4").tobytes())
+    digest.update(b"int32(2,)\n" + b.astype("<i4").tobytes())
+    assert pretrained.fingerprint([a, b]) == digest.hexdigest()
+    # A published test vector (docs/pretrained.md): one float32 zero.
+    assert pretrained.fingerprint([np.zeros((1,), np.float32)]) == (
+        hashlib.sha256(b"float32(1,)\n" + b"\0\0\0\0").hexdigest()
+    )
+    words = pretrained.fingerprint_words(digest.hexdigest())
+    assert words.dtype == np.int32 and words.shape == (8,)
+    assert pretrained.fingerprint_hex(words) == digest.hexdigest()
+
+
+def test_pretrained_values_never_travel_and_are_used_exactly():
+    held = _weights(7)
+    process = tff_fedpt.build_fedpt_process(
+        _model_fn(held), tff.learning.optimizers.build_sgdm(0.1)
+    )
+    broadcast = str(process.next.type_signature)
+    # The frozen tensors (conv1 3x3x1x16 and the 512x64 dense kernel) are in no type that
+    # crosses the network: the broadcast is the trainable part, the seed and 32 bytes.
+    assert "float32[512,64]" not in broadcast and "float32[3,3,1,16]" not in broadcast
+    cost = tff_fedpt.communication_cost(process)
+    trainable = 3 * 3 * 16 * 32 + 32 + WIDTH * 10 + 10
+    assert cost.broadcast_bytes_per_client == 4 * trainable + 8 + 32
+    assert cost.upload_bytes_per_client == 4 * trainable + 4
+    state = process.initialize()
+    full = process.get_model_weights(state)
+    expected = [held["conv1"]["kernel"], held["conv1"]["bias"]]
+    expected += [held["dense"]["kernel"], held["dense"]["bias"]]
+    for got, want in zip(full.non_trainable, expected):
+        np.testing.assert_array_equal(got, want)  # exactly the given values
+    assert tff_fedpt.process.state_fingerprint(state) == pretrained.fingerprint(expected)
+
+    # Clients train from exactly those values: TFF's own FedAvg, started from the same
+    # full weights with the same layers frozen (it broadcasts them), gives the same round.
+    def fedavg_model_fn():
+        keras_model = digits.cnn(0, WIDTH)
+        for layer in keras_model.layers:
+            layer.trainable = layer.name not in ("conv1", "dense")
+        return tff.learning.models.from_keras_model(keras_model, loss=_loss(), input_spec=SPEC)
+
+    fedavg = tff.learning.algorithms.build_weighted_fed_avg(
+        fedavg_model_fn, tff.learning.optimizers.build_sgdm(0.1)
+    )
+    reference = fedavg.set_model_weights(fedavg.initialize(), full)
+    data = _datasets(_data())
+    ours = process.get_model_weights(process.next(state, data).state)
+    theirs = fedavg.get_model_weights(fedavg.next(reference, data).state)
+    for a, b in zip(ours.trainable, theirs.trainable):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_pretrained_and_seeded_frozen_layers_mix():
+    held = pretrained.PretrainedWeights({"conv1": dict(_weights(7)["conv1"])}, source="conv1 only")
+    model_fn = _model_fn(held)
+    model = model_fn()
+    kinds = [type(s).__name__ for s in model.frozen_initializers]
+    assert kinds == ["PretrainedValue", "PretrainedValue", "FrozenInitializer", "FrozenInitializer"]
+    process = tff_fedpt.build_fedpt_process(model_fn, tff.learning.optimizers.build_sgdm(0.1))
+    state = process.initialize()
+    full = process.get_model_weights(state).non_trainable
+    np.testing.assert_array_equal(full[0], held["conv1"]["kernel"])
+    seeded = freezing.generate_frozen_weights(model.frozen_initializers, np.int64(0))
+    np.testing.assert_array_equal(full[2], seeded[2])  # the seed's draw for tensor 2
+
+
+def test_another_pretrained_file_is_refused_with_both_fingerprints(tmp_path):
+    held = _weights(7)
+    path = tmp_path / "pretrained.npz"
+    saved = held.save(path)
+    loaded = pretrained.PretrainedWeights.load(path)
+    assert loaded.fingerprint() == saved == held.fingerprint()
+    ours = tff_fedpt.build_fedpt_process(_model_fn(loaded), tff.learning.optimizers.build_sgdm(0.1))
+    changed = {k: dict(v) for k, v in held.items()}
+    changed["dense"]["bias"] = changed["dense"]["bias"] + 1e-3  # one tensor changed
+    other = tff_fedpt.build_fedpt_process(
+        _model_fn(pretrained.PretrainedWeights(changed)), tff.learning.optimizers.build_sgdm(0.1)
+    )
+    state = other.initialize()
+    theirs, mine = (tff_fedpt.process.state_fingerprint(s) for s in (state, ours.initialize()))
+    assert theirs != mine
+    with pytest.raises(pretrained.FingerprintMismatchError) as error:
+        ours.next(state, _datasets(_data()))
+    message = str(error.value)
+    assert theirs in message and mine in message and "\n" not in message
+    # The clients check it too, inside the computation (past the Python check).
+    with pytest.raises(Exception, match="FedPT client: the pretrained frozen values"):
+        ours.next._computation(state, _datasets(_data()))
+    # A file that is not one.
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.npz is not a pretrained-weights file"):
+        pretrained.PretrainedWeights.load(tmp_path / "junk.npz")
+
+
+def test_pretrained_weights_that_hold_no_frozen_tensor_or_other_shapes_are_refused():
+    logits_only = pretrained.PretrainedWeights({"logits": dict(_weights(7)["logits"])})
+    with pytest.raises(ValueError, match="holds no frozen tensor of this model"):
+        _model_fn(logits_only)()
+    wide = pretrained.PretrainedWeights.from_keras_model(digits.cnn(7, 2 * WIDTH))
+    with pytest.raises(ValueError, match=r"dense/kernel has shape \(512, 128\)"):
+        _model_fn(wide)()
+    with pytest.raises(TypeError, match="FreezeSpec.pretrained must be a tff_fedpt.Pretrained"):
+        tff_fedpt.FreezeSpec(layers=("dense",), pretrained={"dense": {}})
+
+
+def test_a_device_round_with_pretrained_frozen_layers_equals_process_next():
+    held = _weights(7)
+    model_fn = _model_fn(held)
+    optimizer = tff.learning.optimizers.build_sgdm(0.1)
+    process = tff_fedpt.build_fedpt_process(model_fn, optimizer)
+    tflite = device.export_tflite(model_fn, optimizer)
+    state = process.initialize()
+    payload = device.broadcast_payload(process, state)
+    data = _data(3)
+    updates = []
+    for x, y in data:
+        client = device.DeviceClient(tflite)
+        assert client.fingerprint == tff_fedpt.process.state_fingerprint(state)
+        client.start_round(
+            payload["trainable"], payload["frozen_seed"], payload["frozen_fingerprint"]
+        )
+        np.testing.assert_array_equal(client.frozen_weights()[2], held["dense"]["kernel"])
+        updates.append(client.train(x, y, batch_size=4))
+    out = device.apply_device_updates(process, state, updates)
+    ref = process.next(state, _datasets(data))
+    for a, b in zip(
+        out.state.global_model_weights.trainable, ref.state.global_model_weights.trainable
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    client = device.DeviceClient(tflite)
+    with pytest.raises(device.DeviceError, match="pass the broadcast's 'frozen_fingerprint'"):
+        client.start_round(payload["trainable"], payload["frozen_seed"])
+    wrong = "0" * 64
+    with pytest.raises(device.DeviceError, match=f"but {wrong} was expected") as error:
+        client.start_round(payload["trainable"], payload["frozen_seed"], wrong)
+    assert client.fingerprint in str(error.value)
+
+
+def test_binary_resume_on_other_pretrained_values_is_refused(tmp_path):
+    """--pretrained_weights on a training binary: FedPT with FFA adapters over a pretrained
+    base runs; a resume after the file's values changed (same path) is one line."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = tmp_path / "pretrained.npz"
+    first = pretrained.PretrainedWeights.from_keras_model(digits.cnn(7)).save(path)
+
+    def run(rounds):
+        return subprocess.run(
+            [
+                sys.executable,
+                os.path.join(root, "scripts", "run_digits.py"),
+                "--num_clients=20",
+                "--clients_per_round=3",
+                f"--total_rounds={rounds}",
+                "--rounds_per_eval=2",
+                "--noprogress",
+                f"--root_output_dir={tmp_path}/out",
+                f"--pretrained_weights={path}",
+                "--freeze=conv1",
+                "--adapter_layers=dense",
+                "--adapter_mode=ffa",
+                "--adapter_rank=2",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            timeout=300,
+        )
+
+    result = run(2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LoRADense" in result.stdout  # the freeze table shows the adapted layer
+    second = pretrained.PretrainedWeights.from_keras_model(digits.cnn(8)).save(path)
+    result = run(3)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert f"pretrained:sha256: saved '{first}', now '{second}'" in lines[0]

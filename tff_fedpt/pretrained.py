@@ -1,0 +1,242 @@
+"""Pretrained frozen layers: values the clients already hold, identified by fingerprint.
+
+A frozen tensor comes from one of two sources, and the rest of the package asks the
+source for its value (`generate(seed)`), never its kind:
+
+    freezing.FrozenInitializer  regenerated from the frozen seed (the layer's initializer)
+    PretrainedValue             pretrained values the client already holds (a backbone or
+                                embedding shipped with the app, or a file on its disk)
+
+Pretrained values never travel in a round. The server state and the broadcast carry
+their fingerprint instead, and every client checks it before training.
+
+The fingerprint (`fingerprint`) is SHA-256, as 64 hex digits, over the pretrained frozen
+tensors in model order (the order of the model's non-trainable variables); for each
+tensor the bytes of `f"{dtype}{shape}\\n"` (dtype as numpy names it, e.g. `float32`;
+shape as a Python tuple, e.g. `(9216, 128)`), then its values in C order, little-endian.
+In the state and the broadcast it travels as int32[8] (`fingerprint_words`: the digest's
+32 bytes as 8 big-endian words), 32 bytes per client per round.
+
+`PretrainedWeights` holds a pretrained Keras model's values by layer and weight name
+(taken eagerly from a Keras model, or loaded from the `.npz` file `save` writes) and is
+given to a freeze specification: `FreezeSpec(layers=..., pretrained=weights)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+FINGERPRINT_WORDS = 8
+_ORDER = "__order__"
+
+
+class FingerprintMismatchError(ValueError):
+    """Pretrained frozen values differ from the ones a state, a run or a device holds."""
+
+
+def mismatch_message(where: str, expected: str, received: str) -> str:
+    return (
+        f"{where}: the pretrained frozen values have fingerprint {received}, but "
+        f"{expected} was expected; these are other pretrained weights (another file, or "
+        "a changed tensor). Use the weights the run was started with."
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PretrainedValue:
+    """One frozen tensor whose value is pretrained (the same interface as
+    `freezing.FrozenInitializer`: `generate(seed)` returns the value, seed unused)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    value: np.ndarray
+    class_name = "Pretrained"
+    config: tuple = ()
+    forget_bias_units = None
+
+    def generate(self, seed) -> tf.Tensor:
+        del seed
+        return tf.constant(self.value, dtype=self.dtype)
+
+
+def fingerprint(values: Sequence[np.ndarray]) -> str:
+    """SHA-256 (hex) over `values` in order: see the module docstring."""
+    digest = hashlib.sha256()
+    for value in values:
+        array = np.ascontiguousarray(value)
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        digest.update(f"{array.dtype.name}{tuple(array.shape)}\n".encode())
+        digest.update(little.tobytes(order="C"))
+    return digest.hexdigest()
+
+
+def sources_fingerprint(sources: Sequence[Any]) -> str | None:
+    """The fingerprint of the pretrained sources among `sources` (None: there are none)."""
+    values = [s.value for s in sources if isinstance(s, PretrainedValue)]
+    return fingerprint(values) if values else None
+
+
+def fingerprint_words(hex_digest: str) -> np.ndarray:
+    """The 64-hex-digit fingerprint as int32[8] (big-endian words)."""
+    return np.frombuffer(bytes.fromhex(hex_digest), dtype=">i4").astype(np.int32)
+
+
+def fingerprint_hex(words) -> str:
+    """int32[8] back to the 64-hex-digit fingerprint."""
+    return np.asarray(words, dtype=np.int32).astype(">i4").tobytes().hex()
+
+
+def _short(variable) -> str:
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+class PretrainedWeights(Mapping):
+    """Pretrained values by layer name, then weight name (`"kernel"`, `"bias"`, ...).
+
+    Build it eagerly, outside `model_fn`: from a Keras model holding the pretrained
+    weights (`from_keras_model`, e.g. after `keras_model.load_weights(path)`), or from
+    the file `save` wrote (`load`). Give it to `FreezeSpec(pretrained=...)`: the frozen
+    layers it holds take its values, the other frozen layers are seeded.
+    """
+
+    def __init__(self, layers: Mapping[str, Mapping[str, np.ndarray]], source: str = ""):
+        self._layers = {
+            str(layer): {str(w): np.asarray(v) for w, v in weights.items()}
+            for layer, weights in layers.items()
+        }
+        self.source = source or "pretrained weights"
+
+    @classmethod
+    def from_keras_model(
+        cls, keras_model: tf.keras.Model, layers: Sequence[str] | None = None
+    ) -> PretrainedWeights:
+        """The current values of `keras_model`'s layers (all, or those named)."""
+        if not isinstance(keras_model, tf.keras.Model):
+            raise TypeError(f"expected a tf.keras.Model; received {type(keras_model).__name__}.")
+        wanted = None if layers is None else set(layers)
+        names = [layer.name for layer in keras_model.layers if layer.weights]
+        if wanted is not None and not wanted <= set(names):
+            raise ValueError(
+                f"PretrainedWeights: layers {sorted(wanted - set(names))} are not layers "
+                f"with weights of the model ({names})."
+            )
+        values = {
+            layer.name: {_short(v): v.numpy() for v in layer.weights}
+            for layer in keras_model.layers
+            if layer.weights and (wanted is None or layer.name in wanted)
+        }
+        return cls(values, source=f"Keras model {keras_model.name!r}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PretrainedWeights:
+        """Reads a file written by `save`.
+
+        Raises:
+          ValueError: naming the file, when it is missing, unreadable or not such a file.
+        """
+        path = os.fspath(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                order = json.loads(str(data[_ORDER]))
+                arrays = {key: data[key] for key in order}
+        except (OSError, KeyError, ValueError, EOFError) as e:
+            raise ValueError(
+                f"{path} is not a pretrained-weights file from PretrainedWeights.save "
+                f"({type(e).__name__}: {e})."
+            ) from None
+        layers: dict[str, dict[str, np.ndarray]] = {}
+        for key in order:
+            layer, weight = key.rsplit("/", 1)
+            layers.setdefault(layer, {})[weight] = arrays[key]
+        return cls(layers, source=path)
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Writes the values to an `.npz` file (atomically); returns their fingerprint."""
+        path = os.fspath(path)
+        order = [f"{layer}/{w}" for layer, weights in self._layers.items() for w in weights]
+        arrays = {f"{layer}/{w}": v for layer, ws in self._layers.items() for w, v in ws.items()}
+        tmp = f"{path}.tmp{os.getpid()}.npz"
+        np.savez(tmp, **{_ORDER: np.array(json.dumps(order))}, **arrays)
+        os.replace(tmp, path)
+        return self.fingerprint()
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every tensor, in layer then weight order (see the module doc)."""
+        return fingerprint([v for weights in self._layers.values() for v in weights.values()])
+
+    __hash__ = object.__hash__  # identity: a FreezeSpec holding it stays hashable
+
+    def __eq__(self, other):
+        return self is other
+
+    def __getitem__(self, layer: str) -> Mapping[str, np.ndarray]:
+        return self._layers[layer]
+
+    def __iter__(self):
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __repr__(self) -> str:
+        return f"PretrainedWeights({self.source}, layers={list(self._layers)})"
+
+    def value_for(self, layer_name: str, variable) -> np.ndarray | None:
+        """The pretrained value of `variable` of layer `layer_name` (None if not held).
+
+        Raises:
+          ValueError: when the held value's shape or dtype is not the variable's.
+        """
+        held = self._layers.get(layer_name, {}).get(_short(variable))
+        if held is None:
+            return None
+        shape = tuple(variable.shape.as_list())
+        if tuple(held.shape) != shape:
+            raise ValueError(
+                f"{self.source}: {layer_name}/{_short(variable)} has shape "
+                f"{tuple(held.shape)}; the model's variable {variable.name} has {shape}."
+            )
+        return held.astype(variable.dtype.as_numpy_dtype, copy=False)
+
+    def overwrite(self, model_weights, keras_model: tf.keras.Model):
+        """`model_weights` (a `tff.learning.models.ModelWeights` of `keras_model`, in its
+        trainable / non-trainable order) with every value this holds put in its place: the
+        starting point of a run from pretrained weights, for any algorithm."""
+        import tensorflow_federated as tff
+
+        owner = {}
+        for layer in keras_model.layers:
+            for variable in layer.weights:
+                owner[variable.ref()] = layer.name
+
+        def replaced(variables, values):
+            out = []
+            for variable, value in zip(variables, values):
+                held = self.value_for(owner.get(variable.ref(), ""), variable)
+                out.append(np.asarray(value) if held is None else held)
+            return out
+
+        return tff.learning.models.ModelWeights(
+            trainable=replaced(keras_model.trainable_weights, model_weights.trainable),
+            non_trainable=replaced(keras_model.non_trainable_weights, model_weights.non_trainable),
+        )
+
+    def assign_to(self, keras_model: tf.keras.Model) -> int:
+        """Assigns the held values to `keras_model`'s variables (eagerly); returns how many."""
+        count = 0
+        for layer in keras_model.layers:
+            for variable in layer.weights:
+                value = self.value_for(layer.name, variable)
+                if value is not None:
+                    variable.assign(value)
+                    count += 1
+        return count
