@@ -260,3 +260,74 @@ def test_the_report_never_replaces_results_with_fewer_runs(tmp_path):
     assert "| yes" not in presets and "no run found in" in presets
     result = report("--sections=")
     assert result.returncode == 2 and "--sections is empty" in result.stderr
+
+
+def test_public_split_pretraining_and_a_pretrained_fedpt_run(tmp_path):
+    """scripts/pretrain.py on the held-out public split, then FedPT head-only from it."""
+    import json
+    import subprocess
+    import sys
+
+    write_fashion(str(tmp_path / "data"), train=200)
+    task = load_task(
+        "fashion_mnist", data_dir=str(tmp_path / "data"), num_clients=10, public_fraction=0.2
+    )
+    held = sum(
+        len(list(task.train_data.create_tf_dataset_for_client(c)))
+        for c in task.train_data.client_ids
+    )
+    public = fashion_mnist.public_data(str(tmp_path / "data"), public_fraction=0.2)
+    assert held == 160 and len(public["y"]) == 40  # every example on one side only
+    five = fashion_mnist.public_data(str(tmp_path / "data"), classes=[0, 1, 2, 3, 4])
+    assert set(five["y"].tolist()) <= {0, 1, 2, 3, 4} and len(five["y"]) > 0
+    with pytest.raises(ValueError, match=r"public_fraction must be in \[0, 1\)"):
+        load_task("fashion_mnist", data_dir=str(tmp_path / "data"), public_fraction=1.0)
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    weights = tmp_path / "pre" / "cnn.npz"
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "scripts", "pretrain.py"),
+            f"--data_dir={tmp_path}/data",
+            "--epochs=1",
+            f"--output={weights}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(f"{weights}.json") as f:
+        summary = json.load(f)
+    assert summary["sha256"] == fashion_mnist_weights_fingerprint(weights)
+    assert 0 <= summary["test_accuracy_all_classes"] <= 1
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "scripts", "run_fashion_mnist.py"),
+            f"--data_dir={tmp_path}/data",
+            "--num_clients=10",
+            "--public_fraction=0.2",
+            f"--pretrained_weights={weights}",
+            "--freeze=all_but_output",
+            "--total_rounds=2",
+            "--clients_per_round=3",
+            "--noprogress",
+            f"--root_output_dir={tmp_path}/out",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Done: 2 rounds" in result.stdout
+
+
+def fashion_mnist_weights_fingerprint(path):
+    from tff_fedpt import pretrained
+
+    return pretrained.PretrainedWeights.load(path).fingerprint()

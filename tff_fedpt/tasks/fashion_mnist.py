@@ -18,6 +18,7 @@ import hashlib
 import heapq
 import os
 import zlib
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
@@ -153,6 +154,61 @@ def data_fingerprint(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def split_public(num_examples: int, public_fraction: float, seed: int):
+    """(public indices, client indices): a seeded `public_fraction` of the training set
+    held out as the server's public data (for central pretraining); the clients hold the
+    rest. Its own random stream, so the clients' split does not depend on it.
+
+    Raises:
+      ValueError: for a fraction outside [0, 1).
+    """
+    if isinstance(public_fraction, bool) or not 0 <= public_fraction < 1:
+        raise ValueError(f"public_fraction must be in [0, 1); received {public_fraction!r}.")
+    order = np.random.default_rng([seed, 0x5EED]).permutation(num_examples)
+    cut = int(round(public_fraction * num_examples))
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def public_data(
+    data_dir: Optional[str] = None,
+    *,
+    public_fraction: float = 0.2,
+    classes: Optional[Sequence[int]] = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The server's public data for central pretraining, and the test set.
+
+    Returns:
+      {"x", "y"}: the held-out training examples (`split_public`) of `classes` (all
+      when None), and {"test_x", "test_y"}: the 10,000 test images. Images are float32
+      in [0, 1] of shape (28, 28, 1), labels int32.
+    """
+    if not public_fraction > 0:
+        raise ValueError(
+            f"public_fraction must be > 0 for public data; received {public_fraction}."
+        )
+    arrays = load_arrays(data_dir)
+    labels = arrays["train_labels"].astype(np.int32)
+    public, _ = split_public(len(labels), public_fraction, seed)
+    if classes is not None:
+        bad = sorted(set(classes) - set(range(NUM_CLASSES)))
+        if bad or not classes:
+            raise ValueError(
+                f"classes must be a non-empty subset of 0..9; received {list(classes)}."
+            )
+        public = public[np.isin(labels[public], list(classes))]
+    return {
+        "x": _images(arrays["train_images"][public]),
+        "y": labels[public],
+        "test_x": _images(arrays["test_images"]),
+        "test_y": arrays["test_labels"].astype(np.int32),
+    }
+
+
+def _images(array: np.ndarray) -> np.ndarray:
+    return (array.astype(np.float32) / 255.0)[..., np.newaxis]
+
+
 def partition(
     labels: np.ndarray, num_clients: int, alpha: Optional[float], seed: int
 ) -> list[np.ndarray]:
@@ -219,6 +275,7 @@ def load(
     alpha: Optional[float] = 0.5,
     seed: int = 0,
     dense_units: int = 128,
+    public_fraction: float = 0.0,
 ) -> base.Task:
     """The Fashion-MNIST task.
 
@@ -228,6 +285,8 @@ def load(
       alpha: Dirichlet concentration of the label skew; None for IID.
       seed: Seed of the partition.
       dense_units: Width of the CNN's dense layer.
+      public_fraction: Fraction of the training set held out as the server's public data
+        (`public_data`, for `scripts/pretrain.py`); the clients hold the rest.
 
     Raises:
       base.DatasetNotFoundError: if the files are nowhere to be found.
@@ -238,9 +297,11 @@ def load(
         raise ValueError(f"dense_units must be >= 1; received {dense_units}.")
     if alpha is not None:
         base.check_dirichlet_alpha(alpha)
+    split_public(0, public_fraction, seed)  # checks the fraction before reading files
     arrays = load_arrays(data_dir)
-    images = (arrays["train_images"].astype(np.float32) / 255.0)[..., np.newaxis]
-    labels = arrays["train_labels"].astype(np.int32)
+    _, held = split_public(len(arrays["train_labels"]), public_fraction, seed)
+    images = _images(arrays["train_images"][held])
+    labels = arrays["train_labels"][held].astype(np.int32)
     train = collections.OrderedDict()
     for client, idx in enumerate(partition(labels, num_clients, alpha, seed)):
         train[f"client_{client:05d}"] = collections.OrderedDict(
@@ -275,6 +336,7 @@ def load(
             alpha=alpha,
             seed=seed,
             dense_units=dense_units,
+            public_fraction=public_fraction,
             data_sha256=data_fingerprint(arrays),
         ),
     )
