@@ -860,25 +860,12 @@ def _refuse_fewer_runs(report):
     (run from another --output_dir, or before the runs were copied back)."""
     path = os.path.join(FLAGS.docs_dir, "results.json")
     try:
-        with open(path) as f:
-            saved = _result_rows(json.load(f))
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError, AttributeError) as e:
+        reporting.refuse_fewer_runs(path, _result_rows(report), _result_rows)
+    except reporting.FewerRunsError as e:
         raise entry.ScriptError(
-            f"{path} exists but cannot be read ({e}); move it away to write a new report."
+            f"{e} (runs read from {FLAGS.output_dir}) Point --output_dir at the runs behind "
+            "it, or write this report elsewhere with --docs_dir."
         ) from None
-    found = _result_rows(report)
-    fewer = {k: (found.get(k, 0), n) for k, n in saved.items() if found.get(k, 0) < n}
-    if fewer:
-        details = ", ".join(
-            f"section {k}: {a} run rows (saved: {b})" for k, (a, b) in fewer.items()
-        )
-        raise entry.ScriptError(
-            f"the report from {FLAGS.output_dir} has fewer runs than {path} holds "
-            f"({details}); nothing was written. Point --output_dir at the runs behind it, "
-            "or write this report elsewhere with --docs_dir."
-        )
 
 
 def main():

@@ -156,3 +156,32 @@ def plot_accuracy_vs_noise(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+class FewerRunsError(ValueError):
+    """A report would replace saved results that hold more runs than it found."""
+
+
+def refuse_fewer_runs(path: str, found: Mapping[str, int], count) -> None:
+    """Raises FewerRunsError when the report saved at `path` (JSON) holds more runs in a
+    section than `found` ({section: runs}); `count(saved_json) -> {section: runs}`.
+    A missing file is fine; an unreadable one is refused (nothing is overwritten)."""
+    import json
+
+    try:
+        with open(path) as f:
+            saved = count(json.load(f))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise FewerRunsError(
+            f"{path} exists but cannot be read ({e}); move it away to write a new report."
+        ) from None
+    fewer = {k: (found.get(k, 0), n) for k, n in saved.items() if found.get(k, 0) < n}
+    if fewer:
+        details = ", ".join(
+            f"section {k}: {a} run rows (saved: {b})" for k, (a, b) in fewer.items()
+        )
+        raise FewerRunsError(
+            f"the report has fewer runs than {path} holds ({details}); nothing was written."
+        )

@@ -1,0 +1,389 @@
+"""Does pretrained FedPT reach FedAvg at a fraction of the traffic? Fashion-MNIST with a
+public pretraining split, as a declarative grid of runs plus a report.
+
+Setup: 20% of the training set is the server's public data (`--public_fraction`); the
+model is pretrained centrally on its classes 0-4 (`scripts/pretrain.py`, `--pretrained`);
+the 1,000 clients hold the other 80% (all classes, Dirichlet(0.5)). Each entry of the
+grid is one algorithm setting, run at every client learning rate of its grid; the report
+takes each setting's best rate.
+
+Sections (resumable: finished runs are read back, a half-finished run resumes):
+  runs    the grid without DP (`GRID`), `--rounds` rounds, evaluated every 10
+  dp      DP at `--dp_clients` clients, Poisson `--dp_clients_per_round` per round,
+          `--dp_rounds` rounds, noise for each of `--epsilons` (`DP_GRID`)
+  report  tables (Markdown + JSON) and plots under `--docs_dir` from whatever runs exist;
+          it refuses to replace results that hold more runs than it found
+
+  .venv/bin/python scripts/pretrain.py --output=output/pretrained/fashion_cnn.npz
+  .venv/bin/python scripts/pretrained_experiments.py --sections=runs,dp,report
+"""
+
+import entry
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import flags
+
+import baselines  # noqa: F401  (registers fedavg)
+from tff_fedpt import reporting, training
+from tff_fedpt.tasks import load_task
+from tff_fedpt.training import outputs
+
+SECTIONS = ("runs", "dp", "report")
+flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run: {SECTIONS}.")
+flags.DEFINE_string("output_dir", "output/fashion_pretrained", "Checkpoints and metrics.")
+flags.DEFINE_string("docs_dir", "docs/fashion_pretrained", "Where the report goes.")
+flags.DEFINE_string("data_dir", None, "Fashion-MNIST IDX files (default: Debian's, Keras').")
+flags.DEFINE_string(
+    "pretrained", "output/pretrained/fashion_cnn.npz", "scripts/pretrain.py's weights file."
+)
+flags.DEFINE_float("public_fraction", 0.2, "The held-out public fraction it was trained on.")
+flags.DEFINE_integer("num_clients", 1000, "Clients of the runs without DP.")
+flags.DEFINE_integer("rounds", 100, "Rounds of each run without DP.")
+flags.DEFINE_list("only", [], "Run only the grid entries with these names (default: all).")
+flags.DEFINE_integer("dp_clients", 3000, "Population of the DP runs.")
+flags.DEFINE_integer("dp_clients_per_round", 100, "Expected clients per round (Poisson).")
+flags.DEFINE_integer("dp_rounds", 30, "Rounds of the DP runs.")
+flags.DEFINE_list("epsilons", ["2"], "Target epsilons of the DP runs (delta 1/population).")
+FLAGS = flags.FLAGS
+
+COMMON = dict(
+    task="fashion_mnist",
+    client_epochs_per_round=1,
+    client_batch_size=20,
+    server_learning_rate=1.0,
+    rounds_per_eval=10,
+    clients_per_round=10,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One algorithm setting of the grid, run at each of `rates`."""
+
+    name: str
+    label: str
+    rates: tuple[float, ...]
+    options: tuple[tuple[str, object], ...] = ()
+    pretrained: bool = True
+
+    def config(self, rate: float, **extra) -> dict:
+        values = {**COMMON, **dict(self.options), "client_learning_rate": rate, **extra}
+        if self.pretrained:
+            values["pretrained_weights"] = FLAGS.pretrained
+        return values
+
+
+def _adapters(rank, mode):
+    return (
+        ("algorithm", "fedpt"),
+        ("freeze", "convs"),
+        ("adapter_layers", "dense128"),
+        ("adapter_rank", rank),
+        ("adapter_mode", mode),
+    )
+
+
+# The comparison (issue: "Evidence for pretrained FedPT"). Rates bracket each setting's
+# best where the earlier Fashion-MNIST tuning (docs/fashion_mnist.md) did not settle it.
+GRID = (
+    Setting(
+        "fedavg_scratch",
+        "FedAvg from scratch",
+        (0.2,),
+        (("algorithm", "fedavg"), ("freeze", "none")),
+        pretrained=False,
+    ),
+    Setting(
+        "fedavg_finetune",
+        "FedAvg fine-tuning every weight from the pretrained model",
+        (0.05, 0.2),
+        (("algorithm", "fedavg"), ("freeze", "none")),
+    ),
+    Setting(
+        "fedpt_head",
+        "FedPT, pretrained convs + dense frozen, output layer trained",
+        (0.2, 0.5, 1.0),
+        (("algorithm", "fedpt"), ("freeze", "all_but_output")),
+    ),
+    Setting(
+        "fedpt_lora4",
+        "FedPT head + LoRA r4 on dense (A, B trained)",
+        (0.2, 0.5),
+        _adapters(4, "lora"),
+    ),
+    Setting(
+        "fedpt_lora16",
+        "FedPT head + LoRA r16 on dense (A, B trained)",
+        (0.2, 0.5),
+        _adapters(16, "lora"),
+    ),
+    Setting(
+        "fedpt_ffa16",
+        "FedPT head + FFA-LoRA r16 on dense (A seeded, B trained)",
+        (0.2, 0.5),
+        _adapters(16, "ffa"),
+    ),
+    Setting(
+        "fedpt_random",
+        "FedPT, random (seeded) dense frozen, from scratch",
+        (0.5,),
+        (("algorithm", "fedpt"), ("freeze", "dense")),
+        pretrained=False,
+    ),
+)
+DP_SETTINGS = ("fedavg_finetune", "fedpt_head", "fedpt_ffa16")
+DP_OPTIONS = dict(dp=True, sampling="poisson", client_weighting="uniform", clip=1.0)
+
+
+def _name(setting: Setting, rate: float, prefix: str = "") -> str:
+    return f"{prefix}{setting.name}_lr{rate:g}"
+
+
+def _selected():
+    unknown = set(FLAGS.only) - {s.name for s in GRID}
+    if unknown:
+        raise entry.ScriptError(
+            f"--only: unknown {sorted(unknown)}; valid: {[s.name for s in GRID]}."
+        )
+    return [s for s in GRID if not FLAGS.only or s.name in FLAGS.only]
+
+
+def _run(values: dict, name: str, task) -> None:
+    config = training.ExperimentConfig(
+        **values,
+        root_output_dir=FLAGS.output_dir,
+        experiment_name=name,
+        rounds_per_checkpoint=max(1, values["total_rounds"] // 4),
+    )
+    start = time.time()
+
+    def on_round_end(round_num, row):
+        if round_num % 10 == 0 or round_num == config.total_rounds:
+            acc = row.get("eval/accuracy", "")
+            shown = f", test acc {acc:.4f}" if acc != "" else ""
+            print(
+                f"  {name}: round {round_num}/{config.total_rounds}{shown}, "
+                f"{time.time() - start:.0f} s",
+                flush=True,
+            )
+
+    try:
+        training.run_experiment(config, task, on_round_end=on_round_end)
+    except outputs.RunInProgressError:
+        print(f"  {name}: running in another process; skipped here", flush=True)
+
+
+def _task(num_clients):
+    return load_task(
+        "fashion_mnist",
+        data_dir=FLAGS.data_dir,
+        num_clients=num_clients,
+        alpha=0.5,
+        public_fraction=FLAGS.public_fraction,
+    )
+
+
+def _check_pretrained():
+    if not os.path.exists(FLAGS.pretrained):
+        raise entry.ScriptError(
+            f"--pretrained={FLAGS.pretrained} does not exist; make it with "
+            f"scripts/pretrain.py --public_fraction={FLAGS.public_fraction:g} "
+            f"--output={FLAGS.pretrained}."
+        )
+
+
+def section_runs():
+    _check_pretrained()
+    task = _task(FLAGS.num_clients)
+    for setting in _selected():
+        for rate in setting.rates:
+            _run(setting.config(rate, total_rounds=FLAGS.rounds), _name(setting, rate), task)
+
+
+def section_dp():
+    _check_pretrained()
+    task = _task(FLAGS.dp_clients)
+    for setting in _selected():
+        if setting.name not in DP_SETTINGS:
+            continue
+        rate = _best_rate(setting)
+        for epsilon in map(float, FLAGS.epsilons):
+            values = setting.config(
+                rate,
+                total_rounds=FLAGS.dp_rounds,
+                clients_per_round=FLAGS.dp_clients_per_round,
+                target_epsilon=epsilon,
+                **DP_OPTIONS,
+            )
+            _run(values, _name(setting, rate, f"dp_eps{epsilon:g}_"), task)
+
+
+# ---------------------------------------------------------------------------
+# The report.
+
+
+def _rows(name):
+    return outputs.read_csv(os.path.join(FLAGS.output_dir, "results", name, "metrics.csv"))
+
+
+def _final(rows):
+    evals = [float(r["eval/accuracy"]) for r in rows if r.get("eval/accuracy", "") != ""]
+    return evals[-1] if evals else None
+
+
+def _best_rate(setting: Setting) -> float:
+    finals = {rate: _final(_rows(_name(setting, rate))) for rate in setting.rates}
+    done = {rate: acc for rate, acc in finals.items() if acc is not None}
+    return max(done, key=done.get) if done else setting.rates[0]
+
+
+def _accuracy_within(rows, megabytes):
+    points = [
+        float(r["eval/accuracy"])
+        for r in rows
+        if r.get("eval/accuracy", "") != "" and float(r["cumulative_megabytes"]) <= megabytes
+    ]
+    return max(points) if points else None
+
+
+def _summaries():
+    out = []
+    for setting in _selected():
+        rate = _best_rate(setting)
+        rows = _rows(_name(setting, rate))
+        if not rows or _final(rows) is None:
+            continue
+        summary = reporting.summarize(f"{setting.label}, lr {rate:g}", rows)
+        summary.update(
+            name=setting.name,
+            complete=summary["rounds"] >= FLAGS.rounds,
+            train_minutes=round(sum(float(r["round_seconds"]) for r in rows) / 60, 1),
+            lr_grid={f"{r:g}": _final(_rows(_name(setting, r))) for r in setting.rates},
+        )
+        out.append((summary, rows))
+    return out
+
+
+def _dp_rows():
+    out = []
+    for setting in _selected():
+        if setting.name not in DP_SETTINGS:
+            continue
+        for epsilon in map(float, FLAGS.epsilons):
+            for rate in setting.rates:
+                rows = _rows(_name(setting, rate, f"dp_eps{epsilon:g}_"))
+                if rows and _final(rows) is not None:
+                    out.append(
+                        {
+                            "run": f"DP: {setting.label}",
+                            "target epsilon": epsilon,
+                            "epsilon reached": round(float(rows[-1]["privacy/epsilon"]), 3),
+                            "noise multiplier": round(
+                                float(rows[-1]["privacy/noise_multiplier"]), 3
+                            ),
+                            "client lr": rate,
+                            "rounds": int(rows[-1]["round"]),
+                            "test acc": _final(rows),
+                            "bytes/client/round": int(rows[-1]["broadcast_bytes_per_client"])
+                            + int(rows[-1]["upload_bytes_per_client"]),
+                        }
+                    )
+    return out
+
+
+def _counts(report):
+    return {k: len(v) for k, v in report.get("sections", {}).items()}
+
+
+def report():
+    summaries = _summaries()
+    lines, result = [], {"sections": {}}
+    if summaries:
+        reference = next((s for s, _ in summaries if s["name"] == "fedavg_finetune"), None)
+        table = []
+        for summary, _ in summaries:
+            ratio = (
+                reference["bytes_per_client_round"] / summary["bytes_per_client_round"]
+                if reference
+                else None
+            )
+            table.append(
+                {
+                    "run": summary["run"],
+                    "test acc": round(summary["test_accuracy"], 4),
+                    "rounds": summary["rounds"],
+                    "bytes/client/round": summary["bytes_per_client_round"],
+                    "less traffic than fine-tuning": f"{ratio:.1f}x" if ratio else "",
+                    "total MB": round(summary["total_megabytes"], 1),
+                    "train min": summary["train_minutes"],
+                    "lr grid (acc)": ", ".join(
+                        f"{k}: {v:.3f}" for k, v in summary["lr_grid"].items() if v is not None
+                    ),
+                }
+            )
+        result["sections"]["runs"] = table
+        lines += ["## Without DP: equal rounds\n", reporting.table(table)]
+        budget_of = min(s["total_megabytes"] for s, _ in summaries)
+        budgets = [budget_of * f for f in (1, 10, 100)]
+        equal = [
+            {
+                "run": s["run"],
+                **{
+                    f"within {b:,.0f} MB": (
+                        round(a, 4) if (a := _accuracy_within(rows, b)) is not None else "—"
+                    )
+                    for b in budgets
+                },
+            }
+            for s, rows in summaries
+        ]
+        result["sections"]["equal_megabytes"] = equal
+        lines += [
+            "\n## Without DP: equal megabytes (best evaluation within each budget)\n",
+            reporting.table(equal),
+        ]
+    dp = _dp_rows()
+    if dp:
+        result["sections"]["dp"] = dp
+        lines += ["\n## DP (user-level, DP-FedAvg aggregation)\n", reporting.table(dp)]
+    path = os.path.join(FLAGS.docs_dir, "results.json")
+    try:
+        reporting.refuse_fewer_runs(path, _counts(result), _counts)
+    except reporting.FewerRunsError as e:
+        raise entry.ScriptError(
+            f"{e} (runs read from {FLAGS.output_dir}) Point --output_dir at the runs behind "
+            "it, or write this report elsewhere with --docs_dir."
+        ) from None
+    os.makedirs(FLAGS.docs_dir, exist_ok=True)
+    if summaries:
+        reporting.plot_accuracy_vs_megabytes(
+            {s["run"]: rows for s, rows in summaries},
+            os.path.join(FLAGS.docs_dir, "accuracy_vs_megabytes.png"),
+            "Fashion-MNIST, pretrained on public classes 0-4",
+        )
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(FLAGS.docs_dir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main():
+    if not FLAGS.sections:
+        raise entry.ScriptError(f"--sections is empty; name at least one of {list(SECTIONS)}.")
+    unknown = set(FLAGS.sections) - set(SECTIONS)
+    if unknown:
+        raise entry.ScriptError(f"--sections: unknown {sorted(unknown)}; valid: {list(SECTIONS)}.")
+    steps = {"runs": section_runs, "dp": section_dp, "report": report}
+    for section in SECTIONS:
+        if section in FLAGS.sections:
+            print(f"\n# section {section}", flush=True)
+            steps[section]()
+
+
+if __name__ == "__main__":
+    entry.run(main)
