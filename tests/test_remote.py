@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
@@ -288,3 +289,39 @@ def test_binary_refuses_unreachable_workers_in_one_line(tmp_path):
     assert len(lines) == 1 and f"TFF worker {dead} is unreachable" in lines[0], result.stderr
     bad = _binary("run_digits.py", "--workers=nohost", f"--root_output_dir={tmp_path}")
     assert bad.returncode == 2 and "--workers: 'nohost' is not host:port" in bad.stderr
+
+
+def test_pretrained_values_come_from_each_workers_disk_checked(two_workers, tmp_path):
+    """FedPT with pretrained frozen values stored for workers: on two TFF workers it equals
+    local execution, and a worker whose copy of a tensor differs refuses to train."""
+    from tff_fedpt import pretrained
+
+    data = models.client_data(num_clients=3)
+    base = models.mlp()
+    base.get_layer("hidden").kernel.assign(np.full((4, 8), 0.25, np.float32))
+    held = pretrained.PretrainedWeights.from_keras_model(base).save_for_workers(tmp_path / "store")
+    spec = tff_fedpt.FreezeSpec(layers=("hidden",), pretrained=held)
+
+    def build():
+        return tff_fedpt.build_fedpt_process(
+            lambda: tff_fedpt.from_keras_model(
+                models.mlp(), loss=models.loss(), input_spec=models.INPUT_SPEC, freeze=spec
+            ),
+            _sgd(0.1),
+        )
+
+    (w_local, _), (w_remote, _) = _local_then_remote(build, two_workers, data)
+    _assert_same_weights(w_local, w_remote)
+    np.testing.assert_array_equal(w_remote.non_trainable[0], np.full((4, 8), 0.25))
+    process = build()  # the check is built in: change the file after building
+    path = tmp_path / "store" / "hidden__kernel.tensor"
+    path.write_bytes(tf.io.serialize_tensor(tf.fill([4, 8], 0.5)).numpy())
+    remote.use_remote_workers([w.target for w in two_workers], timeout=5)
+    try:
+        with pytest.raises(
+            Exception,
+            match="hidden__kernel.tensor: the pretrained values of hidden/kernel:0 on this machine differ",
+        ):
+            process.next(process.initialize(), data)
+    finally:
+        runtime.shutdown()

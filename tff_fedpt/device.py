@@ -84,7 +84,10 @@ class _ClientModule(tf.Module):
         keras_model = model.keras_model
         self._trainable = list(model.trainable_variables)
         frozen = list(model.non_trainable_variables)
-        self._frozen_records = model.frozen_initializers
+        # Pretrained values ship inside the file (a device reads no worker store).
+        self._frozen_records = [
+            r.in_memory() if hasattr(r, "in_memory") else r for r in model.frozen_initializers
+        ]
         # Each frozen variable: an empty store of undefined shape, filled by start_round,
         # read by its layer through the attribute that held the original variable.
         self._frozen_stores = [

@@ -88,15 +88,8 @@ def _frozen_source(layer, variable, held):
     """Where a frozen tensor's value comes from: the pretrained weights that hold it
     (unless the layer regenerates it from the seed by design, as FFA's A), else the seed."""
     seeded = variable.name.split("/")[-1].split(":")[0] in getattr(layer, "seeded_weights", ())
-    value = None if held is None or seeded else held.value_for(layer.name, variable)
-    if value is None:
-        return freezing.frozen_initializer_for(layer, variable)
-    return pretrained.PretrainedValue(
-        name=variable.name,
-        shape=tuple(variable.shape.as_list()),
-        dtype=variable.dtype.name,
-        value=value,
-    )
+    source = None if held is None or seeded else held.source_for(layer.name, variable)
+    return source or freezing.frozen_initializer_for(layer, variable)
 
 
 def from_keras_model(

@@ -59,13 +59,42 @@ class PretrainedValue:
     shape: tuple[int, ...]
     dtype: str
     value: np.ndarray
+    path: str | None = None
+    file_digest: tuple[int, ...] | None = None
     class_name = "Pretrained"
     config: tuple = ()
     forget_bias_units = None
 
     def generate(self, seed) -> tf.Tensor:
+        """The value: a constant, or (with `path`) read where the computation runs, from
+        that machine's disk, and checked against the server's copy before use."""
         del seed
-        return tf.constant(self.value, dtype=self.dtype)
+        if self.path is None:
+            return tf.constant(self.value, dtype=self.dtype)
+        data = tf.io.read_file(self.path)
+        check = tf.debugging.assert_equal(
+            tf.fingerprint(tf.reshape(data, [1]))[0],
+            tf.constant(self.file_digest, tf.uint8),
+            message=(
+                f"{self.path}: the pretrained values of {self.name} on this machine differ "
+                "from the server copy (another file, or a changed tensor); give every worker "
+                "the same pretrained-weights store"
+            ),
+        )
+        with tf.control_dependencies([check]):
+            value = tf.io.parse_tensor(data, tf.as_dtype(self.dtype))
+        return tf.reshape(value, self.shape)
+
+    def in_memory(self) -> PretrainedValue:
+        """This value as a constant (what a device file embeds)."""
+        return dataclasses.replace(self, path=None, file_digest=None)
+
+
+def _file_digest(data: bytes) -> tuple[int, ...]:
+    """TensorFlow's `tf.fingerprint` (farmhash64) of a file's bytes, as the client
+    computation computes it on the worker: 8 unsigned bytes."""
+    digest = tf.fingerprint(tf.constant([data], tf.string))[0]
+    return tuple(int(b) for b in digest.numpy())
 
 
 def fingerprint(values: Sequence[np.ndarray]) -> str:
@@ -108,12 +137,66 @@ class PretrainedWeights(Mapping):
     layers it holds take its values, the other frozen layers are seeded.
     """
 
-    def __init__(self, layers: Mapping[str, Mapping[str, np.ndarray]], source: str = ""):
+    def __init__(
+        self,
+        layers: Mapping[str, Mapping[str, np.ndarray]],
+        source: str = "",
+        store: str | None = None,
+    ):
         self._layers = {
             str(layer): {str(w): np.asarray(v) for w, v in weights.items()}
             for layer, weights in layers.items()
         }
         self.source = source or "pretrained weights"
+        self.store = store
+        self._digests: dict[str, tuple[int, ...]] = {}
+
+    def save_for_workers(self, directory: str | os.PathLike) -> PretrainedWeights:
+        """Writes one serialized tensor file per weight into `directory` (atomically) and
+        returns these weights read from there: every machine that runs a client
+        computation (a remote TFF worker) reads the values from its own disk at that same
+        path, checked against this copy, so the values never travel with the computation.
+        Copy the directory to every worker before training."""
+        if not tf.executing_eagerly():
+            raise RuntimeError("save_for_workers runs eagerly (outside model_fn).")
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        digests = {}
+        for layer, weights in self._layers.items():
+            for weight, value in weights.items():
+                path = self._store_path(directory, layer, weight)
+                data = tf.io.serialize_tensor(tf.constant(value)).numpy()
+                digests[path] = _file_digest(data)
+                tmp = f"{path}.tmp{os.getpid()}"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+        stored = PretrainedWeights(self._layers, source=self.source, store=directory)
+        stored._digests = digests
+        return stored
+
+    @staticmethod
+    def _store_path(directory: str, layer: str, weight: str) -> str:
+        safe = f"{layer}__{weight}".replace("/", "_")
+        return os.path.join(directory, f"{safe}.tensor")
+
+    def source_for(self, layer_name: str, variable) -> PretrainedValue | None:
+        """The frozen source of `variable` of layer `layer_name`, or None if not held."""
+        value = self.value_for(layer_name, variable)
+        if value is None:
+            return None
+        path = digest = None
+        if self.store is not None:
+            path = self._store_path(self.store, layer_name, _short(variable))
+            digest = self._digests[path]  # of the bytes written (save_for_workers)
+        return PretrainedValue(
+            name=variable.name,
+            shape=tuple(variable.shape.as_list()),
+            dtype=variable.dtype.name,
+            value=value,
+            path=path,
+            file_digest=digest,
+        )
 
     @classmethod
     def from_keras_model(
