@@ -8,7 +8,6 @@ and prints its size against the fully trainable model's (the FedAvg client).
 
 import entry
 
-import errno
 import os
 import tempfile
 
@@ -19,6 +18,7 @@ from absl import flags
 import tff_fedpt
 from tff_fedpt import device
 from tff_fedpt.tasks import catalog
+from tff_fedpt.training import outputs
 
 flags.DEFINE_enum("task", "emnist", sorted({k.split("/")[0] for k in catalog.MODELS}), "Task.")
 flags.DEFINE_string("model", "cnn", "Model of the task.")
@@ -64,12 +64,7 @@ def _check_output(path: str) -> str:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".write_test"):
             pass
     except OSError as e:
-        reason = {
-            errno.ENOTDIR: "a parent is a regular file, not a directory",
-            errno.EEXIST: "a parent is a regular file, not a directory",
-            errno.EROFS: "the filesystem is read-only",
-            errno.EACCES: "permission denied",
-        }.get(e.errno, e.strerror)
+        reason = outputs.os_error_reason(e, "a parent is a regular file, not a directory")
         raise entry.ScriptError(
             f"--output={FLAGS.output}: cannot write in {parent} ({reason})."
         ) from None

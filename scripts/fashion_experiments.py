@@ -860,12 +860,11 @@ def _refuse_fewer_runs(report):
     (run from another --output_dir, or before the runs were copied back)."""
     path = os.path.join(FLAGS.docs_dir, "results.json")
     try:
-        reporting.refuse_fewer_runs(path, _result_rows(report), _result_rows)
+        reporting.refuse_fewer_runs(
+            path, _result_rows(report), _result_rows, runs_dir=FLAGS.output_dir
+        )
     except reporting.FewerRunsError as e:
-        raise entry.ScriptError(
-            f"{e} (runs read from {FLAGS.output_dir}) Point --output_dir at the runs behind "
-            "it, or write this report elsewhere with --docs_dir."
-        ) from None
+        raise entry.ScriptError(f"{e} (--output_dir, --docs_dir)") from None
 
 
 def main():

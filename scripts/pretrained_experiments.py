@@ -44,6 +44,9 @@ flags.DEFINE_float("public_fraction", 0.2, "The held-out public fraction it was 
 flags.DEFINE_integer("num_clients", 1000, "Clients of the runs without DP.")
 flags.DEFINE_integer("rounds", 100, "Rounds of each run without DP.")
 flags.DEFINE_list("only", [], "Run only the grid entries with these names (default: all).")
+flags.DEFINE_integer(
+    "max_rates", 0, "Run each setting at its first this many rates only (0: its whole grid)."
+)
 flags.DEFINE_integer("dp_clients", 3000, "Population of the DP runs.")
 flags.DEFINE_integer("dp_clients_per_round", 100, "Expected clients per round (Poisson).")
 flags.DEFINE_integer("dp_rounds", 30, "Rounds of the DP runs.")
@@ -139,6 +142,10 @@ DP_SETTINGS = ("fedavg_finetune", "fedpt_head", "fedpt_ffa16")
 DP_OPTIONS = dict(dp=True, sampling="poisson", client_weighting="uniform", clip=1.0)
 
 
+def _rates(setting: Setting) -> tuple[float, ...]:
+    return setting.rates[: FLAGS.max_rates] if FLAGS.max_rates > 0 else setting.rates
+
+
 def _name(setting: Setting, rate: float, prefix: str = "") -> str:
     return f"{prefix}{setting.name}_lr{rate:g}"
 
@@ -200,7 +207,7 @@ def section_runs():
     _check_pretrained()
     task = _task(FLAGS.num_clients)
     for setting in _selected():
-        for rate in setting.rates:
+        for rate in _rates(setting):
             _run(setting.config(rate, total_rounds=FLAGS.rounds), _name(setting, rate), task)
 
 
@@ -236,7 +243,7 @@ def _final(rows):
 
 
 def _best_rate(setting: Setting) -> float:
-    finals = {rate: _final(_rows(_name(setting, rate))) for rate in setting.rates}
+    finals = {rate: _final(_rows(_name(setting, rate))) for rate in _rates(setting)}
     done = {rate: acc for rate, acc in finals.items() if acc is not None}
     return max(done, key=done.get) if done else setting.rates[0]
 
@@ -262,7 +269,7 @@ def _summaries():
             name=setting.name,
             complete=summary["rounds"] >= FLAGS.rounds,
             train_minutes=round(sum(float(r["round_seconds"]) for r in rows) / 60, 1),
-            lr_grid={f"{r:g}": _final(_rows(_name(setting, r))) for r in setting.rates},
+            lr_grid={f"{r:g}": _final(_rows(_name(setting, r))) for r in _rates(setting)},
         )
         out.append((summary, rows))
     return out
@@ -274,7 +281,7 @@ def _dp_rows():
         if setting.name not in DP_SETTINGS:
             continue
         for epsilon in map(float, FLAGS.epsilons):
-            for rate in setting.rates:
+            for rate in _rates(setting):
                 rows = _rows(_name(setting, rate, f"dp_eps{epsilon:g}_"))
                 if rows and _final(rows) is not None:
                     out.append(
@@ -352,12 +359,9 @@ def report():
         lines += ["\n## DP (user-level, DP-FedAvg aggregation)\n", reporting.table(dp)]
     path = os.path.join(FLAGS.docs_dir, "results.json")
     try:
-        reporting.refuse_fewer_runs(path, _counts(result), _counts)
+        reporting.refuse_fewer_runs(path, _counts(result), _counts, runs_dir=FLAGS.output_dir)
     except reporting.FewerRunsError as e:
-        raise entry.ScriptError(
-            f"{e} (runs read from {FLAGS.output_dir}) Point --output_dir at the runs behind "
-            "it, or write this report elsewhere with --docs_dir."
-        ) from None
+        raise entry.ScriptError(f"{e} (--output_dir, --docs_dir)") from None
     os.makedirs(FLAGS.docs_dir, exist_ok=True)
     if summaries:
         reporting.plot_accuracy_vs_megabytes(

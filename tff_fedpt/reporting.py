@@ -162,10 +162,11 @@ class FewerRunsError(ValueError):
     """A report would replace saved results that hold more runs than it found."""
 
 
-def refuse_fewer_runs(path: str, found: Mapping[str, int], count) -> None:
+def refuse_fewer_runs(path: str, found: Mapping[str, int], count, runs_dir: str = "") -> None:
     """Raises FewerRunsError when the report saved at `path` (JSON) holds more runs in a
-    section than `found` ({section: runs}); `count(saved_json) -> {section: runs}`.
-    A missing file is fine; an unreadable one is refused (nothing is overwritten)."""
+    section than `found` ({section: runs}, read from `runs_dir`); `count(saved_json) ->
+    {section: runs}`. A missing file is fine; an unreadable one is refused (nothing is
+    overwritten)."""
     import json
 
     try:
@@ -183,5 +184,7 @@ def refuse_fewer_runs(path: str, found: Mapping[str, int], count) -> None:
             f"section {k}: {a} run rows (saved: {b})" for k, (a, b) in fewer.items()
         )
         raise FewerRunsError(
-            f"the report has fewer runs than {path} holds ({details}); nothing was written."
+            f"the report from {runs_dir or 'these runs'} has fewer runs than {path} holds "
+            f"({details}); nothing was written. Point it at the runs behind {path}, or "
+            "write this report elsewhere."
         )

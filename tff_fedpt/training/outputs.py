@@ -38,6 +38,16 @@ def output_dirs(config: ExperimentConfig) -> dict[str, str]:
     }
 
 
+def os_error_reason(error: OSError, exists: str = "a parent is a regular file") -> str:
+    """A short reason for a failed create or write (`exists`: what EEXIST means there)."""
+    return {
+        errno.ENOTDIR: "a parent is a regular file, not a directory",
+        errno.EEXIST: exists,
+        errno.EROFS: "the filesystem is read-only",
+        errno.EACCES: "permission denied",
+    }.get(error.errno, error.strerror)
+
+
 def make_dirs(dirs: Mapping[str, str]) -> None:
     """Creates the output directories; a path that cannot be one is a ConfigError."""
     for path in dirs.values():
@@ -48,12 +58,7 @@ def make_dirs(dirs: Mapping[str, str]) -> None:
                 pass
             os.remove(probe)
         except OSError as e:
-            reason = {
-                errno.ENOTDIR: "a parent is a regular file, not a directory",
-                errno.EEXIST: "a regular file of that name exists",
-                errno.EROFS: "the filesystem is read-only",
-                errno.EACCES: "permission denied",
-            }.get(e.errno, e.strerror)
+            reason = os_error_reason(e, "a regular file of that name exists")
             raise ConfigError(
                 f"--root_output_dir: cannot create or write {path} ({reason}). Choose a "
                 "writable directory."
