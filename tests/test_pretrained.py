@@ -227,3 +227,34 @@ def test_binary_resume_on_other_pretrained_values_is_refused(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert f"pretrained:sha256: saved '{first}', now '{second}'" in lines[0]
+
+
+def test_pretrained_fedpt_composes_with_dp_and_compression():
+    """DP aggregation, quantized uploads and a quantized broadcast: the fingerprint
+    arrives intact (every client checks it) and only the trainable part is sent."""
+    from tff_fedpt import compression, privacy
+
+    held = _weights(7)
+    data = _datasets(_data(3))
+    plain = tff_fedpt.communication_cost(
+        tff_fedpt.build_fedpt_process(_model_fn(held), tff.learning.optimizers.build_sgdm(0.1))
+    )
+    for options in (
+        dict(broadcast_bits=8),
+        dict(model_aggregator=compression.quantized_mean(8)),
+        dict(
+            model_aggregator=privacy.build_dp_aggregator(
+                noise_multiplier=0.5, clients_per_round=3, clip=1.0
+            )
+        ),
+    ):
+        process = tff_fedpt.build_fedpt_process(
+            _model_fn(held), tff.learning.optimizers.build_sgdm(0.1), **options
+        )
+        out = process.next(process.initialize(), data)
+        assert out.metrics["client_work"]["train"]["num_examples"] == 36, options
+        full = process.get_model_weights(out.state)
+        np.testing.assert_array_equal(full.non_trainable[2], held["dense"]["kernel"])
+        if "broadcast_bits" in options:
+            cost = tff_fedpt.communication_cost(process)
+            assert cost.broadcast_bytes_per_client < plain.broadcast_bytes_per_client / 3
