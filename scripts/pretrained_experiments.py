@@ -50,7 +50,9 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("dp_clients", 3000, "Population of the DP runs.")
 flags.DEFINE_integer("dp_clients_per_round", 100, "Expected clients per round (Poisson).")
 flags.DEFINE_integer("dp_rounds", 30, "Rounds of the DP runs.")
-flags.DEFINE_list("epsilons", ["1", "2", "5"], "Target epsilons of the DP runs (delta 1/population).")
+flags.DEFINE_list(
+    "epsilons", ["1", "2", "5"], "Target epsilons of the DP runs (delta 1/population)."
+)
 FLAGS = flags.FLAGS
 
 COMMON = dict(
