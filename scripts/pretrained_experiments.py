@@ -8,11 +8,15 @@ grid is one algorithm setting, run at every client learning rate of its grid; th
 takes each setting's best rate.
 
 Sections (resumable: finished runs are read back, a half-finished run resumes):
-  runs    the grid without DP (`GRID`), `--rounds` rounds, evaluated every 10
-  dp      DP at `--dp_clients` clients, Poisson `--dp_clients_per_round` per round,
-          `--dp_rounds` rounds, noise for each of `--epsilons` (`DP_GRID`)
-  report  tables (Markdown + JSON) and plots under `--docs_dir` from whatever runs exist;
-          it refuses to replace results that hold more runs than it found
+  runs     the grid without DP (`GRID`), `--rounds` rounds, evaluated every 10
+  seeds    `SEED_SETTINGS` again at their best rate with each of `--seeds`
+  long     `LONG_SETTINGS` at their best rate for `--long_rounds` rounds
+  dp       DP at `--dp_clients` clients, Poisson `--dp_clients_per_round` per round,
+           `--dp_rounds` rounds, noise for each of `--epsilons` (`DP_SETTINGS`)
+  dp_long  the noise-bound regime: `DP_LONG_SETTINGS` at `--dp_long_epsilon` over
+           `--dp_long_rounds` rounds
+  report   tables (Markdown + JSON) and plots under `--docs_dir` from whatever runs exist;
+           it refuses to replace results that hold more runs than it found
 
   .venv/bin/python scripts/pretrain.py --output=output/pretrained/fashion_cnn.npz
   .venv/bin/python scripts/pretrained_experiments.py --sections=runs,dp,report
@@ -23,6 +27,7 @@ import entry
 import dataclasses
 import json
 import os
+import statistics
 import time
 
 from absl import flags
@@ -32,7 +37,7 @@ from tff_fedpt import reporting, training
 from tff_fedpt.tasks import load_task
 from tff_fedpt.training import outputs
 
-SECTIONS = ("runs", "dp", "report")
+SECTIONS = ("runs", "seeds", "long", "dp", "dp_long", "report")
 flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run: {SECTIONS}.")
 flags.DEFINE_string("output_dir", "output/fashion_pretrained", "Checkpoints and metrics.")
 flags.DEFINE_string("docs_dir", "docs/fashion_pretrained", "Where the report goes.")
@@ -47,6 +52,10 @@ flags.DEFINE_list("only", [], "Run only the grid entries with these names (defau
 flags.DEFINE_integer(
     "max_rates", 0, "Run each setting at its first this many rates only (0: its whole grid)."
 )
+flags.DEFINE_list("seeds", ["1", "2"], "Extra seeds of the seeds section (seed 0 is the grid's).")
+flags.DEFINE_integer("long_rounds", 300, "Rounds of the long section.")
+flags.DEFINE_integer("dp_long_rounds", 300, "Rounds of the dp_long section.")
+flags.DEFINE_float("dp_long_epsilon", 2.0, "Target epsilon of the dp_long section.")
 flags.DEFINE_integer("dp_clients", 3000, "Population of the DP runs.")
 flags.DEFINE_integer("dp_clients_per_round", 100, "Expected clients per round (Poisson).")
 flags.DEFINE_integer("dp_rounds", 30, "Rounds of the DP runs.")
@@ -141,6 +150,13 @@ GRID = (
     ),
 )
 DP_SETTINGS = ("fedavg_finetune", "fedpt_head", "fedpt_ffa16")
+# The two that decide the headline (the strong baseline, the adapter closest to it at
+# 30x less traffic), run with more seeds; the long runs add the head alone.
+SEED_SETTINGS = ("fedavg_finetune", "fedpt_lora4")
+LONG_SETTINGS = ("fedavg_finetune", "fedpt_lora4", "fedpt_head")
+# Noise-bound DP: the best pretrained pair, and random-frozen FedPT against FedAvg from
+# scratch (the open question of docs/fashion_mnist.md).
+DP_LONG_SETTINGS = ("fedavg_finetune", "fedpt_head", "fedavg_scratch", "fedpt_random")
 DP_OPTIONS = dict(dp=True, sampling="poisson", client_weighting="uniform", clip=1.0)
 
 
@@ -148,17 +164,32 @@ def _rates(setting: Setting) -> tuple[float, ...]:
     return setting.rates[: FLAGS.max_rates] if FLAGS.max_rates > 0 else setting.rates
 
 
-def _name(setting: Setting, rate: float, prefix: str = "") -> str:
-    return f"{prefix}{setting.name}_lr{rate:g}"
+def _name(setting: Setting, rate: float, prefix: str = "", suffix: str = "") -> str:
+    return f"{prefix}{setting.name}_lr{rate:g}{suffix}"
 
 
-def _selected():
+def _seeds() -> list[int]:
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+    except ValueError:
+        raise entry.ScriptError(f"--seeds: expected integers, got {FLAGS.seeds}.") from None
+    if 0 in seeds:
+        raise entry.ScriptError("--seeds: seed 0 is the grid's own run; name the extra seeds.")
+    return seeds
+
+
+def _selected(among=None):
+    """The grid entries named by --only (default all), restricted to `among`."""
     unknown = set(FLAGS.only) - {s.name for s in GRID}
     if unknown:
         raise entry.ScriptError(
             f"--only: unknown {sorted(unknown)}; valid: {[s.name for s in GRID]}."
         )
-    return [s for s in GRID if not FLAGS.only or s.name in FLAGS.only]
+    return [
+        s
+        for s in GRID
+        if (not FLAGS.only or s.name in FLAGS.only) and (among is None or s.name in among)
+    ]
 
 
 def _run(values: dict, name: str, task) -> None:
@@ -166,7 +197,7 @@ def _run(values: dict, name: str, task) -> None:
         **values,
         root_output_dir=FLAGS.output_dir,
         experiment_name=name,
-        rounds_per_checkpoint=max(1, values["total_rounds"] // 4),
+        rounds_per_checkpoint=max(1, min(25, values["total_rounds"] // 4)),
     )
     start = time.time()
 
@@ -213,22 +244,56 @@ def section_runs():
             _run(setting.config(rate, total_rounds=FLAGS.rounds), _name(setting, rate), task)
 
 
+def section_seeds():
+    _check_pretrained()
+    task = _task(FLAGS.num_clients)
+    for setting in _selected(SEED_SETTINGS):
+        rate = _best_rate(setting)
+        for seed in _seeds():
+            values = setting.config(rate, total_rounds=FLAGS.rounds, seed=seed)
+            _run(values, _name(setting, rate, suffix=f"_seed{seed}"), task)
+
+
+def section_long():
+    _check_pretrained()
+    task = _task(FLAGS.num_clients)
+    for setting in _selected(LONG_SETTINGS):
+        rate = _best_rate(setting)
+        values = setting.config(rate, total_rounds=FLAGS.long_rounds)
+        _run(values, _name(setting, rate, suffix=f"_r{FLAGS.long_rounds}"), task)
+
+
+def _dp_values(setting, rate, epsilon, rounds):
+    return setting.config(
+        rate,
+        total_rounds=rounds,
+        clients_per_round=FLAGS.dp_clients_per_round,
+        target_epsilon=epsilon,
+        **DP_OPTIONS,
+    )
+
+
 def section_dp():
     _check_pretrained()
     task = _task(FLAGS.dp_clients)
-    for setting in _selected():
-        if setting.name not in DP_SETTINGS:
-            continue
+    for setting in _selected(DP_SETTINGS):
         rate = _best_rate(setting)
         for epsilon in map(float, FLAGS.epsilons):
-            values = setting.config(
-                rate,
-                total_rounds=FLAGS.dp_rounds,
-                clients_per_round=FLAGS.dp_clients_per_round,
-                target_epsilon=epsilon,
-                **DP_OPTIONS,
-            )
+            values = _dp_values(setting, rate, epsilon, FLAGS.dp_rounds)
             _run(values, _name(setting, rate, f"dp_eps{epsilon:g}_"), task)
+
+
+def _dp_long_name(setting, rate):
+    return _name(setting, rate, f"dp_eps{FLAGS.dp_long_epsilon:g}_", f"_r{FLAGS.dp_long_rounds}")
+
+
+def section_dp_long():
+    _check_pretrained()
+    task = _task(FLAGS.dp_clients)
+    for setting in _selected(DP_LONG_SETTINGS):
+        rate = _best_rate(setting)
+        values = _dp_values(setting, rate, FLAGS.dp_long_epsilon, FLAGS.dp_long_rounds)
+        _run(values, _dp_long_name(setting, rate), task)
 
 
 # ---------------------------------------------------------------------------
@@ -270,38 +335,102 @@ def _summaries():
         summary.update(
             name=setting.name,
             complete=summary["rounds"] >= FLAGS.rounds,
-            train_minutes=round(sum(float(r["round_seconds"]) for r in rows) / 60, 1),
+            train_minutes=_minutes(rows),
             lr_grid={f"{r:g}": _final(_rows(_name(setting, r))) for r in _rates(setting)},
         )
         out.append((summary, rows))
     return out
 
 
+def _minutes(rows):
+    return round(sum(float(r["round_seconds"]) for r in rows) / 60, 1)
+
+
+def _dp_row(label, epsilon, rate, rows):
+    return {
+        "run": f"DP: {label}",
+        "target epsilon": epsilon,
+        "epsilon reached": round(float(rows[-1]["privacy/epsilon"]), 3),
+        "noise multiplier": round(float(rows[-1]["privacy/noise_multiplier"]), 3),
+        "client lr": rate,
+        "rounds": int(rows[-1]["round"]),
+        "test acc": _final(rows),
+        "bytes/client/round": int(rows[-1]["broadcast_bytes_per_client"])
+        + int(rows[-1]["upload_bytes_per_client"]),
+        "train min": _minutes(rows),
+    }
+
+
 def _dp_rows():
     out = []
-    for setting in _selected():
-        if setting.name not in DP_SETTINGS:
-            continue
+    for setting in _selected(DP_SETTINGS):
         for epsilon in map(float, FLAGS.epsilons):
             for rate in _rates(setting):
                 rows = _rows(_name(setting, rate, f"dp_eps{epsilon:g}_"))
                 if rows and _final(rows) is not None:
-                    out.append(
-                        {
-                            "run": f"DP: {setting.label}",
-                            "target epsilon": epsilon,
-                            "epsilon reached": round(float(rows[-1]["privacy/epsilon"]), 3),
-                            "noise multiplier": round(
-                                float(rows[-1]["privacy/noise_multiplier"]), 3
-                            ),
-                            "client lr": rate,
-                            "rounds": int(rows[-1]["round"]),
-                            "test acc": _final(rows),
-                            "bytes/client/round": int(rows[-1]["broadcast_bytes_per_client"])
-                            + int(rows[-1]["upload_bytes_per_client"]),
-                        }
-                    )
+                    out.append(_dp_row(setting.label, epsilon, rate, rows))
     return out
+
+
+def _dp_long_rows():
+    out = []
+    for setting in _selected(DP_LONG_SETTINGS):
+        rate = _best_rate(setting)
+        rows = _rows(_dp_long_name(setting, rate))
+        if rows and _final(rows) is not None:
+            out.append(_dp_row(setting.label, FLAGS.dp_long_epsilon, rate, rows))
+    return out
+
+
+def _seed_rows():
+    out = []
+    for setting in _selected(SEED_SETTINGS):
+        rate = _best_rate(setting)
+        names = [_name(setting, rate)] + [
+            _name(setting, rate, suffix=f"_seed{seed}") for seed in _seeds()
+        ]
+        finals = [a for a in (_final(_rows(n)) for n in names) if a is not None]
+        if len(finals) > 1:
+            out.append(
+                {
+                    "run": f"{setting.label}, lr {rate:g}",
+                    "seeds": len(finals),
+                    "mean test acc": round(statistics.mean(finals), 4),
+                    "std": round(statistics.stdev(finals), 4),
+                    "min": round(min(finals), 4),
+                    "max": round(max(finals), 4),
+                }
+            )
+    return out
+
+
+def _long_rows():
+    out = []
+    for setting in _selected(LONG_SETTINGS):
+        rate = _best_rate(setting)
+        rows = _rows(_name(setting, rate, suffix=f"_r{FLAGS.long_rounds}"))
+        if rows and _final(rows) is not None:
+            summary = reporting.summarize(f"{setting.label}, lr {rate:g}", rows)
+            out.append(
+                {
+                    "run": summary["run"],
+                    "rounds": summary["rounds"],
+                    "test acc": round(summary["test_accuracy"], 4),
+                    f"acc at round {FLAGS.rounds}": _accuracy_at(rows, FLAGS.rounds),
+                    "total MB": round(summary["total_megabytes"], 1),
+                    "train min": _minutes(rows),
+                }
+            )
+    return out
+
+
+def _accuracy_at(rows, round_num):
+    points = [
+        float(r["eval/accuracy"])
+        for r in rows
+        if r.get("eval/accuracy", "") != "" and int(r["round"]) == round_num
+    ]
+    return round(points[0], 4) if points else "—"
 
 
 def _counts(report):
@@ -355,10 +484,21 @@ def report():
             "\n## Without DP: equal megabytes (best evaluation within each budget)\n",
             reporting.table(equal),
         ]
-    dp = _dp_rows()
-    if dp:
-        result["sections"]["dp"] = dp
-        lines += ["\n## DP (user-level, DP-FedAvg aggregation)\n", reporting.table(dp)]
+    extra = (
+        ("seeds", "Without DP: seeds (final test accuracy over seeds)", _seed_rows()),
+        ("long", f"Without DP: {FLAGS.long_rounds} rounds", _long_rows()),
+        ("dp", "DP (user-level, DP-FedAvg aggregation)", _dp_rows()),
+        (
+            "dp_long",
+            f"DP in the noise-bound regime: epsilon {FLAGS.dp_long_epsilon:g} over "
+            f"{FLAGS.dp_long_rounds} rounds",
+            _dp_long_rows(),
+        ),
+    )
+    for key, title, rows in extra:
+        if rows:
+            result["sections"][key] = rows
+            lines += [f"\n## {title}\n", reporting.table(rows)]
     path = os.path.join(FLAGS.docs_dir, "results.json")
     try:
         reporting.refuse_fewer_runs(path, _counts(result), _counts, runs_dir=FLAGS.output_dir)
@@ -384,7 +524,14 @@ def main():
     unknown = set(FLAGS.sections) - set(SECTIONS)
     if unknown:
         raise entry.ScriptError(f"--sections: unknown {sorted(unknown)}; valid: {list(SECTIONS)}.")
-    steps = {"runs": section_runs, "dp": section_dp, "report": report}
+    steps = {
+        "runs": section_runs,
+        "seeds": section_seeds,
+        "long": section_long,
+        "dp": section_dp,
+        "dp_long": section_dp_long,
+        "report": report,
+    }
     for section in SECTIONS:
         if section in FLAGS.sections:
             print(f"\n# section {section}", flush=True)

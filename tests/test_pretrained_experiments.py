@@ -42,6 +42,10 @@ def test_grid_report_and_refusal(tmp_path):
         "--dp_rounds=2",
         "--epsilons=5",
         "--max_rates=1",
+        "--seeds=1",
+        "--long_rounds=3",
+        "--dp_long_rounds=3",
+        "--dp_long_epsilon=8",
     ]
     only = "--only=fedavg_finetune,fedpt_head"
     result = _script("pretrained_experiments.py", *common, only)
@@ -59,6 +63,14 @@ def test_grid_report_and_refusal(tmp_path):
     assert float(head["less traffic than fine-tuning"].rstrip("x")) > 900
     assert len(report["sections"]["dp"]) == 2  # one DP run per setting at its best rate
     assert all(0 < r["epsilon reached"] <= 5.0001 for r in report["sections"]["dp"])
+    # Extra seeds for the baseline (fedpt_lora4 is not selected), the long and the
+    # noise-bound DP runs of the selected settings.
+    (seeds,) = report["sections"]["seeds"]
+    assert seeds["seeds"] == 2 and seeds["min"] <= seeds["mean test acc"] <= seeds["max"]
+    assert [r["rounds"] for r in report["sections"]["long"]] == [3, 3]
+    dp_long = report["sections"]["dp_long"]
+    assert [(r["rounds"], r["target epsilon"]) for r in dp_long] == [(3, 8), (3, 8)]
+    assert all(0 < r["epsilon reached"] <= 8.0001 for r in dp_long)
     before = {p: (tmp_path / "docs" / p).read_bytes() for p in ("results.json", "results.md")}
     # The report again, from the stored runs: byte for byte the same.
     result = _script("pretrained_experiments.py", *common, only, "--sections=report")
