@@ -1,6 +1,8 @@
 """Pretrained frozen layers: never sent, exactly used, identified by fingerprint."""
 
+import asyncio
 import hashlib
+import io
 
 import numpy as np
 import pytest
@@ -258,3 +260,115 @@ def test_pretrained_fedpt_composes_with_dp_and_compression():
         if "broadcast_bits" in options:
             cost = tff_fedpt.communication_cost(process)
             assert cost.broadcast_bytes_per_client < plain.broadcast_bytes_per_client / 3
+
+
+class _ArraysIterator(tff.program.FederatedDataSourceIterator):
+    """Clients' (x, y) arrays, selected in turn. (TFF's `DatasetDataSource` cannot be used
+    here: `train_model` deep-copies the iterator and TF 2.14 datasets do not deep-copy.)"""
+
+    def __init__(self, data, position=0):
+        self._data, self._position = data, position
+
+    @property
+    def federated_type(self):
+        return tff.FederatedType(
+            tff.SequenceType(_datasets(self._data)[0].element_spec), tff.CLIENTS
+        )
+
+    def select(self, k=None):
+        chosen = [self._data[(self._position + i) % len(self._data)] for i in range(k)]
+        self._position += k
+        return _datasets(chosen)
+
+    def to_bytes(self):
+        buffer = io.BytesIO()
+        arrays = {f"{i}_{j}": a for i, pair in enumerate(self._data) for j, a in enumerate(pair)}
+        np.savez(buffer, position=self._position, **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, buffer):
+        with np.load(io.BytesIO(buffer)) as f:
+            n = (len(f.files) - 1) // 2
+            return cls([(f[f"{i}_0"], f[f"{i}_1"]) for i in range(n)], int(f["position"]))
+
+    def __eq__(self, other):
+        return self.to_bytes() == other.to_bytes()
+
+
+class _ArraysSource(tff.program.FederatedDataSource):
+    def __init__(self, data):
+        self._data = data
+
+    @property
+    def federated_type(self):
+        return self.iterator().federated_type
+
+    def iterator(self):
+        return _ArraysIterator(self._data)
+
+
+class _Released(tff.program.ReleaseManager):
+    def __init__(self):
+        self.values = {}
+
+    async def release(self, value, key=None):
+        self.values[key] = value
+
+
+def _train_model(process, data, state_dir, rounds):
+    """`tff.learning.programs.train_model` in a native federated context, as a TFF program
+    runs it: a federated data source, state saved to (and resumed from) files."""
+    context = tff.program.NativeFederatedContext(
+        tff.backends.native.create_async_local_cpp_execution_context()
+    )
+    released, metrics = _Released(), _Released()
+    with tff.framework.get_context_stack().install(context):
+        asyncio.run(
+            tff.learning.programs.train_model(
+                train_process=process,
+                train_data_source=_ArraysSource(data),
+                train_per_round_clients=2,
+                train_total_rounds=rounds,
+                program_state_manager=tff.program.FileProgramStateManager(str(state_dir)),
+                model_output_manager=released,
+                train_metrics_manager=metrics,
+                evaluation_manager=None,
+                evaluation_periodicity=1,
+            )
+        )
+    return released, sorted(metrics.values)
+
+
+def test_pretrained_fedpt_runs_in_tff_train_model_and_resumes_only_on_the_same_values(
+    tmp_path,
+):
+    held = _weights(7)
+    optimizer = tff.learning.optimizers.build_sgdm(0.1)
+    process = tff_fedpt.build_fedpt_process(_model_fn(held), optimizer)
+    initial = process.get_model_weights(process.initialize())
+    data = _data(3)
+    released, rounds = _train_model(process, data, tmp_path / "state", rounds=2)
+    assert rounds == [1, 2]
+    (state,) = released.values.values()  # the final state, released once
+    fingerprint = tff_fedpt.process.state_fingerprint(process.initialize())
+    assert tff_fedpt.process.state_fingerprint(state) == fingerprint
+    weights = process.get_model_weights(state)
+    frozen = [held["conv1"]["kernel"], held["conv1"]["bias"]]
+    frozen += [held["dense"]["kernel"], held["dense"]["bias"]]
+    for got, want in zip(weights.non_trainable, frozen):
+        np.testing.assert_array_equal(got, want)  # the full model, pretrained part exact
+    assert any(not np.array_equal(a, b) for a, b in zip(weights.trainable, initial.trainable))
+    # The saved program state holds the fingerprint: a program resumed with other
+    # pretrained values stops at its first round with both fingerprints named.
+    changed = {k: dict(v) for k, v in held.items()}
+    changed["dense"]["kernel"] = changed["dense"]["kernel"] * 1.5
+    other = tff_fedpt.build_fedpt_process(
+        _model_fn(pretrained.PretrainedWeights(changed)), optimizer
+    )
+    with pytest.raises(pretrained.FingerprintMismatchError) as error:
+        _train_model(other, data, tmp_path / "state", rounds=3)
+    assert fingerprint in str(error.value)
+    # Resumed with the same values it carries on from round 2 to 3.
+    released, rounds = _train_model(process, data, tmp_path / "state", rounds=3)
+    assert rounds == [3] and len(released.values) == 1
