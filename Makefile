@@ -5,14 +5,25 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedpt-installed
+SLIM := .venv-slim
+SLIM_STAMP := $(SLIM)/.fedpt-installed
 # TensorFlow Federated 0.87.0 pins jax/jaxlib 0.4.14, and jaxlib 0.4.14 has no Linux
 # wheel on PyPI, so TFF is installed with --no-deps on top of requirements.lock, which
 # holds all of TFF's other pins with jax/jaxlib 0.4.18 in their place.
 TFF_VERSION := 0.87.0
 
-.PHONY: setup test demo data lint format clean
+.PHONY: setup slim test demo data lint format clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(SLIM_STAMP)
+
+# The slim TensorFlow Lite runtime, without TensorFlow, for fedpt_device.SlimDeviceClient
+# (tflite-runtime 2.14 needs numpy<2, so it has its own environment).
+slim: $(SLIM_STAMP)
+
+$(SLIM_STAMP):
+	test -x $(SLIM)/bin/python || $(PYTHON) -m venv $(SLIM)
+	$(SLIM)/bin/python -m pip install --quiet --disable-pip-version-check tflite-runtime==2.14.0 numpy==1.26.4
+	touch $(SLIM_STAMP)
 
 $(STAMP): requirements.lock setup.py
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; \
@@ -52,4 +63,4 @@ data:
 	fi
 
 clean:
-	rm -rf $(VENV) output
+	rm -rf $(VENV) $(SLIM) output

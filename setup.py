@@ -11,7 +11,9 @@ setuptools.setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["tff_fedpt", "tff_fedpt.*", "baselines"]),
+    packages=setuptools.find_packages(
+        include=["tff_fedpt", "tff_fedpt.*", "fedpt_device", "baselines"]
+    ),
     # Built on first use by tff_fedpt.remote.start_worker (binds TFF's worker to one address).
     package_data={"tff_fedpt": ["_bind_shim.c"]},
     python_requires=">=3.9,<3.12",

@@ -37,6 +37,7 @@ SECTIONS = (
     "scaling",
     "workers",
     "device",
+    "device_slim",
     "fashion",
 )
 flags.DEFINE_list("sections", list(SECTIONS), f"Which benchmarks to run: {SECTIONS}.")
@@ -392,60 +393,47 @@ def workers(repeats):
     return rows
 
 
-_DEVICE_CHILD = r"""
-import os, sys, json, time
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import numpy as np
-import tensorflow as tf
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLIM_PYTHON = os.path.join(ROOT, ".venv-slim", "bin", "python")
 
-path, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-shape, classes, batch = json.loads(sys.argv[4]), int(sys.argv[5]), 20
-with open(path, "rb") as f:
-    content = f.read()
 
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(key))
+def _measure_client(content, runtime, steps, shape, classes, repeats=3):
+    """`python -m fedpt_device.measure` in fresh processes (medians): peak MiB of local
+    training above the process's baseline, MiB after start_round, median step ms."""
+    import tempfile
 
-rng = np.random.default_rng(0)
-x = rng.random((batch, *shape)).astype(np.float32)
-y = rng.integers(0, classes, batch).astype(np.int32)
-baseline = status("VmRSS:")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
-interpreter = tf.lite.Interpreter(model_content=content)
-start = interpreter.get_signature_runner("start_round")
-train = interpreter.get_signature_runner("train")
-details = start.get_input_details()
-kwargs = {
-    name: (np.zeros(d["shape"], d["dtype"]) + 0.01).astype(d["dtype"])
-    for name, d in details.items()
-}
-kwargs["frozen_seed"] = np.array(0, np.int64)
-start(**kwargs)
-loaded = status("VmRSS:") - baseline
-times = []
-for step in range(steps):
-    t = time.perf_counter()
-    train(x=x, y=y)
-    times.append(time.perf_counter() - t)
-json.dump(
-    {
-        "peak_kib": status("VmHWM:") - baseline,
-        "loaded_kib": loaded,
-        "step_s": sorted(times[3:])[len(times[3:]) // 2],
-    },
-    open(out, "w"),
-)
-"""
+    python = SLIM_PYTHON if runtime == "slim" else sys.executable
+    if not os.path.exists(python):
+        raise entry.ScriptError(f"{python} does not exist: run `make slim` first.")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path, out = os.path.join(tmp, "client.tflite"), os.path.join(tmp, "out.json")
+        with open(path, "wb") as f:
+            f.write(content)
+        for _ in range(repeats):
+            subprocess.run(
+                [python, "-m", "fedpt_device.measure", f"--model={path}", f"--runtime={runtime}",
+                 f"--steps={steps}", f"--shape={','.join(map(str, shape))}",
+                 f"--classes={classes}", "--batch=20", f"--out={out}"],
+                check=True,
+                env={**os.environ, "PYTHONPATH": ROOT},
+            )  # fmt: skip
+            with open(out) as f:
+                runs.append(json.load(f))
+    if runtime == "slim" and any(r["tensorflow_imported"] for r in runs):
+        raise AssertionError("the slim measurement imported TensorFlow")
+    return dict(
+        bytes=len(content),
+        peak_mib=statistics.median(r["peak_kib"] for r in runs) / 1024,
+        loaded_mib=statistics.median(r["loaded_kib"] for r in runs) / 1024,
+        step_ms=statistics.median(r["step_s"] for r in runs) * 1000,
+    )
 
 
 def device_client(steps):
     """The TFLite device client: file size, peak memory of local training in the
     interpreter (a fresh process per measurement, its baseline RSS subtracted) and median
     train-step time, FedPT's client against the fully trainable model's (FedAvg)."""
-    import tempfile
-
     from tff_fedpt import device
 
     sgd = tff.learning.optimizers.build_sgdm(0.1)
@@ -468,26 +456,7 @@ def device_client(steps):
                 )
 
             content = device.export_tflite(model_fn, sgd, batch_size=20)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "client.tflite")
-                with open(path, "wb") as f:
-                    f.write(content)
-                runs = []
-                for _ in range(3):
-                    out = os.path.join(tmp, "out.json")
-                    subprocess.run(
-                        [sys.executable, "-c", _DEVICE_CHILD, path, str(steps), out,
-                         json.dumps(list(shape)), str(classes)],
-                        check=True,
-                    )  # fmt: skip
-                    with open(out) as f:
-                        runs.append(json.load(f))
-            measured[client] = dict(
-                bytes=len(content),
-                peak_mib=statistics.median(r["peak_kib"] for r in runs) / 1024,
-                loaded_mib=statistics.median(r["loaded_kib"] for r in runs) / 1024,
-                step_ms=statistics.median(r["step_s"] for r in runs) * 1000,
-            )
+            measured[client] = _measure_client(content, "tensorflow", steps, shape, classes)
             print(f"  {key} {client}: {measured[client]}", flush=True)
         fedpt, fedavg = measured["fedpt"], measured["fedavg"]
         rows.append(
@@ -508,6 +477,78 @@ def device_client(steps):
                 step_ratio=fedpt["step_ms"] / fedavg["step_ms"],
             )
         )
+    return rows
+
+
+def _shared_library_mib(python, package):
+    """MiB of the shared libraries (*.so*) in `package` as `python` imports it."""
+    code = f"import os, {package} as p; print(os.path.dirname(p.__file__))"
+    where = subprocess.run(
+        [python, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    total = 0
+    for directory, _, files in os.walk(where):
+        total += sum(os.path.getsize(os.path.join(directory, f)) for f in files if ".so" in f)
+    return total / 2**20
+
+
+def device_slim(steps):
+    """FedPT on the stock TensorFlow Lite runtime: the builtin-only FedPT client (portable
+    generator) on the slim runtime in a process without TensorFlow, against today's Flex
+    FedAvg and Flex FedPT clients in TensorFlow's interpreter; TFF's EMNIST-62 CNN with
+    dense-128 frozen, and with the whole backbone (convs + dense-128) frozen and the output
+    layer trained."""
+    from tff_fedpt import device
+
+    sgd = tff.learning.optimizers.build_sgdm(0.1)
+    spec = catalog.MODELS["emnist/cnn"]
+    runtimes = {
+        "slim": _shared_library_mib(SLIM_PYTHON, "tflite_runtime"),
+        "tensorflow": _shared_library_mib(sys.executable, "tensorflow"),
+    }
+    rows = []
+    for label, layers in (
+        ("EMNIST-62 CNN, dense-128 frozen", ("dense128",)),
+        ("EMNIST-62 CNN, backbone frozen, output layer trained", ("conv1", "conv2", "dense128")),
+    ):
+        measured = {}
+        for client, freeze, builtins_only in (
+            ("flex_fedavg", None, False),
+            ("flex_fedpt", tff_fedpt.FreezeSpec(layers=layers), False),
+            ("builtin_fedpt_slim", tff_fedpt.FreezeSpec(layers=layers, generator="portable"), True),
+        ):
+
+            def model_fn(freeze=freeze):
+                return tff_fedpt.from_keras_model(
+                    spec.build(0), loss=LOSS, input_spec=spec.input_spec, freeze=freeze
+                )
+
+            content = device.export_tflite(
+                model_fn, sgd, batch_size=20, builtins_only=builtins_only
+            )
+            runtime = "slim" if builtins_only else "tensorflow"
+            measured[client] = _measure_client(content, runtime, steps, (28, 28, 1), 62)
+            measured[client].update(
+                flex_ops=len(device.flex_ops(content)), runtime_mib=runtimes[runtime]
+            )
+            print(f"  {label} {client}: {measured[client]}", flush=True)
+        base = measured["flex_fedavg"]
+        for client, m in measured.items():
+            rows.append(
+                collections.OrderedDict(
+                    model=label,
+                    client=client,
+                    flex_ops=m["flex_ops"],
+                    file_bytes=m["bytes"],
+                    runtime_shared_libraries_mib=round(m["runtime_mib"], 1),
+                    peak_mib=m["peak_mib"],
+                    peak_vs_flex_fedavg=m["peak_mib"] / base["peak_mib"],
+                    after_start_round_mib=m["loaded_mib"],
+                    step_ms=m["step_ms"],
+                    step_vs_flex_fedavg=m["step_ms"] / base["step_ms"],
+                )
+            )
     return rows
 
 
@@ -603,6 +644,7 @@ def main():
         "scaling": lambda: scaling(FLAGS.repeats),
         "workers": lambda: workers(min(FLAGS.repeats, 3)),
         "device": lambda: device_client(FLAGS.device_steps),
+        "device_slim": lambda: device_slim(FLAGS.device_steps),
         "fashion": lambda: fashion(FLAGS.repeats, FLAGS.fashion_rounds, FLAGS.output_dir),
     }
     for section in SECTIONS:

@@ -8,6 +8,7 @@ and prints its size against the fully trainable model's (the FedAvg client).
 
 import entry
 
+import dataclasses
 import os
 import tempfile
 
@@ -34,10 +35,22 @@ flags.DEFINE_float("client_learning_rate", 0.1, "Client learning rate.")
 flags.DEFINE_float("client_momentum", 0.9, "Client momentum (sgdm).")
 flags.DEFINE_integer("batch_size", None, "Fix the batch size (default: any).")
 flags.DEFINE_string("output", "output/client.tflite", "Where the .tflite file goes.")
+flags.DEFINE_bool(
+    "builtins_only",
+    False,
+    "TensorFlow Lite builtins only (no Flex op; for the slim runtime): needs --batch_size "
+    "and the portable generator (docs/portable_generator.md).",
+)
+flags.DEFINE_enum(
+    "frozen_generator",
+    None,
+    list(tff_fedpt.freezing.GENERATORS),
+    "How the frozen part is drawn (default: portable with --builtins_only, else philox).",
+)
 FLAGS = flags.FLAGS
 
 
-def _export(spec, freeze, optimizer):
+def _export(spec, freeze, optimizer, builtins_only):
     def model_fn():
         return tff_fedpt.from_keras_model(
             spec.build(0),
@@ -50,7 +63,10 @@ def _export(spec, freeze, optimizer):
         model = model_fn()
         trainable = sum(v.shape.num_elements() for v in model.trainable_variables)
         frozen = sum(v.shape.num_elements() for v in model.non_trainable_variables)
-    return device.export_tflite(model_fn, optimizer, batch_size=FLAGS.batch_size), trainable, frozen
+    content = device.export_tflite(
+        model_fn, optimizer, batch_size=FLAGS.batch_size, builtins_only=builtins_only
+    )
+    return content, trainable, frozen
 
 
 def _check_output(path: str) -> str:
@@ -92,6 +108,14 @@ def main():
         raise entry.ScriptError(
             f"--batch_size must be >= 1 (or unset: any batch size); received {FLAGS.batch_size}."
         )
+    generator = FLAGS.frozen_generator or ("portable" if FLAGS.builtins_only else "philox")
+    if FLAGS.builtins_only and (FLAGS.batch_size is None or generator != "portable"):
+        raise entry.ScriptError(
+            "--builtins_only needs --batch_size and --frozen_generator=portable (the default "
+            f"with it); received --batch_size={FLAGS.batch_size}, "
+            f"--frozen_generator={generator}."
+        )
+    freeze = dataclasses.replace(freeze, generator=generator)
     if not FLAGS.client_learning_rate > 0:
         raise entry.ScriptError(
             f"--client_learning_rate must be > 0; received {FLAGS.client_learning_rate}."
@@ -99,8 +123,11 @@ def main():
     output = _check_output(FLAGS.output)
     momentum = FLAGS.client_momentum if FLAGS.client_optimizer == "sgdm" else None
     optimizer = tff.learning.optimizers.build_sgdm(FLAGS.client_learning_rate, momentum)
-    fedpt, trainable, frozen = _export(spec, freeze, optimizer)
-    full, _, _ = _export(spec, catalog.freeze_spec(spec, "none"), optimizer)
+    try:
+        fedpt, trainable, frozen = _export(spec, freeze, optimizer, FLAGS.builtins_only)
+    except device.DeviceError as e:
+        raise entry.ScriptError(str(e)) from None
+    full, _, _ = _export(spec, catalog.freeze_spec(spec, "none"), optimizer, False)
     _write_atomic(output, fedpt)
     graph = len(fedpt) - 4 * trainable
     print(
@@ -108,9 +135,9 @@ def main():
         f"{frozen:,} frozen parameters.\n"
         f"FedPT client:      {len(fedpt):>12,} bytes = 4 x {trainable:,} trainable + "
         f"{graph:,} graph and state (no frozen value)\n"
-        f"fully trainable:   {len(full):>12,} bytes (the FedAvg client)\n"
+        f"fully trainable:   {len(full):>12,} bytes (the FedAvg client, Flex)\n"
         f"ratio:             {len(full) / len(fedpt):>12.1f}x smaller\n"
-        f"ops through Flex:  {', '.join(device.flex_ops(fedpt))}\n"
+        f"ops through Flex:  {', '.join(device.flex_ops(fedpt)) or 'none (builtins only)'}\n"
         f"written to {output}"
     )
 

@@ -318,7 +318,32 @@ def test_resume_refuses_other_task_settings_and_fewer_rounds(tmp_path, task):
     with pytest.raises(training.ConfigError, match="--frozen_seed: saved '0', now '5'"):
         training.run_experiment(cfg.replace(frozen_seed=5), task)
     with open(tmp_path / "checkpoints" / "e" / outputs.RECORD) as f:
-        assert json.load(f)["task:num_clients"] == "20"
+        record = json.load(f)
+    assert record["task:num_clients"] == "20"
+    # A field added later stays out of the record at its default (older runs resume) ...
+    assert "--frozen_generator" not in record
+    # ... and is checked once set.
+    with pytest.raises(
+        training.ConfigError, match="--frozen_generator: saved None, now 'portable'"
+    ):
+        training.run_experiment(cfg.replace(frozen_generator="portable"), task)
+
+
+def test_frozen_generator_flag_draws_the_portable_reference_values(tmp_path, task):
+    from fedpt_device import generator
+
+    cfg = _config(tmp_path, frozen_generator="portable", frozen_seed=-3, total_rounds=1)
+    experiment = training.build_experiment(cfg, task)
+    model = experiment.model_fn()
+    state = experiment.process.initialize()
+    frozen = experiment.process.get_model_weights(state).non_trainable
+    for i, (record, value) in enumerate(zip(model.frozen_initializers, frozen)):
+        assert record.generator == "portable"
+        reference = generator.generate(
+            generator.NUMPY, record.class_name, dict(record.config), record.shape, -3, i
+        )
+        np.testing.assert_array_equal(value, reference)
+    training.run_experiment(cfg, task)  # it trains
 
 
 def test_a_second_run_of_the_same_experiment_is_refused(tmp_path, task):

@@ -28,7 +28,6 @@ process's own aggregator and server optimizer.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -38,25 +37,18 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import composer, compression, freezing, keras_models, pretrained
-
-SIGNATURES = ("start_round", "train", "evaluate", "get_update", "frozen_weights")
-# Only in files whose frozen part is (in part) pretrained: the values ship inside the file,
-# once, with the app; this signature returns their fingerprint, checked each round.
-FINGERPRINT_SIGNATURE = "frozen_fingerprint"
-SEED = "frozen_seed"
-
-
-def _trainable_name(i: int) -> str:
-    return f"trainable_{i:03d}"
-
-
-def _delta_name(i: int) -> str:
-    return f"delta_{i:03d}"
-
-
-class DeviceError(ValueError):
-    """A bad value at the device boundary; the message names the signature and argument."""
+from fedpt_device.client import (  # noqa: F401  (the device names, without TensorFlow)
+    FINGERPRINT_SIGNATURE,
+    SEED,
+    SIGNATURES,
+    Client,
+    DeviceError,
+    DeviceUpdate,
+    _delta_name,
+    _trainable_name,
+    read_file_header,
+)
+from tff_fedpt import builtin_ops, composer, compression, freezing, keras_models, pretrained
 
 
 def _owners(keras_model: tf.keras.Model, variable: tf.Variable) -> list[tuple[Any, str]]:
@@ -72,8 +64,9 @@ def _owners(keras_model: tf.keras.Model, variable: tf.Variable) -> list[tuple[An
 class _ClientModule(tf.Module):
     """The device's state and its four signatures (see the module docstring)."""
 
-    def __init__(self, model, optimizer, client_weighting, batch_spec):
+    def __init__(self, model, optimizer, client_weighting, batch_spec, builtins_only=False):
         super().__init__()
+        self._builtins_only = builtins_only
         # Not tracked: SavedModel would trace the Keras layers' own call functions, which
         # read the frozen tensors bound below. The variables the signatures use are
         # tracked explicitly instead.
@@ -191,11 +184,24 @@ class _ClientModule(tf.Module):
             self._fresh_optimizer_state(),
         )
 
+    def _loss(self, x, y, training):
+        """(loss, predictions) of one batch: the model's own forward pass, or with
+        builtins only the Keras model under builtin gradients and the builtin loss."""
+        if not self._builtins_only:
+            output = self._model.forward_pass((x, y), training=training)
+            return output.loss, output.predictions
+        predictions = self._model.keras_model(x, training=training)
+        return builtin_ops.loss(self._model.loss, y, predictions), predictions
+
     def _train(self, x, y):
         self._bind_frozen()
         with tf.GradientTape() as tape:
-            output = self._model.forward_pass((x, y), training=True)
-        gradients = tape.gradient(output.loss, self._trainable)
+            loss, _ = self._loss(x, y, training=True)
+        if self._builtins_only:
+            with builtin_ops.gradients():
+                gradients = tape.gradient(loss, self._trainable)
+        else:
+            gradients = tape.gradient(loss, self._trainable)
         state, updated = self._optimizer.next(
             self._optimizer_state_tensors(), tuple(self._trainable), tuple(gradients)
         )
@@ -203,12 +209,12 @@ class _ClientModule(tf.Module):
             variable.assign(value)
         self._assign_optimizer_state(state)
         self._num_examples.assign_add(tf.shape(y, out_type=tf.int64)[0])
-        return {"loss": output.loss}
+        return {"loss": loss}
 
     def _evaluate(self, x, y):
         self._bind_frozen()
-        output = self._model.forward_pass((x, y), training=False)
-        return {"loss": output.loss, "predictions": output.predictions}
+        loss, predictions = self._loss(x, y, training=False)
+        return {"loss": loss, "predictions": predictions}
 
     def _frozen_weights(self):
         return {
@@ -220,7 +226,10 @@ class _ClientModule(tf.Module):
         delta = [
             tf.reshape(initial, v.shape) - v for initial, v in zip(self._initial, self._trainable)
         ]
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
+        if self._builtins_only:  # IsFinite is no builtin; d - d is 0 exactly when finite
+            finite = tf.reduce_all([tf.reduce_all(tf.equal(d - d, 0.0)) for d in delta])
+        else:
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
         delta = [tf.where(finite, d, tf.constant(0, d.dtype)) for d in delta]  # no big zeros
         weight = tf.constant(1.0) if self._uniform else tf.cast(self._num_examples, tf.float32)
         result = {_delta_name(i): d for i, d in enumerate(delta)}
@@ -242,6 +251,7 @@ def export_tflite(
     *,
     client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
     batch_size: Optional[int] = None,
+    builtins_only: bool = False,
 ) -> bytes:
     """Converts a FedPT client into a TensorFlow Lite flatbuffer (see the module doc).
 
@@ -251,15 +261,24 @@ def export_tflite(
         e.g. `build_sgdm(0.1)` or `build_sgdm(0.1, momentum=0.9)`).
       client_weighting: As in the process: NUM_EXAMPLES (the default) or UNIFORM.
       batch_size: Fix the batch dimension (None: any batch size).
+      builtins_only: Produce a file with TensorFlow Lite builtin ops only (no Flex op),
+        which the slim runtimes (`tflite_runtime`, `fedpt_device.SlimDeviceClient`) run:
+        it needs `batch_size` and frozen tensors that are pretrained or drawn by the
+        portable generator (`FreezeSpec(generator="portable")`); ReLU, max pooling,
+        convolution and the loss get gradients written in builtins
+        (`tff_fedpt.builtin_ops`).
 
     Returns:
-      The `.tflite` file's bytes. Ops that TensorFlow Lite lacks (the stateless RNG,
-      gradients of some ops) run through the Flex delegate: see `flex_ops`.
+      The `.tflite` file's bytes. Without `builtins_only`, ops that TensorFlow Lite
+      lacks (the stateless RNG, gradients of some ops) run through the Flex delegate:
+      see `flex_ops`.
 
     Raises:
       TypeError: for a model that is not a `PartiallyTrainableModel`, or an optimizer
         that is not a `tff.learning.optimizers.Optimizer`.
       ValueError: for a `batch_size` below 1.
+      DeviceError: with `builtins_only`, for a model that needs an op with no builtin
+        formulation (one line naming the layers and ops).
     """
     if not isinstance(client_optimizer, tff.learning.optimizers.Optimizer):
         raise TypeError(
@@ -281,6 +300,9 @@ def export_tflite(
             f"{type(model).__name__}."
         )
 
+    if builtins_only:
+        _check_builtins_only(model, batch_size)
+
     def fixed(spec):
         return tf.TensorSpec([batch_size, *spec.shape[1:]], spec.dtype)
 
@@ -290,19 +312,65 @@ def export_tflite(
         else tuple(model.input_spec)
     )
     module = _ClientModule(
-        model, client_optimizer, client_weighting, (fixed(x_spec), fixed(y_spec))
+        model,
+        client_optimizer,
+        client_weighting,
+        (fixed(x_spec), fixed(y_spec)),
+        builtins_only=builtins_only,
     )
     with tempfile.TemporaryDirectory() as directory:
         names = SIGNATURES if module.fingerprint is None else (*SIGNATURES, FINGERPRINT_SIGNATURE)
-        signatures = {name: getattr(module, name).get_concrete_function() for name in names}
-        tf.saved_model.save(module, directory, signatures=signatures)
+        try:
+            signatures = {name: getattr(module, name).get_concrete_function() for name in names}
+        except NotImplementedError as e:  # a builtin gradient's limits (builtin_ops)
+            raise DeviceError(
+                f"the model cannot be exported with TensorFlow Lite builtins only: {e}."
+            ) from None
+        # (the builtin gradients are part of the traced graphs; SavedModel need not
+        # re-trace them as gradient functions of their own)
+        options = tf.saved_model.SaveOptions(experimental_custom_gradients=not builtins_only)
+        tf.saved_model.save(module, directory, signatures=signatures, options=options)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=list(names))
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS,
-            tf.lite.OpsSet.SELECT_TF_OPS,
-        ]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if not builtins_only:
+            converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
         converter.experimental_enable_resource_variables = True
-        return converter.convert()
+        try:
+            return converter.convert()
+        except Exception as error:  # the converter's own error types vary
+            if not builtins_only:
+                raise
+            layers = [layer.name for layer in model.keras_model.layers]
+            message = builtin_ops.conversion_error(error, signatures.values(), layers)
+            raise DeviceError(message) from None
+
+
+def _check_builtins_only(model, batch_size) -> None:
+    """What a builtin-only export needs, checked before tracing (one line each)."""
+    if batch_size is None:
+        raise DeviceError(
+            "export_tflite(builtins_only=True) needs a fixed batch_size (a dynamic batch "
+            "dimension leaves BroadcastGradientArgs, which has no builtin); received None."
+        )
+    seeded = [
+        r.name
+        for r in model.frozen_initializers
+        if getattr(r, "generator", None) == "philox"
+        and r.class_name not in ("Zeros", "Ones", "Constant", "Identity")
+    ]
+    if seeded:
+        raise DeviceError(
+            f"export_tflite(builtins_only=True): frozen tensors {seeded} are drawn by "
+            "TensorFlow's Philox (StatelessRandom* ops, no builtin formulation); build the "
+            'model with FreezeSpec(..., generator="portable").'
+        )
+    try:
+        builtin_ops.loss(model.loss, tf.zeros([1], tf.int32), tf.zeros([1, 2]))
+    except NotImplementedError as e:
+        raise DeviceError(
+            f"export_tflite(builtins_only=True): no builtin formulation of {e}; supported "
+            "losses: SparseCategoricalCrossentropy, MeanSquaredError."
+        ) from None
 
 
 def flex_ops(tflite_model: bytes) -> list[str]:
@@ -316,18 +384,6 @@ def flex_ops(tflite_model: bytes) -> list[str]:
         if custom.startswith("Flex"):
             names.add(custom[len("Flex") :])
     return sorted(names)
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceUpdate:
-    """What one device uploads: the trainable delta (initial - trained) and its weight."""
-
-    delta: list[np.ndarray]
-    weight: float
-    num_examples: int
-
-
-_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of every .tflite file, at byte 4
 
 
 def read_tflite(tflite_model: bytes | bytearray | str | os.PathLike) -> bytes:
@@ -348,27 +404,7 @@ def read_tflite(tflite_model: bytes | bytearray | str | os.PathLike) -> bytes:
     Raises:
       DeviceError: naming the file and what is wrong with it.
     """
-    if isinstance(tflite_model, (bytes, bytearray, memoryview)):
-        data, source = bytes(tflite_model), "the model bytes"
-    elif isinstance(tflite_model, (str, os.PathLike)):
-        source = os.fspath(tflite_model)
-        try:
-            with open(source, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise DeviceError(f"{source}: cannot be read ({e.strerror}).") from None
-    else:
-        raise DeviceError(
-            "the model must be a .tflite file's path or its bytes; received "
-            f"{type(tflite_model).__name__}."
-        )
-    if not data:
-        raise DeviceError(f"{source} is empty (0 bytes); expected a file from export_tflite.")
-    if data[4:8] != _IDENTIFIER:
-        raise DeviceError(
-            f"{source} is not a TensorFlow Lite file ({len(data):,} bytes starting "
-            f"{data[:8]!r}; a .tflite file has {_IDENTIFIER!r} at byte 4)."
-        )
+    data, source = read_file_header(tflite_model)
     from tensorflow.lite.python import schema_py_generated as schema
 
     try:
@@ -391,8 +427,10 @@ def read_tflite(tflite_model: bytes | bytearray | str | os.PathLike) -> bytes:
     return data
 
 
-class DeviceClient:
-    """One device: a `.tflite` client run in `tf.lite.Interpreter`.
+class DeviceClient(Client):
+    """One device: a `.tflite` client run in `tf.lite.Interpreter` (with the Flex delegate
+    where the file needs it). `fedpt_device.SlimDeviceClient` is its twin on the slim
+    runtime, without TensorFlow.
 
     Args:
       tflite_model: The file's bytes or path (from `export_tflite`).
@@ -404,152 +442,7 @@ class DeviceClient:
     """
 
     def __init__(self, tflite_model: bytes | str | os.PathLike):
-        self._interpreter = tf.lite.Interpreter(model_content=read_tflite(tflite_model))
-        self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
-        self._inputs = {s: self._runners[s].get_input_details() for s in SIGNATURES}
-        self.fingerprint = None
-        if FINGERPRINT_SIGNATURE in self._interpreter.get_signature_list():
-            words = self._interpreter.get_signature_runner(FINGERPRINT_SIGNATURE)()["fingerprint"]
-            self.fingerprint = pretrained.fingerprint_hex(words)
-        self._trained = False
-        self._started = False
-
-    @property
-    def num_trainable(self) -> int:
-        return len(self._inputs["start_round"]) - 1
-
-    def _check(self, signature: str, name: str, value) -> np.ndarray:
-        detail = self._inputs[signature][name]
-        array = np.asarray(value)
-        if array.dtype != detail["dtype"]:
-            raise DeviceError(
-                f"{signature}: argument {name!r} has dtype {array.dtype}; expected "
-                f"{np.dtype(detail['dtype']).name}."
-            )
-        expected = detail["shape_signature"]
-        if array.ndim != len(expected) or any(
-            e != -1 and e != d for e, d in zip(expected, array.shape)
-        ):
-            shape = tuple(None if e == -1 else int(e) for e in expected)
-            raise DeviceError(
-                f"{signature}: argument {name!r} has shape {array.shape}; expected {shape}."
-            )
-        return array
-
-    def _check_fingerprint(self, frozen_fingerprint) -> None:
-        if frozen_fingerprint is None and self.fingerprint is None:
-            return
-        if frozen_fingerprint is None:
-            raise DeviceError(
-                f"start_round: this file holds pretrained frozen values (fingerprint "
-                f"{self.fingerprint}); pass the broadcast's 'frozen_fingerprint'."
-            )
-        received = (
-            frozen_fingerprint
-            if isinstance(frozen_fingerprint, str)
-            else pretrained.fingerprint_hex(frozen_fingerprint)
-        )
-        if self.fingerprint is None:
-            raise DeviceError(
-                f"start_round: the broadcast carries pretrained fingerprint {received}, but "
-                "this file holds no pretrained frozen value; export the process's client."
-            )
-        if received != self.fingerprint:
-            raise DeviceError(
-                "start_round: "
-                + pretrained.mismatch_message("this device's file", received, self.fingerprint)
-            )
-
-    def start_round(
-        self, trainable: Sequence[np.ndarray], frozen_seed, frozen_fingerprint=None
-    ) -> None:
-        """Receives the broadcast: the trainable weights, the frozen seed and, for a
-        process with pretrained frozen values, their fingerprint (checked against the
-        values this file holds before anything is trained)."""
-        self._check_fingerprint(frozen_fingerprint)
-        if len(trainable) != self.num_trainable:
-            raise DeviceError(
-                f"start_round: {len(trainable)} trainable tensors received; the model has "
-                f"{self.num_trainable}."
-            )
-        try:
-            seed = freezing.check_frozen_seed(frozen_seed, f"argument {SEED!r}")
-        except (TypeError, ValueError) as e:
-            raise DeviceError(f"start_round: {e}") from None
-        kwargs = {
-            _trainable_name(i): self._check("start_round", _trainable_name(i), t)
-            for i, t in enumerate(trainable)
-        }
-        kwargs[SEED] = self._check("start_round", SEED, np.asarray(seed))
-        self._runners["start_round"](**kwargs)
-        self._started, self._trained = True, False
-
-    def train_step(self, x, y) -> float:
-        """One optimizer step on one batch; returns the loss."""
-        if not self._started:
-            raise DeviceError("train: called before start_round (no broadcast received).")
-        out = self._runners["train"](x=self._check("train", "x", x), y=self._check("train", "y", y))
-        self._trained = True
-        return float(out["loss"])
-
-    def evaluate(self, x, y) -> dict[str, np.ndarray]:
-        if not self._started:
-            raise DeviceError("evaluate: called before start_round (no broadcast received).")
-        return self._runners["evaluate"](
-            x=self._check("evaluate", "x", x), y=self._check("evaluate", "y", y)
-        )
-
-    def frozen_weights(self) -> list[np.ndarray]:
-        """The frozen tensors the device regenerated from the seed."""
-        if not self._started:
-            raise DeviceError("frozen_weights: called before start_round.")
-        out = self._runners["frozen_weights"]()
-        return [out[k] for k in sorted(out)]
-
-    def get_update(self) -> DeviceUpdate:
-        """What the device uploads after training."""
-        if not self._trained:
-            raise DeviceError(
-                "get_update: read before any training in this round (call start_round, "
-                "then train)."
-            )
-        out = self._runners["get_update"]()
-        delta = [out[_delta_name(i)] for i in range(self.num_trainable)]
-        return DeviceUpdate(delta, float(out["weight"]), int(out["num_examples"]))
-
-    def train(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        batch_size: int,
-        epochs: int = 1,
-        shuffle_seed: Optional[int] = None,
-    ) -> DeviceUpdate:
-        """A client's local training from numpy arrays, as a device does it.
-
-        Batches of `batch_size` in order (or shuffled per epoch with `shuffle_seed`), the
-        last batch of an epoch possibly smaller; returns the update to upload.
-        """
-        if len(x) != len(y) or len(x) == 0:
-            raise DeviceError(
-                f"train: x and y need the same, non-zero length; got {len(x)}, {len(y)}."
-            )
-        for name, value in (("batch_size", batch_size), ("epochs", epochs)):
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                raise DeviceError(
-                    f"train: {name} must be an integer >= 1; received "
-                    f"{type(value).__name__} {value!r}."
-                )
-            if value < 1:
-                raise DeviceError(f"train: {name} must be >= 1; received {value}.")
-        rng = np.random.default_rng(shuffle_seed)
-        for _ in range(epochs):
-            order = rng.permutation(len(x)) if shuffle_seed is not None else np.arange(len(x))
-            for start in range(0, len(x), batch_size):
-                idx = order[start : start + batch_size]
-                self.train_step(x[idx], y[idx])
-        return self.get_update()
+        super().__init__(tf.lite.Interpreter(model_content=read_tflite(tflite_model)))
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,12 @@ from typing import Any, Union
 import numpy as np
 import tensorflow as tf
 
+from fedpt_device import generator
+from fedpt_device.client import check_frozen_seed  # noqa: F401  (shared with the device)
+from tff_fedpt import portable
+
 NON_TRAINABLE_STATE_OPTIONS = ("error", "keep_initial")
+GENERATORS = ("philox", "portable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,10 @@ class FreezeSpec:
         process carries their fingerprint instead. Every other frozen tensor (and an
         FFA adapter's A) is regenerated from the seed. None: every frozen tensor is
         seeded.
+      generator: How seeded tensors are drawn: "philox" (TensorFlow's stateless random
+        ops, the default) or "portable" (`tff_fedpt.portable`: a documented counter-based
+        hash that converts to TensorFlow Lite builtins and that an app can reproduce
+        natively; docs/portable_generator.md).
     """
 
     layers: tuple[str, ...] = ()
@@ -49,8 +58,13 @@ class FreezeSpec:
     all_but_last: int | None = None
     trainable_fraction: float | None = None
     pretrained: Any = None
+    generator: str = "philox"
 
     def __post_init__(self):
+        if self.generator not in GENERATORS:
+            raise ValueError(
+                f"FreezeSpec.generator must be one of {GENERATORS}; received {self.generator!r}."
+            )
         if self.pretrained is not None and not hasattr(self.pretrained, "value_for"):
             raise TypeError(
                 "FreezeSpec.pretrained must be a tff_fedpt.PretrainedWeights (from "
@@ -136,34 +150,6 @@ def parse_freeze(text: str, presets: Mapping[str, FreezeSpec] | None = None) -> 
             "separated by single commas."
         )
     return FreezeSpec(layers=tuple(patterns))
-
-
-def check_frozen_seed(frozen_seed: Any, name: str = "frozen_seed") -> np.int64:
-    """`frozen_seed` as an int64, or the error that names it.
-
-    Accepts a Python or numpy integer (or a 0-d integer array) within int64's range;
-    a float, a bool, or a value outside int64 (such as `np.uint64(2**64 - 1)`, which
-    would wrap to -1) is refused rather than converted.
-
-    Raises:
-      TypeError: for a value that is not an integer.
-      ValueError: for an integer outside [-2**63, 2**63 - 1].
-    """
-    value = frozen_seed
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"{name} must be an int64 scalar; received {type(frozen_seed).__name__} "
-            f"{frozen_seed!r}."
-        )
-    info = np.iinfo(np.int64)
-    if not info.min <= int(value) <= info.max:
-        raise ValueError(
-            f"{name} must fit in a signed 64-bit integer [{info.min}, {info.max}]; "
-            f"received {int(value)}."
-        )
-    return np.int64(int(value))
 
 
 def as_freeze_spec(freeze: FreezeLike) -> FreezeSpec:
@@ -389,20 +375,6 @@ def resolve_freeze(keras_model: tf.keras.Model, freeze: FreezeLike) -> FreezeRep
 # Seeded generation of frozen weights.
 
 
-def _compute_fans(shape: Sequence[int]) -> tuple[float, float]:
-    """Fan-in and fan-out exactly as `tf.keras.initializers` compute them."""
-    if len(shape) < 1:
-        return 1.0, 1.0
-    if len(shape) == 1:
-        return float(shape[0]), float(shape[0])
-    if len(shape) == 2:
-        return float(shape[0]), float(shape[1])
-    receptive = 1
-    for dim in shape[:-2]:
-        receptive *= dim
-    return float(shape[-2] * receptive), float(shape[-1] * receptive)
-
-
 _SUPPORTED_INITIALIZERS = (
     "Zeros",
     "Ones",
@@ -429,6 +401,7 @@ class FrozenInitializer:
       config: The initializer's config (its `get_config()`), seed ignored.
       forget_bias_units: For an LSTM bias with `unit_forget_bias=True`, the number
         of units; the forget-gate slice is then ones, as Keras builds it.
+      generator: "philox" (TensorFlow's stateless ops) or "portable" (`tff_fedpt.portable`).
     """
 
     name: str
@@ -437,9 +410,13 @@ class FrozenInitializer:
     class_name: str
     config: tuple[tuple[str, Any], ...]
     forget_bias_units: int | None = None
+    generator: str = "philox"
 
     def generate(self, seed: tf.Tensor) -> tf.Tensor:
-        """Draws the value with stateless ops; `seed` is an int64 tensor of shape [2]."""
+        """Draws the value with stateless ops; `seed` is an int64 tensor of shape [2]:
+        the frozen seed and this tensor's index in model order."""
+        if self.generator == "portable":
+            return self._generate_portable(seed)
         if self.forget_bias_units is not None:
             units = self.forget_bias_units
             part = dataclasses.replace(self, forget_bias_units=None, shape=(units,))
@@ -475,7 +452,7 @@ class FrozenInitializer:
             )
         if cls == "VarianceScaling":
             scale = float(cfg["scale"])
-            fan_in, fan_out = _compute_fans(shape)
+            fan_in, fan_out = generator.compute_fans(shape)
             if cfg["mode"] == "fan_in":
                 scale /= max(1.0, fan_in)
             elif cfg["mode"] == "fan_out":
@@ -517,6 +494,15 @@ class FrozenInitializer:
                 )
             return float(cfg.get("gain", 1.0)) * tf.eye(*shape, dtype=dtype)
         raise AssertionError(f"unreachable: {cls}")
+
+    def _generate_portable(self, seed: tf.Tensor) -> tf.Tensor:
+        value = portable.generate(self.class_name, dict(self.config), self.shape, seed[0], seed[1])
+        value = tf.cast(value, self.dtype)
+        if self.forget_bias_units is not None:  # the forget gate's slice is ones
+            units = self.forget_bias_units
+            ones = tf.ones((units,), value.dtype)
+            value = tf.concat([value[:units], ones, value[2 * units :]], axis=0)
+        return value
 
 
 _VARIANCE_SCALING_ALIASES = {

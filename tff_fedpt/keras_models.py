@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -26,8 +27,10 @@ class PartiallyTrainableModel(tff.learning.models.VariableModel):
         keras_model: tf.keras.Model,
         frozen_initializers: Sequence[freezing.FrozenInitializer],
         freeze_report: freezing.FreezeReport,
+        loss=None,
     ):
         self._inner = inner
+        self._loss = loss
         self._keras_model = keras_model
         self._frozen_initializers = tuple(frozen_initializers)
         self._freeze_report = freeze_report
@@ -44,6 +47,12 @@ class PartiallyTrainableModel(tff.learning.models.VariableModel):
     @property
     def freeze_report(self) -> freezing.FreezeReport:
         return self._freeze_report
+
+    @property
+    def loss(self):
+        """The Keras loss the model was built with (the device's builtin-only export
+        rewrites it in TensorFlow Lite builtins)."""
+        return self._loss
 
     def assign_frozen_weights(self, frozen_seed) -> None:
         """Assigns the seed's frozen values to `non_trainable_variables`."""
@@ -84,12 +93,16 @@ class PartiallyTrainableModel(tff.learning.models.VariableModel):
         return self._inner.reset_metrics()
 
 
-def _frozen_source(layer, variable, held):
+def _frozen_source(layer, variable, held, generator):
     """Where a frozen tensor's value comes from: the pretrained weights that hold it
-    (unless the layer regenerates it from the seed by design, as FFA's A), else the seed."""
+    (unless the layer regenerates it from the seed by design, as FFA's A), else the seed
+    through `generator`."""
     seeded = variable.name.split("/")[-1].split(":")[0] in getattr(layer, "seeded_weights", ())
     source = None if held is None or seeded else held.source_for(layer.name, variable)
-    return source or freezing.frozen_initializer_for(layer, variable)
+    if source is not None:
+        return source
+    record = freezing.frozen_initializer_for(layer, variable)
+    return dataclasses.replace(record, generator=generator)
 
 
 def from_keras_model(
@@ -181,7 +194,8 @@ def from_keras_model(
     for layer in keras_model.layers:
         for v in layer.weights:
             owners[v.ref()] = layer
-    held = freezing.as_freeze_spec(freeze).pretrained
+    spec = freezing.as_freeze_spec(freeze)
+    held = spec.pretrained
     initializers = []
     for v in keras_model.non_trainable_weights:
         layer = owners.get(v.ref())
@@ -190,7 +204,7 @@ def from_keras_model(
                 f"Non-trainable variable {v.name} belongs to no top-level layer of the "
                 "model; tff_fedpt cannot regenerate it from a seed."
             )
-        initializers.append(_frozen_source(layer, v, held))
+        initializers.append(_frozen_source(layer, v, held, spec.generator))
     if held is not None and not any(
         isinstance(s, pretrained.PretrainedValue) for s in initializers
     ):
@@ -210,4 +224,4 @@ def from_keras_model(
         a is not b for a, b in zip(inner.non_trainable_variables, keras_model.non_trainable_weights)
     ):
         raise AssertionError("TFF's non-trainable variables do not line up with the Keras model's.")
-    return PartiallyTrainableModel(inner, keras_model, initializers, report)
+    return PartiallyTrainableModel(inner, keras_model, initializers, report, loss)

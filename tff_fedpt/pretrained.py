@@ -34,20 +34,18 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from fedpt_device.client import (  # noqa: F401  (shared with the TensorFlow-free client)
+    fingerprint_hex,
+    fingerprint_words,
+    mismatch_message,
+)
+
 FINGERPRINT_WORDS = 8
 _ORDER = "__order__"
 
 
 class FingerprintMismatchError(ValueError):
     """Pretrained frozen values differ from the ones a state, a run or a device holds."""
-
-
-def mismatch_message(where: str, expected: str, received: str) -> str:
-    return (
-        f"{where}: the pretrained frozen values have fingerprint {received}, but "
-        f"{expected} was expected; these are other pretrained weights (another file, or "
-        "a changed tensor). Use the weights the run was started with."
-    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -112,16 +110,6 @@ def sources_fingerprint(sources: Sequence[Any]) -> str | None:
     """The fingerprint of the pretrained sources among `sources` (None: there are none)."""
     values = [s.value for s in sources if isinstance(s, PretrainedValue)]
     return fingerprint(values) if values else None
-
-
-def fingerprint_words(hex_digest: str) -> np.ndarray:
-    """The 64-hex-digit fingerprint as int32[8] (big-endian words)."""
-    return np.frombuffer(bytes.fromhex(hex_digest), dtype=">i4").astype(np.int32)
-
-
-def fingerprint_hex(words) -> str:
-    """int32[8] back to the 64-hex-digit fingerprint."""
-    return np.asarray(words, dtype=np.int32).astype(">i4").tobytes().hex()
 
 
 def _short(variable) -> str:

@@ -162,11 +162,12 @@ def pretrained_weights(config: ExperimentConfig) -> Optional[pretrained.Pretrain
 
 def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
     """The FreezeSpec of `config.freeze` (a preset name, or comma-separated patterns),
-    with --pretrained_weights as the frozen layers' values."""
+    with --pretrained_weights as the frozen layers' values and --frozen_generator's draws."""
     presets = task.freeze_presets.get(config.model, {})
     held = pretrained_weights(config)
     if config.freeze in presets or config.freeze == freezing.NO_FREEZE:
-        return dataclasses.replace(freezing.parse_freeze(config.freeze, presets), pretrained=held)
+        spec = freezing.parse_freeze(config.freeze, presets)
+        return dataclasses.replace(spec, pretrained=held, generator=config.frozen_generator)
     try:
         spec = freezing.parse_freeze(config.freeze, presets)
         freezing.resolve_freeze(task.models[config.model](config.seed), spec)
@@ -175,7 +176,7 @@ def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
             f"--freeze={config.freeze!r} is neither a preset of model {config.model} "
             f"({sorted([*presets, 'none'])}) nor a valid layer pattern: {e}"
         ) from e
-    return dataclasses.replace(spec, pretrained=held)
+    return dataclasses.replace(spec, pretrained=held, generator=config.frozen_generator)
 
 
 class FedPT(Algorithm):

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Sequence
 from typing import Optional
 
-from tff_fedpt import privacy
+from tff_fedpt import freezing, privacy
 
 OPTIMIZERS = ("sgd", "sgdm", "adam")
 CLIENT_WEIGHTINGS = ("num_examples", "uniform")
@@ -53,6 +53,12 @@ class ExperimentConfig:
         "task's default preset).",
     )
     frozen_seed: int = option(0, "Seed of the frozen weights (any int64).")
+    frozen_generator: str = option(
+        "philox",
+        "How seeded frozen tensors are drawn: philox (TensorFlow's stateless ops) or portable "
+        "(a counter-based hash that TensorFlow Lite runs as builtins; docs/portable_generator.md).",
+        choices=freezing.GENERATORS,
+    )
     total_rounds: int = option(50, "Number of training rounds.", resumable=True)
     clients_per_round: int = option(10, "Clients per round (expected number with poisson).")
     client_epochs_per_round: int = option(1, "Local epochs per round.")

@@ -176,6 +176,11 @@ def metrics_rows_up_to(path: str, version: int) -> list[dict[str, Any]]:
 # The run record: every setting that defines the run, kept with the checkpoints.
 
 
+# Fields added after runs were recorded: at their default they stay out of the record, so
+# those runs still resume.
+ADDED_FIELDS = {"frozen_generator": "philox"}
+
+
 def run_record(
     config: ExperimentConfig,
     task,
@@ -188,7 +193,11 @@ def run_record(
     noise multiplier in force (calibrated to --target_epsilon over --total_rounds, so a
     resume with other total rounds would change the noise mid-run), and the SHA-256 of
     --pretrained_weights (a resume on other pretrained values is refused)."""
-    record = {f"--{k}": v for k, v in config.hparams().items() if k not in RESUMABLE_FIELDS}
+    record = {
+        f"--{k}": v
+        for k, v in config.hparams().items()
+        if k not in RESUMABLE_FIELDS and ADDED_FIELDS.get(k, object()) != v
+    }
     if noise_multiplier is not None:
         record["privacy:noise_multiplier"] = repr(float(noise_multiplier))
     if pretrained_fingerprint is not None:

@@ -1,0 +1,324 @@
+"""The device half of FedPT without TensorFlow: a client that runs an exported `.tflite`
+file, and the few names and checks both runtimes share (NumPy only).
+
+`Client` holds the logic (the broadcast in, local training, the update out, every value
+checked at the boundary); `SlimDeviceClient` runs it on the slim runtime (`tflite_runtime`
+or `ai_edge_litert`) with the builtin op resolver, so a file from
+`tff_fedpt.device.export_tflite(..., builtins_only=True)` trains where TensorFlow is not
+installed. `tff_fedpt.device.DeviceClient` is the same client on TensorFlow's interpreter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+SIGNATURES = ("start_round", "train", "evaluate", "get_update", "frozen_weights")
+# Only in files whose frozen part is (in part) pretrained: the values ship inside the file,
+# once, with the app; this signature returns their fingerprint, checked each round.
+FINGERPRINT_SIGNATURE = "frozen_fingerprint"
+SEED = "frozen_seed"
+
+
+def _trainable_name(i: int) -> str:
+    return f"trainable_{i:03d}"
+
+
+def _delta_name(i: int) -> str:
+    return f"delta_{i:03d}"
+
+
+class DeviceError(ValueError):
+    """A bad value at the device boundary; the message names the signature and argument."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceUpdate:
+    """What one device uploads: the trainable delta (initial - trained) and its weight."""
+
+    delta: list[np.ndarray]
+    weight: float
+    num_examples: int
+
+
+def fingerprint_words(hex_digest: str) -> np.ndarray:
+    """The 64-hex-digit fingerprint as int32[8] (big-endian words)."""
+    return np.frombuffer(bytes.fromhex(hex_digest), dtype=">i4").astype(np.int32)
+
+
+def fingerprint_hex(words) -> str:
+    """int32[8] back to the 64-hex-digit fingerprint."""
+    return np.asarray(words, dtype=np.int32).astype(">i4").tobytes().hex()
+
+
+def mismatch_message(where: str, expected: str, received: str) -> str:
+    return (
+        f"{where}: the pretrained frozen values have fingerprint {received}, but "
+        f"{expected} was expected; these are other pretrained weights (another file, or "
+        "a changed tensor). Use the weights the run was started with."
+    )
+
+
+def check_frozen_seed(frozen_seed: Any, name: str = "frozen_seed") -> np.int64:
+    """`frozen_seed` as an int64, or the error that names it.
+
+    Accepts a Python or numpy integer (or a 0-d integer array) within int64's range;
+    a float, a bool, or a value outside int64 (such as `np.uint64(2**64 - 1)`, which
+    would wrap to -1) is refused rather than converted.
+
+    Raises:
+      TypeError: for a value that is not an integer.
+      ValueError: for an integer outside [-2**63, 2**63 - 1].
+    """
+    value = frozen_seed
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"{name} must be an int64 scalar; received {type(frozen_seed).__name__} "
+            f"{frozen_seed!r}."
+        )
+    info = np.iinfo(np.int64)
+    if not info.min <= int(value) <= info.max:
+        raise ValueError(
+            f"{name} must fit in a signed 64-bit integer [{info.min}, {info.max}]; "
+            f"received {int(value)}."
+        )
+    return np.int64(int(value))
+
+
+class Client:
+    """One device running a FedPT client file in a TensorFlow Lite interpreter (any with
+    `get_signature_runner`): what crosses the boundary is checked here, in NumPy.
+    `tff_fedpt.device.DeviceClient` (TensorFlow's interpreter) and `SlimDeviceClient`
+    (the slim runtime) build on it."""
+
+    def __init__(self, interpreter):
+        self._interpreter = interpreter
+        self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
+        self._inputs = {s: self._runners[s].get_input_details() for s in SIGNATURES}
+        self.fingerprint = None
+        if FINGERPRINT_SIGNATURE in self._interpreter.get_signature_list():
+            words = self._interpreter.get_signature_runner(FINGERPRINT_SIGNATURE)()["fingerprint"]
+            self.fingerprint = fingerprint_hex(words)
+        self._trained = False
+        self._started = False
+
+    @property
+    def num_trainable(self) -> int:
+        return len(self._inputs["start_round"]) - 1
+
+    def _check(self, signature: str, name: str, value) -> np.ndarray:
+        detail = self._inputs[signature][name]
+        array = np.asarray(value)
+        if array.dtype != detail["dtype"]:
+            raise DeviceError(
+                f"{signature}: argument {name!r} has dtype {array.dtype}; expected "
+                f"{np.dtype(detail['dtype']).name}."
+            )
+        expected = detail["shape_signature"]
+        if array.ndim != len(expected) or any(
+            e != -1 and e != d for e, d in zip(expected, array.shape)
+        ):
+            shape = tuple(None if e == -1 else int(e) for e in expected)
+            raise DeviceError(
+                f"{signature}: argument {name!r} has shape {array.shape}; expected {shape}."
+            )
+        return array
+
+    def _check_fingerprint(self, frozen_fingerprint) -> None:
+        if frozen_fingerprint is None and self.fingerprint is None:
+            return
+        if frozen_fingerprint is None:
+            raise DeviceError(
+                f"start_round: this file holds pretrained frozen values (fingerprint "
+                f"{self.fingerprint}); pass the broadcast's 'frozen_fingerprint'."
+            )
+        received = (
+            frozen_fingerprint
+            if isinstance(frozen_fingerprint, str)
+            else fingerprint_hex(frozen_fingerprint)
+        )
+        if self.fingerprint is None:
+            raise DeviceError(
+                f"start_round: the broadcast carries pretrained fingerprint {received}, but "
+                "this file holds no pretrained frozen value; export the process's client."
+            )
+        if received != self.fingerprint:
+            raise DeviceError(
+                "start_round: " + mismatch_message("this device's file", received, self.fingerprint)
+            )
+
+    def start_round(
+        self, trainable: Sequence[np.ndarray], frozen_seed, frozen_fingerprint=None
+    ) -> None:
+        """Receives the broadcast: the trainable weights, the frozen seed and, for a
+        process with pretrained frozen values, their fingerprint (checked against the
+        values this file holds before anything is trained)."""
+        self._check_fingerprint(frozen_fingerprint)
+        if len(trainable) != self.num_trainable:
+            raise DeviceError(
+                f"start_round: {len(trainable)} trainable tensors received; the model has "
+                f"{self.num_trainable}."
+            )
+        try:
+            seed = check_frozen_seed(frozen_seed, f"argument {SEED!r}")
+        except (TypeError, ValueError) as e:
+            raise DeviceError(f"start_round: {e}") from None
+        kwargs = {
+            _trainable_name(i): self._check("start_round", _trainable_name(i), t)
+            for i, t in enumerate(trainable)
+        }
+        kwargs[SEED] = self._check("start_round", SEED, np.asarray(seed))
+        self._runners["start_round"](**kwargs)
+        self._started, self._trained = True, False
+
+    def train_step(self, x, y) -> float:
+        """One optimizer step on one batch; returns the loss."""
+        if not self._started:
+            raise DeviceError("train: called before start_round (no broadcast received).")
+        out = self._runners["train"](x=self._check("train", "x", x), y=self._check("train", "y", y))
+        self._trained = True
+        return float(out["loss"])
+
+    def evaluate(self, x, y) -> dict[str, np.ndarray]:
+        if not self._started:
+            raise DeviceError("evaluate: called before start_round (no broadcast received).")
+        return self._runners["evaluate"](
+            x=self._check("evaluate", "x", x), y=self._check("evaluate", "y", y)
+        )
+
+    def frozen_weights(self) -> list[np.ndarray]:
+        """The frozen tensors the device regenerated from the seed."""
+        if not self._started:
+            raise DeviceError("frozen_weights: called before start_round.")
+        out = self._runners["frozen_weights"]()
+        return [out[k] for k in sorted(out)]
+
+    def get_update(self) -> DeviceUpdate:
+        """What the device uploads after training."""
+        if not self._trained:
+            raise DeviceError(
+                "get_update: read before any training in this round (call start_round, "
+                "then train)."
+            )
+        out = self._runners["get_update"]()
+        delta = [out[_delta_name(i)] for i in range(self.num_trainable)]
+        return DeviceUpdate(delta, float(out["weight"]), int(out["num_examples"]))
+
+    def train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        batch_size: int,
+        epochs: int = 1,
+        shuffle_seed: Optional[int] = None,
+    ) -> DeviceUpdate:
+        """A client's local training from numpy arrays, as a device does it.
+
+        Batches of `batch_size` in order (or shuffled per epoch with `shuffle_seed`), the
+        last batch of an epoch possibly smaller; returns the update to upload.
+        """
+        if len(x) != len(y) or len(x) == 0:
+            raise DeviceError(
+                f"train: x and y need the same, non-zero length; got {len(x)}, {len(y)}."
+            )
+        for name, value in (("batch_size", batch_size), ("epochs", epochs)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise DeviceError(
+                    f"train: {name} must be an integer >= 1; received "
+                    f"{type(value).__name__} {value!r}."
+                )
+            if value < 1:
+                raise DeviceError(f"train: {name} must be >= 1; received {value}.")
+        rng = np.random.default_rng(shuffle_seed)
+        for _ in range(epochs):
+            order = rng.permutation(len(x)) if shuffle_seed is not None else np.arange(len(x))
+            for start in range(0, len(x), batch_size):
+                idx = order[start : start + batch_size]
+                self.train_step(x[idx], y[idx])
+        return self.get_update()
+
+
+def _slim_interpreter(content: bytes):
+    """The slim runtime's interpreter with builtin ops only (no delegate, no Flex)."""
+    try:
+        from tflite_runtime import interpreter as runtime
+    except ImportError:
+        try:
+            from ai_edge_litert import interpreter as runtime
+        except ImportError:
+            raise DeviceError(
+                "SlimDeviceClient needs the slim TensorFlow Lite runtime: pip install "
+                "tflite-runtime==2.14.0 'numpy<2' (or ai-edge-litert); `make slim` builds "
+                ".venv-slim with it."
+            ) from None
+    return runtime.Interpreter(
+        model_content=content,
+        experimental_op_resolver_type=runtime.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+
+
+_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of every .tflite file, at byte 4
+
+
+def read_file_header(tflite_model) -> tuple[bytes, str]:
+    """(the file's bytes, how to name it) after the checks that need no flatbuffer
+    schema: readable, not empty, the `TFL3` identifier at byte 4."""
+    if isinstance(tflite_model, (bytes, bytearray, memoryview)):
+        data, source = bytes(tflite_model), "the model bytes"
+    elif isinstance(tflite_model, (str, os.PathLike)):
+        source = os.fspath(tflite_model)
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise DeviceError(f"{source}: cannot be read ({e.strerror}).") from None
+    else:
+        raise DeviceError(
+            "the model must be a .tflite file's path or its bytes; received "
+            f"{type(tflite_model).__name__}."
+        )
+    if not data:
+        raise DeviceError(f"{source} is empty (0 bytes); expected a file from export_tflite.")
+    if data[4:8] != _IDENTIFIER:
+        raise DeviceError(
+            f"{source} is not a TensorFlow Lite file ({len(data):,} bytes starting "
+            f"{data[:8]!r}; a .tflite file has {_IDENTIFIER!r} at byte 4)."
+        )
+    return data, source
+
+
+class SlimDeviceClient(Client):
+    """A device on the slim runtime (`tflite_runtime`, else `ai_edge_litert`), with the
+    builtin op resolver only: it runs files from `export_tflite(..., builtins_only=True)`
+    in a process that never imports TensorFlow. A file that needs Flex is refused when
+    loaded (the runtime names the op).
+
+    Args:
+      tflite_model: The file's bytes or path.
+
+    Raises:
+      DeviceError: for a missing or empty file, one that is not TensorFlow Lite (no
+        `TFL3` identifier), one the runtime cannot load, or one without the FedPT
+        signatures.
+    """
+
+    def __init__(self, tflite_model: bytes | str | os.PathLike):
+        content, where = read_file_header(tflite_model)
+        try:
+            interpreter = _slim_interpreter(content)
+        except DeviceError:
+            raise
+        except Exception as e:  # the runtime's own errors (RuntimeError, ValueError)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DeviceError(f"{where}: the slim runtime cannot load it: {first}") from None
+        missing = set(SIGNATURES) - set(interpreter.get_signature_list())
+        if missing:
+            raise DeviceError(f"{where} lacks the FedPT signatures {sorted(missing)}.")
+        super().__init__(interpreter)
