@@ -118,6 +118,10 @@ def test_a_round_of_device_clients_equals_process_next(
             out.state.communication["broadcast_bytes"] == ref.state.communication["broadcast_bytes"]
         )
         assert out.state.communication["upload_bytes"] == ref.state.communication["upload_bytes"]
+        # The round's communication metrics: the same keys and values as next's.
+        assert out.metrics["communication"] == {
+            k: int(v) for k, v in ref.metrics["communication"].items()
+        }
         state = ref.state
     if broadcast_bits:
         payload = device.broadcast_payload(process, state)

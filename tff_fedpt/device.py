@@ -48,7 +48,15 @@ from fedpt_device.client import (  # noqa: F401  (the device names, without Tens
     _trainable_name,
     read_file_header,
 )
-from tff_fedpt import builtin_ops, composer, compression, freezing, keras_models, pretrained
+from tff_fedpt import (
+    builtin_ops,
+    communication,
+    composer,
+    compression,
+    freezing,
+    keras_models,
+    pretrained,
+)
 
 
 def _owners(keras_model: tf.keras.Model, variable: tf.Variable) -> list[tuple[Any, str]]:
@@ -543,26 +551,23 @@ def apply_device_updates(learning_process, state, updates: Sequence[DeviceUpdate
         state.aggregator, [list(delta) for delta, _ in checked], [weight for _, weight in checked]
     )
     finalized = parts.finalizer.next(state.finalizer, state.global_model_weights, aggregated.result)
-    clients = len(updates)
-    down, up = parts.broadcast_bytes, parts.upload_bytes
-    previous = state.communication
-    communication = collections.OrderedDict(
-        broadcast_bytes=np.int64(previous["broadcast_bytes"] + clients * down),
-        upload_bytes=np.int64(previous["upload_bytes"] + clients * up),
+    # The round's communication, accounted as `next` accounts it (same keys, same totals).
+    cumulative, round_metrics = communication.account_round(
+        state.communication, np.int64(len(updates)), parts.broadcast_bytes, parts.upload_bytes
     )
+    round_metrics = collections.OrderedDict((k, int(v)) for k, v in round_metrics.items())
+    cumulative = collections.OrderedDict((k, np.int64(v)) for k, v in cumulative.items())
     fields = {f: getattr(state, f) for f in parts.state_class._fields}
     fields.update(
         global_model_weights=finalized.result,
         aggregator=aggregated.state,
         finalizer=finalized.state,
-        communication=communication,
+        communication=cumulative,
     )
     metrics = collections.OrderedDict(
         aggregator=aggregated.measurements,
         finalizer=finalized.measurements,
-        communication=collections.OrderedDict(
-            clients=clients, broadcast_bytes_per_client=down, upload_bytes_per_client=up
-        ),
+        communication=round_metrics,
         devices=collections.OrderedDict(
             non_finite_updates=sum(delta.zeroed for delta, _ in checked)
         ),
