@@ -323,20 +323,25 @@ def _train_model(process, data, state_dir, rounds):
         tff.backends.native.create_async_local_cpp_execution_context()
     )
     released, metrics = _Released(), _Released()
-    with tff.framework.get_context_stack().install(context):
-        asyncio.run(
-            tff.learning.programs.train_model(
-                train_process=process,
-                train_data_source=_ArraysSource(data),
-                train_per_round_clients=2,
-                train_total_rounds=rounds,
-                program_state_manager=tff.program.FileProgramStateManager(str(state_dir)),
-                model_output_manager=released,
-                train_metrics_manager=metrics,
-                evaluation_manager=None,
-                evaluation_periodicity=1,
-            )
-        )
+    # A loop of its own: asyncio.run would leave the thread without a current loop, which
+    # TFF's synchronous helpers (tff.simulation.run_training_process) then cannot get.
+    loop = asyncio.new_event_loop()
+    program = tff.learning.programs.train_model(
+        train_process=process,
+        train_data_source=_ArraysSource(data),
+        train_per_round_clients=2,
+        train_total_rounds=rounds,
+        program_state_manager=tff.program.FileProgramStateManager(str(state_dir)),
+        model_output_manager=released,
+        train_metrics_manager=metrics,
+        evaluation_manager=None,
+        evaluation_periodicity=1,
+    )
+    try:
+        with tff.framework.get_context_stack().install(context):
+            loop.run_until_complete(program)
+    finally:
+        loop.close()
     return released, sorted(metrics.values)
 
 

@@ -87,6 +87,27 @@ def check_sqlite(path: str, tables: tuple[str, ...], split_names: tuple[str, ...
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A task's model without its data: what the device export and the byte counts of the
+    benchmarks need (each task module's `CATALOG` maps model names to these).
+
+    Attributes:
+      build: seed -> a built, uncompiled Keras model (the task's default settings).
+      input_spec: The `(x, y)` spec of one batch.
+      presets: Freeze preset name -> `FreezeSpec`.
+    """
+
+    build: Callable[[int], tf.keras.Model]
+    input_spec: tuple
+    presets: Mapping[str, freezing.FreezeSpec]
+
+
+def image_spec(shape) -> tuple:
+    """The `(x, y)` spec of a batch of float images of `shape` with int32 labels."""
+    return (tf.TensorSpec([None, *shape], tf.float32), tf.TensorSpec([None], tf.int32))
+
+
+@dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """How a client's raw dataset becomes training batches.
 

@@ -89,6 +89,9 @@ PRESETS = {
     "all_but_output": freezing.FreezeSpec(all_but_last=1),
 }
 
+# The models without the data (tff_fedpt.tasks.catalog).
+CATALOG = {"cnn": base.ModelSpec(cnn, base.image_spec((8, 8, 1)), PRESETS)}
+
 
 def load(
     *, num_clients: int = 100, alpha: float = 0.5, test_fraction: float = 0.2, seed: int = 0

@@ -72,6 +72,12 @@ PRESETS = {
     },
 }
 
+# The models without the data (tff_fedpt.tasks.catalog): all 62 classes.
+CATALOG = {
+    "cnn": base.ModelSpec(lambda seed: cnn(seed, 62), base.image_spec((28, 28, 1)), PRESETS["cnn"]),
+    "mlp": base.ModelSpec(lambda seed: mlp(seed, 62), base.image_spec((28, 28, 1)), PRESETS["mlp"]),
+}
+
 
 def load(*, only_digits: bool = False, cache_dir: str | None = None) -> base.Task:
     """The EMNIST task (62 classes, or 10 with `only_digits`).

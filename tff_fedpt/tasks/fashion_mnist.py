@@ -267,6 +267,12 @@ PRESETS = {
     "mlp": _presets("dense1"),
 }
 
+# The models without the data (tff_fedpt.tasks.catalog).
+CATALOG = {
+    "cnn": base.ModelSpec(cnn, base.image_spec((28, 28, 1)), PRESETS["cnn"]),
+    "mlp": base.ModelSpec(mlp, base.image_spec((28, 28, 1)), PRESETS["mlp"]),
+}
+
 
 def load(
     *,

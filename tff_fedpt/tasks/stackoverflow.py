@@ -192,9 +192,36 @@ PRESETS = {
     },
 }
 
+DEFAULT_VOCAB_SIZE = 10000
+
+
+def total_vocab(vocab_size: int) -> int:
+    """The model's vocabulary: the words plus pad, OOV, bos and eos (`special_ids`)."""
+    return special_ids(vocab_size)["eos"] + 1
+
+
+_SPEC = (
+    tf.TensorSpec([None, SEQUENCE_LENGTH], tf.int32),
+    tf.TensorSpec([None, SEQUENCE_LENGTH], tf.int32),
+)
+# The models without the data (tff_fedpt.tasks.catalog), at the default vocabulary.
+CATALOG = {
+    "lstm": base.ModelSpec(
+        lambda seed: lstm(seed, total_vocab(DEFAULT_VOCAB_SIZE)), _SPEC, PRESETS["lstm"]
+    ),
+    "transformer": base.ModelSpec(
+        lambda seed: transformer(seed, total_vocab(DEFAULT_VOCAB_SIZE)),
+        _SPEC,
+        PRESETS["transformer"],
+    ),
+}
+
 
 def load(
-    *, vocab_size: int = 10000, cache_dir: str | None = None, max_test_examples: int = 10000
+    *,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    cache_dir: str | None = None,
+    max_test_examples: int = 10000,
 ) -> base.Task:
     """The StackOverflow next-word prediction task.
 
@@ -226,7 +253,7 @@ def load(
     vocab = load_vocabulary(counts, vocab_size)
     train, _, test = tff.simulation.datasets.stackoverflow.load_data(cache_dir=cache_dir)
     ids = special_ids(len(vocab))
-    total_vocab = ids["eos"] + 1
+    vocabulary = total_vocab(len(vocab))
     masked = (ids["pad"], ids["oov"], ids["bos"], ids["eos"])
     return base.Task(
         name="stackoverflow",
@@ -234,14 +261,14 @@ def load(
         test_data=test.create_tf_dataset_from_all_clients().take(max_test_examples),
         to_model_input=build_to_ids(vocab),
         models={
-            "lstm": lambda seed=0: lstm(seed, total_vocab),
-            "transformer": lambda seed=0: transformer(seed, total_vocab),
+            "lstm": lambda seed=0: lstm(seed, vocabulary),
+            "transformer": lambda seed=0: transformer(seed, vocabulary),
         },
         freeze_presets=PRESETS,
         loss_fn=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics_fn=lambda: [MaskedAccuracy(masked)],
         default_model="lstm",
-        narrow_models={"lstm": lambda seed, width: lstm(seed, total_vocab, units=width)},
+        narrow_models={"lstm": lambda seed, width: lstm(seed, vocabulary, units=width)},
         default_freeze="embedding",
         settings=dict(
             vocab_size=vocab_size,
