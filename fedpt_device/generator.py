@@ -26,10 +26,11 @@ Floats (float32 throughout): `u = m * 2**-24` in [0, 1).
                        sqrt(3 scale), normal with std sqrt(scale), truncated normal with
                        std sqrt(scale) / 0.87962566103423978 (Keras' constant)
   orthogonal           the normal draw of a (max(r, c), min(r, c)) matrix, Q of its QR
-                       decomposition times the signs of R's diagonal (as Keras), gain
+                       decomposition with R's diagonal positive (as Keras), by Householder
+                       reflections (`orthonormal_columns`), gain
   zeros, ones, constant, identity: no draw
 Integer ops and uniform floats are bit-identical in NumPy, TensorFlow and TensorFlow Lite;
-log, cos and sqrt, and QR, agree to rounding (a few float32 ulps).
+log, cos and sqrt, and the orthogonal family's sums, agree to rounding.
 """
 
 from __future__ import annotations
@@ -115,12 +116,30 @@ class NumpyOps:
     def reshape(self, x, shape):
         return np.reshape(x, shape)
 
-    def qr(self, a):
-        q, r = np.linalg.qr(a)
-        return q.astype(np.float32), r.astype(np.float32)
+    def one_hot(self, k, depth):
+        out = np.zeros(depth, np.float32)
+        out[k] = 1.0
+        return out
 
-    def diag_sign(self, r):
-        return np.sign(np.diag(r)).astype(np.float32)
+    def one_hot_rows(self, n, depth):
+        return np.eye(n, depth, dtype=np.float32)
+
+    def rows_from(self, k, m):
+        return (np.arange(m) >= k).astype(np.float32)
+
+    def column(self, r, k):
+        return np.ascontiguousarray(r[:, k])
+
+    def matmul(self, a, b):
+        return np.matmul(a, b).astype(np.float32)
+
+    def reduce_sum(self, x, axis=None):
+        return np.sum(x, axis=axis, dtype=np.float32)
+
+    def loop(self, n, body, state, reverse=False):
+        for k in reversed(range(n)) if reverse else range(n):
+            state = body(k, *state)
+        return state
 
     def transpose(self, x):
         return np.ascontiguousarray(x.T)
@@ -232,6 +251,37 @@ def draw(ops, kind, seed, tensor, shape, a, b):
     return ops.reshape(flat, list(shape))
 
 
+def orthonormal_columns(ops, a, m: int, n: int):
+    """Q of the thin QR decomposition of a (m x n, m >= n) with R's diagonal positive (the
+    unique such Q, as Keras' Orthogonal takes it), by n Householder reflections in a loop:
+    matrix products, sums and square roots only (TensorFlow Lite builtins, `WHILE`)."""
+    two = ops.f32(2.0)
+
+    def outer(u, w):
+        return ops.reshape(u, [m, 1]) * ops.reshape(w, [1, -1])
+
+    def reflect(k, r, vs):
+        e_k = ops.one_hot(k, m)
+        x = ops.column(r, k) * ops.rows_from(k, m)  # column k below the diagonal
+        x_k = ops.reduce_sum(x * e_k)
+        sign = ops.where(x_k >= ops.f32(0.0), ops.f32(1.0), ops.f32(-1.0))
+        v = x + sign * ops.sqrt(ops.reduce_sum(x * x)) * e_k  # R_kk becomes -sign |x|
+        v = v / ops.sqrt(ops.reduce_sum(v * v))
+        r = r - two * outer(v, ops.matmul(ops.reshape(v, [1, m]), r))
+        return r, vs + outer(v, ops.one_hot(k, n))
+
+    r, vs = ops.loop(n, reflect, (a, a * ops.f32(0.0)))
+
+    def apply(k, q):  # Q = H_0 H_1 ... H_{n-1} [I_n; 0]
+        v = ops.column(vs, k)
+        return (q - two * outer(v, ops.matmul(ops.reshape(v, [1, m]), q)),)
+
+    identity = ops.transpose(ops.reshape(ops.one_hot_rows(n, m), [n, m]))
+    (q,) = ops.loop(n, apply, (identity,), reverse=True)
+    diagonal = ops.reduce_sum(r * identity, axis=0)
+    return q * ops.where(diagonal >= ops.f32(0.0), ops.f32(1.0), ops.f32(-1.0))
+
+
 def generate(ops, class_name: str, config: dict, shape, seed, tensor: int):
     """One Keras initializer family (after aliases: see `tff_fedpt.freezing`)."""
     shape = tuple(int(d) for d in shape)
@@ -258,8 +308,7 @@ def generate(ops, class_name: str, config: dict, shape, seed, tensor: int):
         rows = int(np.prod(shape[:-1]))
         cols = shape[-1]
         a = draw(ops, "normal", seed, tensor, (max(rows, cols), min(rows, cols)), 0.0, 1.0)
-        q, r = ops.qr(a)
-        q = q * ops.diag_sign(r)
+        q = orthonormal_columns(ops, a, max(rows, cols), min(rows, cols))
         if rows < cols:
             q = ops.transpose(q)
         return ops.reshape(q, list(shape)) * ops.f32(config.get("gain", 1.0))

@@ -66,7 +66,6 @@ def test_numpy_tensorflow_and_builtin_interpreter_agree_for_every_family():
             return {
                 f"t{i}": portable.generate(c, cfg, shape, seed, 3)
                 for i, (c, cfg, shape, _) in enumerate(FAMILIES)
-                if c != "Orthogonal"  # QR has no builtin: the simulation's side only
             }
 
     module = Module()
@@ -85,12 +84,12 @@ def test_numpy_tensorflow_and_builtin_interpreter_agree_for_every_family():
         lite = runner(seed=np.array(seed, np.int64))
         for i, (c, cfg, shape, exact) in enumerate(FAMILIES):
             reference = _np(c, cfg, shape, seed)
-            values = [_tf(c, cfg, shape, seed)] + ([lite[f"t{i}"]] if f"t{i}" in lite else [])
+            values = [_tf(c, cfg, shape, seed), lite[f"t{i}"]]
             for value in values:
                 assert value.shape == reference.shape and value.dtype == np.float32
                 if exact:
                     np.testing.assert_array_equal(value, reference, err_msg=f"{c} {seed}")
-                else:  # log, cos, sqrt and QR: to rounding
+                else:  # log, cos, sqrt and the orthogonal family's sums: to rounding
                     np.testing.assert_allclose(value, reference, atol=2e-5, rtol=1e-5)
 
 
@@ -111,6 +110,10 @@ def test_the_distributions_follow_the_keras_initializers():
     assert np.abs(t).max() <= 2.0 and abs(t.std() - generator.TRUNCATED_STDDEV) < 0.01
     q = _np("Orthogonal", {"gain": 1.0}, (64, 32), 14)
     np.testing.assert_allclose(q.T @ q, np.eye(32), atol=1e-5)
+    # ... and it is Keras' Q: the QR of the same normal draw, R's diagonal made positive.
+    normal = generator.draw(generator.NUMPY, "normal", 14, 3, (64, 32), 0.0, 1.0)
+    keras_q, r = np.linalg.qr(normal.astype(np.float64))
+    np.testing.assert_allclose(q, keras_q * np.sign(np.diag(r)), atol=1e-5)
     # Streams and tensors are independent: no correlation between tensors 0 and 1.
     a = _np("RandomUniform", {"minval": 0.0, "maxval": 1.0}, (n,), 3, tensor=0)
     b = _np("RandomUniform", {"minval": 0.0, "maxval": 1.0}, (n,), 3, tensor=1)

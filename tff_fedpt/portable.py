@@ -15,7 +15,7 @@ from fedpt_device import generator
 
 
 class _TFOps:
-    """`fedpt_device.generator.NumpyOps`, in TensorFlow ops (all TFLite builtins but QR)."""
+    """`fedpt_device.generator.NumpyOps`, in TensorFlow ops (all TFLite builtins)."""
 
     def int32(self, value):
         return tf.cast(value, tf.int32)
@@ -73,11 +73,32 @@ class _TFOps:
     def reshape(self, x, shape):
         return tf.reshape(x, shape)
 
-    def qr(self, a):
-        return tf.linalg.qr(a, full_matrices=False)
+    def one_hot(self, k, depth):
+        return tf.one_hot(k, depth, dtype=tf.float32)
 
-    def diag_sign(self, r):
-        return tf.sign(tf.linalg.diag_part(r))
+    def one_hot_rows(self, n, depth):
+        return tf.one_hot(tf.range(n), depth, dtype=tf.float32)
+
+    def rows_from(self, k, m):
+        return tf.cast(tf.range(m) >= k, tf.float32)
+
+    def column(self, r, k):
+        return tf.gather(r, k, axis=1)
+
+    def matmul(self, a, b):
+        return tf.matmul(a, b)
+
+    def reduce_sum(self, x, axis=None):
+        return tf.reduce_sum(x, axis=axis)
+
+    def loop(self, n, body, state, reverse=False):
+        start, step = (n - 1, -1) if reverse else (0, 1)
+        out = tf.while_loop(
+            lambda k, *_: k >= 0 if reverse else k < n,
+            lambda k, *s: (k + step, *body(k, *s)),
+            (tf.constant(start, tf.int32), *state),
+        )
+        return tuple(out[1:])
 
     def transpose(self, x):
         return tf.transpose(x)
