@@ -168,19 +168,17 @@ def conversion_error(error: Exception, functions, layer_names) -> str:
     ops = sorted({o.strip() for o in found.group(1).split(",")}) if found else []
     if not ops:
         ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)))
+    graphs = []
+    for function in functions:  # each signature's graph and the functions it calls
+        graphs.append(function.graph)
+        nested = function.graph._functions.values()  # noqa: SLF001
+        graphs.extend(f.graph for f in nested if hasattr(f, "graph"))
     where = {}
-    for function in functions:
-        for node in function.graph.get_operations():
+    for graph in graphs:
+        for node in graph.get_operations():
             if node.type in ops:
                 layer = _layer_of(node.name, layer_names) or f"({node.name.split('/')[0]})"
                 where.setdefault(node.type, set()).add(layer)
-        for graph_function in function.graph._functions.values():  # noqa: SLF001
-            for node in (
-                graph_function.graph.get_operations() if hasattr(graph_function, "graph") else ()
-            ):
-                if node.type in ops:
-                    layer = _layer_of(node.name, layer_names) or f"({node.name.split('/')[0]})"
-                    where.setdefault(node.type, set()).add(layer)
     named = (
         "; ".join(f"{op} (in {', '.join(sorted(where.get(op, {'?'})))})" for op in ops)
         or text.strip().splitlines()[0]

@@ -450,26 +450,15 @@ class FrozenInitializer:
             return tf.random.stateless_uniform(
                 shape, seed, cfg["minval"], cfg["maxval"], dtype=dtype
             )
-        if cls == "VarianceScaling":
-            scale = float(cfg["scale"])
-            fan_in, fan_out = generator.compute_fans(shape)
-            if cfg["mode"] == "fan_in":
-                scale /= max(1.0, fan_in)
-            elif cfg["mode"] == "fan_out":
-                scale /= max(1.0, fan_out)
-            else:
-                scale /= max(1.0, (fan_in + fan_out) / 2.0)
-            distribution = cfg["distribution"]
-            if distribution == "truncated_normal":
-                # Constant from scipy.stats.truncnorm.std(a=-2, b=2, loc=0., scale=1.),
-                # as in Keras.
-                stddev = math.sqrt(scale) / 0.87962566103423978
-                return tf.random.stateless_truncated_normal(shape, seed, 0.0, stddev, dtype=dtype)
-            if distribution in ("untruncated_normal", "normal"):
-                stddev = math.sqrt(scale)
-                return tf.random.stateless_normal(shape, seed, 0.0, stddev, dtype=dtype)
-            limit = math.sqrt(3.0 * scale)
-            return tf.random.stateless_uniform(shape, seed, -limit, limit, dtype=dtype)
+        if cls == "VarianceScaling":  # Keras' fans and scale, shared with the portable one
+            kind, low, high = generator.variance_scaling(
+                cfg["scale"], cfg["mode"], cfg["distribution"], shape
+            )
+            if kind == "truncated_normal":
+                return tf.random.stateless_truncated_normal(shape, seed, 0.0, high, dtype=dtype)
+            if kind == "normal":
+                return tf.random.stateless_normal(shape, seed, 0.0, high, dtype=dtype)
+            return tf.random.stateless_uniform(shape, seed, low, high, dtype=dtype)
         if cls == "Orthogonal":
             gain = float(cfg.get("gain", 1.0))
             if len(shape) < 2:
