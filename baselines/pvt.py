@@ -130,6 +130,11 @@ def build_pvt_process(
         from_full_weights=identity,
         full_weights_type=weights_type,
         upload_accounting=upload_accounting,
+        device_rounds=(
+            "PVT's clients train the variables of the round's schedule, kept in the "
+            "server's client work state, which devices do not advance; FedPT processes "
+            "(build_fedpt_process) run on devices."
+        ),
     )
 
 

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from fedpt_device.client import DeviceError, SlimDeviceClient
+from fedpt_device.client import FINGERPRINT_SIGNATURE, SEED, DeviceError, SlimDeviceClient
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     try:
         for c in clients:
             client = SlimDeviceClient(args.model)
-            client.start_round(trainable, data["frozen_seed"], data.get("frozen_fingerprint"))
+            client.start_round(trainable, data[SEED], data.get(FINGERPRINT_SIGNATURE))
             update = client.train(
                 data[f"x_{c}"], data[f"y_{c}"], batch_size=int(data["batch_size"])
             )

@@ -247,46 +247,13 @@ def overhead(repeats):
     )
 
 
-_MEMORY_CHILD = r"""
-import os, sys, json, time
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import baselines  # registers fedavg
-from tff_fedpt import runtime, training
-from tff_fedpt.tasks import load_task
-runtime.use_local_runtime()
-algorithm, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-task_name, task_kwargs = sys.argv[4], json.loads(sys.argv[5])
-
-def rss_kib():
-    pids = [os.getpid()] + [p.pid for p in runtime._children if p.poll() is None]
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as f:
-            total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
-    return total
-
-samples = {}
-def on_round_end(r, row):
-    samples[r] = rss_kib()
-config = training.ExperimentConfig(
-    algorithm=algorithm, freeze="dense" if algorithm == "fedpt" else "none",
-    total_rounds=rounds, clients_per_round=10, client_epochs_per_round=1,
-    client_batch_size=20, rounds_per_eval=rounds, rounds_per_checkpoint=rounds,
-    root_output_dir=out, experiment_name=algorithm)
-training.run_experiment(config, load_task(task_name, **task_kwargs), on_round_end=on_round_end)
-with open(os.path.join(out, algorithm + "_rss.json"), "w") as f:
-    json.dump(samples, f)
-runtime.shutdown()
-"""
-
-
 def _peak_memory(algorithm, rounds, out, task="digits", task_kwargs=None):
     """Peak RSS (KiB) of Python plus its TFF worker, sampled from outside."""
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     args = [algorithm, str(rounds), out, task, json.dumps(task_kwargs or {})]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _MEMORY_CHILD, *args],
+        [sys.executable, "-m", "tff_fedpt.training.memory_probe", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -13,7 +13,6 @@ import sys
 
 from absl import flags
 
-import baselines  # noqa: F401  (registers fedavg)
 from tff_fedpt import reporting, training
 from tff_fedpt.tasks import digits, load_task
 

@@ -24,12 +24,6 @@ from tff_fedpt.training import outputs
 flags.DEFINE_enum("task", "emnist", sorted({k.split("/")[0] for k in catalog.MODELS}), "Task.")
 flags.DEFINE_string("model", "cnn", "Model of the task.")
 flags.DEFINE_string("freeze", "dense128", "Freeze preset, 'none', or layer patterns.")
-flags.DEFINE_integer(
-    "frozen_seed",
-    0,
-    "Unused by the file (the seed arrives each round); kept "
-    "so the command mirrors the training binaries'.",
-)
 flags.DEFINE_enum("client_optimizer", "sgd", ["sgd", "sgdm"], "Client optimizer.")
 flags.DEFINE_float("client_learning_rate", 0.1, "Client learning rate.")
 flags.DEFINE_float("client_momentum", 0.9, "Client momentum (sgdm).")

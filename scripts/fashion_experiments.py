@@ -25,14 +25,12 @@ import entry
 import functools
 import json
 import os
-import shutil
 import sys
 import time
 
 import numpy as np
 from absl import flags
 
-import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
 from tff_fedpt import reporting, training
 from tff_fedpt.tasks import load_task
 from tff_fedpt.training import outputs
@@ -305,29 +303,6 @@ def _long_sources():
     return sources
 
 
-def _fork(source, name):
-    """Copies run `source` (checkpoints, metrics, summaries) to `name`, once: the copy then
-    resumes from the source's last checkpoint, so it follows the very same trajectory."""
-    dst_checkpoints = os.path.join(FLAGS.output_dir, "checkpoints", name)
-    if os.path.exists(dst_checkpoints):
-        return
-    for kind in ("results", "logdir"):
-        src = os.path.join(FLAGS.output_dir, kind, source)
-        if os.path.exists(src):
-            shutil.rmtree(os.path.join(FLAGS.output_dir, kind, name), ignore_errors=True)
-            shutil.copytree(src, os.path.join(FLAGS.output_dir, kind, name))
-    staging = dst_checkpoints + ".partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(os.path.join(FLAGS.output_dir, "checkpoints", source), staging)
-    record_path = os.path.join(staging, outputs.RECORD)
-    with open(record_path) as f:
-        record = json.load(f)
-    record["--experiment_name"] = name
-    with open(record_path, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-    os.rename(staging, dst_checkpoints)  # the copy exists whole or not at all
-
-
 def section_long():
     for _, source, task_kwargs in _long_sources():
         if len(_rows(source)) < FLAGS.rounds:
@@ -335,7 +310,7 @@ def section_long():
             continue
         task = _task(num_clients=FLAGS.num_clients, alpha=FLAGS.dirichlet_alpha, **task_kwargs)
         name = f"l_{source}"
-        _fork(source, name)
+        outputs.fork_run(FLAGS.output_dir, source, name)
         hparams = {
             r["name"]: r["value"]
             for r in outputs.read_csv(

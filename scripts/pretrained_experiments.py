@@ -32,7 +32,6 @@ import time
 
 from absl import flags
 
-import baselines  # noqa: F401  (registers fedavg)
 from tff_fedpt import reporting, training
 from tff_fedpt.tasks import load_task
 from tff_fedpt.training import outputs

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import entry
 
+import dataclasses
 import signal
 import sys
+import typing
 
 from absl import flags
 
-import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
 from tff_fedpt import remote, runtime, training
-from tff_fedpt.tasks import load_task
+from tff_fedpt.tasks import load_task, task_module
 from tff_fedpt.training import algorithms, config
 
 _DEFINE = {
@@ -28,18 +29,32 @@ _DEFINE = {
 _NOT_FLAGS = ("task",)  # set by the binary
 
 
+def _define(field: dataclasses.Field, value_type: type, choices=None) -> None:
+    choices = choices or field.metadata["choices"]
+    if choices:
+        flags.DEFINE_enum(field.name, field.default, list(choices), field.metadata["help"])
+    else:
+        _DEFINE[value_type](field.name, field.default, field.metadata["help"])
+
+
 def define_config_flags() -> None:
     """One absl flag per ExperimentConfig field."""
     for field in config.fields():
-        if field.name in _NOT_FLAGS:
-            continue
-        choices = field.metadata["choices"]
-        if field.name == "algorithm":
-            choices = algorithms.names()
-        if choices:
-            flags.DEFINE_enum(field.name, field.default, list(choices), field.metadata["help"])
-        else:
-            _DEFINE[config.field_type(field)](field.name, field.default, field.metadata["help"])
+        if field.name not in _NOT_FLAGS:
+            choices = algorithms.names() if field.name == "algorithm" else None
+            _define(field, config.field_type(field), choices)
+
+
+def define_task_flags(task_name: str) -> type:
+    """One absl flag per field of the task's `DataOptions` (declared once, in the task's
+    module); returns that class."""
+    options = task_module(task_name).DataOptions
+    hints = typing.get_type_hints(options)
+    for field in dataclasses.fields(options):
+        hint = hints[field.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        _define(field, args[0] if args else hint)
+    return options
 
 
 define_config_flags()
@@ -212,8 +227,17 @@ def train(task_name: str, task_kwargs: dict) -> None:
     )
 
 
-def main(task_name: str, task_kwargs) -> None:
-    """The binary's main: `task_kwargs` is a no-argument callable (flags are parsed)."""
+def main(task_name: str) -> None:
+    """The binary's main: the task's flags come from its `DataOptions`, and its module's
+    `RECOMMENDED` settings (if any) replace the training flags' defaults."""
+    options = define_task_flags(task_name)
+    for name, value in getattr(task_module(task_name), "RECOMMENDED", {}).items():
+        FLAGS.set_default(name, value)
+
+    def task_kwargs():
+        values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(options)}
+        return options(**values).load_kwargs()
+
     entry.run(
         lambda: train(task_name, task_kwargs()),
         local_runtime=False,

@@ -6,7 +6,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-import baselines  # noqa: E402,F401  (registers the baseline algorithms)
 from tff_fedpt import runtime  # noqa: E402
 
 

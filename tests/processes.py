@@ -1,13 +1,12 @@
 """Process checks shared by the tests."""
 
 import subprocess
+import time
 
 
-def leaked_workers():
-    """TFF workers whose parent is not a live Python process: leaked ones (a worker of
-    another Python process running beside the tests is not counted)."""
+def _orphan_workers():
     out = subprocess.run(["pgrep", "-f", "worker_binary"], capture_output=True, text=True)
-    leaked = set()
+    orphans = set()
     for pid in out.stdout.split():
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -17,5 +16,17 @@ def leaked_workers():
         except OSError:
             continue
         if b"python" not in parent:
-            leaked.add(pid)
-    return leaked
+            orphans.add(pid)
+    return orphans
+
+
+def leaked_workers():
+    """TFF workers whose parent is not a live Python process: leaked ones (a worker of
+    another Python process running beside the tests is not counted). Asked twice, a
+    second apart: a worker whose parent has just died (another test's, with tests run in
+    parallel) is reaped by its death signal within that time and is not counted."""
+    first = _orphan_workers()
+    if not first:
+        return first
+    time.sleep(1.0)
+    return first & _orphan_workers()

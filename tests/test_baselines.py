@@ -4,7 +4,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from baselines import fedavg, pvt, small_model
-from tff_fedpt import training
+from tff_fedpt import composer, device, training
 from tff_fedpt.tasks import load_task
 
 from . import models
@@ -93,6 +93,13 @@ def test_pvt_learns_and_sends_only_the_selected_variables():
         losses.append(float(output.metrics["client_work"]["train"]["loss"]))
     assert seen == {0, 1, 2, 3}  # the schedule reaches every variable
     assert losses[-1] < losses[0]
+    # One server half: PVT's `next` runs the composer's server step; devices cannot run
+    # its client work (the schedule lives in the server's client work state): refused.
+    assert isinstance(process, tff.learning.templates.LearningProcess)
+    assert composer.parts(process).server_step is not None
+    for call in (device.broadcast_payload, lambda p, s: device.apply_device_updates(p, s, [1])):
+        with pytest.raises(ValueError, match="cannot run on devices: PVT's clients train"):
+            call(process, state)
     with pytest.raises(ValueError, match=r"trainable_fraction must be in \(0, 1\]"):
         pvt.build_pvt_process(
             _plain(models.mlp), tff.learning.optimizers.build_sgdm(0.3), trainable_fraction=0

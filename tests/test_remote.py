@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 import tff_fedpt
 from tff_fedpt import remote, runtime
+from tff_fedpt._tff_internals import context_stack_impl
 
 from . import models
 from .test_binaries import DIGITS_FLAGS, ENV, ROOT, _binary, _final_weights, _rows

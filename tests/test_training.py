@@ -43,12 +43,16 @@ def _config(tmp_path, **kwargs):
 # Config and flags: each option defined once.
 
 
-def test_every_flag_is_generated_from_the_config():
+def _training_flags():
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     try:
-        training_flags = importlib.import_module("training_flags")
+        return importlib.import_module("training_flags")
     finally:
         sys.path.pop(0)
+
+
+def test_every_flag_is_generated_from_the_config():
+    training_flags = _training_flags()
     flags = training_flags.FLAGS
     for field in config.fields():
         if field.name == "task":
@@ -64,6 +68,30 @@ def test_every_flag_is_generated_from_the_config():
     assert set(algorithms.names()) == {"fedpt", "fedavg", "small_model", "pvt"}
     with open(os.path.join(ROOT, "docs", "training.md")) as f:
         assert training_flags.flags_table() in f.read(), "rerun scripts/training_flags.py"
+
+
+def test_options_are_owned_by_their_groups():
+    """Each option is declared once, in its owner's group; the config is their union and
+    hands each group back; two owners of one name are refused."""
+    from tff_fedpt import compression, privacy, runtime
+    from tff_fedpt.options import option
+
+    names = [f.name for g in config.GROUPS for f in dataclasses.fields(g)]
+    assert names == [f.name for f in config.fields()] and len(set(names)) == len(names)
+    assert config.fields()[names.index("clip")].metadata["group"] is privacy.DPOptions
+    cfg = training.ExperimentConfig(dp=True, clip=0.5, upload_bits=8, worker_restart_rounds=0)
+    assert cfg.group(privacy.DPOptions) == privacy.DPOptions(dp=True, clip=0.5)
+    assert cfg.group(compression.CompressionOptions).upload_bits == 8
+    assert cfg.group(runtime.RuntimeOptions).after_round() == ()
+    with pytest.raises(TypeError, match="not an options group"):
+        cfg.group(dict)
+
+    @dataclasses.dataclass(frozen=True)
+    class Clash:
+        clip: float = option(2.0, "another clip")
+
+    with pytest.raises(TypeError, match="'clip' is declared by DPOptions and"):
+        config._compose((*config.GROUPS, Clash))
 
 
 def test_resolve_fills_the_task_defaults(task):
@@ -304,6 +332,24 @@ def test_resume_after_a_corrupt_newest_checkpoint_keeps_every_round_once(tmp_pat
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_fork_run_continues_a_finished_run_under_another_name(tmp_path, task):
+    """Continuing a finished run for more rounds is a training-layer feature: the fork
+    resumes from the source's last checkpoint; the source stays as it was."""
+    cfg = _config(tmp_path, experiment_name="short")
+    source = training.run_experiment(cfg, task)
+    assert outputs.fork_run(str(tmp_path), "short", "long")
+    assert not outputs.fork_run(str(tmp_path), "short", "long")  # once
+    result = training.run_experiment(cfg.replace(experiment_name="long", total_rounds=3), task)
+    assert result.resumed_from_round == 2
+    rows = outputs.read_csv(str(tmp_path / "results" / "long" / "metrics.csv"))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3]
+    short = outputs.read_csv(str(tmp_path / "results" / "short" / "metrics.csv"))
+    assert [r["round"] for r in short] == ["1", "2"] and len(source.rows) == 2
+    assert rows[:2] == short  # the same trajectory, copied
+    with pytest.raises(training.ConfigError, match="holds no run to continue"):
+        outputs.fork_run(str(tmp_path), "absent", "x")
+
+
 def test_resume_refuses_other_task_settings_and_fewer_rounds(tmp_path, task):
     cfg = _config(tmp_path)
     training.run_experiment(cfg, task)
@@ -445,8 +491,15 @@ def test_the_documented_new_task_registers_loads_and_trains(tmp_path, monkeypatc
     assert tasks.task_names()[-1] == "blobs" and "blobs" not in tasks.TASKS
     with pytest.raises(ValueError, match="task 'blobs' is already registered"):
         tasks.register_task("blobs", "elsewhere.blobs")
-    task = load_task("blobs", num_clients=4)
+    options = tasks.task_module("blobs").DataOptions
+    task = load_task("blobs", **options().load_kwargs())
+    assert len(task.train_data.client_ids) == 4
     assert catalog.model_spec("blobs", "mlp").presets["hidden"].layers == ("hidden",)
+    # Its binary's task flags come from the declaration.
+    training_flags = _training_flags()
+    assert training_flags.define_task_flags("blobs") is options
+    assert training_flags.FLAGS["num_clients"].default == 4
+    assert training_flags.FLAGS["num_clients"].help == "Number of clients."
     cfg = _config(tmp_path, task="blobs", clients_per_round=2, rounds_per_eval=1)
     training.run_experiment(cfg, task)
     rows = outputs.read_csv(str(tmp_path / "results" / "e" / "metrics.csv"))

@@ -21,14 +21,35 @@ adapter into its base and returns a plain Keras model for inference.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
+from tff_fedpt.options import option
+
 MODES = ("lora", "ffa")
 ADAPTABLE = ("Dense", "Conv2D", "Embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterOptions:
+    """Low-rank adapters of a training run (every algorithm); the binaries' flags."""
+
+    adapter_layers: Optional[str] = option(
+        None,
+        "Comma-separated layer names/regexes given low-rank adapters (Dense, Conv2D, Embedding).",
+    )
+    adapter_rank: int = option(4, "Rank r of the adapters.")
+    adapter_alpha: Optional[float] = option(None, "Adapter scale numerator alpha (default: rank).")
+    adapter_mode: str = option(
+        "lora",
+        "lora: A and B trained; ffa: A frozen and regenerated from the seed, only B trained.",
+        choices=MODES,
+    )
 
 
 def _factor_initializer(seed_offset: int):

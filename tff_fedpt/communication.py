@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import weakref
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.compiler import building_blocks, tree_analysis
 
-# Costs that processes built by this package declare (compression makes them differ from
-# what the state types say); looked up before reading the state type.
-_DECLARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+from fedpt_device.client import SEED
+from tff_fedpt._tff_internals import building_blocks, tree_analysis
 
 
 def type_bytes(type_spec: tff.Type) -> int:
@@ -140,11 +137,6 @@ def account_round(cumulative, clients, broadcast_bytes_per_client, upload_bytes_
     return new, metrics
 
 
-def declare_cost(process: tff.templates.IterativeProcess, cost: CommunicationCost) -> None:
-    """Records what `process` sends per client, for `communication_cost(process)`."""
-    _DECLARED[process] = cost
-
-
 def communication_cost(process: tff.learning.templates.LearningProcess) -> CommunicationCost:
     """Per-client bytes per round of a FedPT process or of TFF's composed FedAvg.
 
@@ -170,8 +162,9 @@ def communication_cost(process: tff.learning.templates.LearningProcess) -> Commu
     Raises:
       TypeError: if the state type has no `global_model_weights`.
     """
-    if process in _DECLARED:
-        return _DECLARED[process]
+    declared = getattr(process, "declared_cost", None)  # composer.ComposedLearningProcess
+    if declared is not None:
+        return declared
     state_type = process.initialize.type_signature.result.member
     names = dict(tff.structure.iter_elements(state_type))
     if "global_model_weights" not in names:
@@ -180,7 +173,7 @@ def communication_cost(process: tff.learning.templates.LearningProcess) -> Commu
             f"(a composed TFF learning process or a FedPT process); state type is "
             f"{state_type}."
         )
-    return _cost(names["global_model_weights"], names.get("frozen_seed"))
+    return _cost(names["global_model_weights"], names.get(SEED))
 
 
 def fedavg_communication_cost(model_fn) -> CommunicationCost:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
@@ -28,7 +27,18 @@ from tff_fedpt import communication
 @dataclasses.dataclass(frozen=True)
 class Parts:
     """The components a composed process runs, for code that drives a round itself
-    (device clients: `tff_fedpt.device`)."""
+    (device clients: `tff_fedpt.device`).
+
+    Attributes:
+      server_step: The server half of `next`, as a federated computation
+        `(state, distributor_state, client_work_state, update@CLIENTS,
+        update_weight@CLIENTS) -> (state, metrics)` with `metrics` holding
+        `aggregator`, `finalizer` and `communication`: `next` runs it after the client
+        work, and the device path (`tff_fedpt.device.apply_device_updates`) runs it on
+        the devices' uploads, so both update and account a round with the same code.
+      device_rounds: None when devices can run this process's client work (its state
+        is not advanced by the clients); otherwise why they cannot.
+    """
 
     state_class: type
     constants: tuple[str, ...]
@@ -37,11 +47,61 @@ class Parts:
     client_work: tff.learning.templates.ClientWorkProcess
     aggregator: tff.templates.AggregationProcess
     finalizer: tff.learning.templates.FinalizerProcess
+    server_step: tff.Computation
     broadcast_bytes: int
     upload_bytes: Optional[int]
+    device_rounds: Optional[str] = None
 
 
-_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class ComposedLearningProcess(tff.learning.templates.LearningProcess):
+    """A `tff.learning.templates.LearningProcess` that also carries its `parts`, its
+    per-round cost when it is the same every round (`declared_cost`, read by
+    `tff_fedpt.communication_cost`), and optional Python checks run before `next` and
+    `set_model_weights` (a clear error in one line, before TFF runs the computation).
+    """
+
+    def __init__(
+        self,
+        *args,
+        parts: Parts,
+        declared_cost=None,
+        check_next: Optional[Callable] = None,
+        check_set_model_weights: Optional[Callable] = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.parts = parts
+        self.declared_cost = declared_cost
+        self._check_next = check_next
+        self._check_set_model_weights = check_set_model_weights
+
+    @property
+    def next(self) -> tff.Computation:
+        return _Checked.wrap(super().next, self._check_next)
+
+    @property
+    def set_model_weights(self) -> tff.Computation:
+        return _Checked.wrap(super().set_model_weights, self._check_set_model_weights)
+
+
+class _Checked:
+    """A computation called after `check(*args)`; everything else (type_signature, ...)
+    is the computation's."""
+
+    def __init__(self, computation, check):
+        self._computation = computation
+        self._check = check
+
+    @classmethod
+    def wrap(cls, computation, check):
+        return computation if check is None else cls(computation, check)
+
+    def __getattr__(self, name):
+        return getattr(self._computation, name)
+
+    def __call__(self, *args):
+        self._check(*args)
+        return self._computation(*args)
 
 
 def parts(learning_process) -> Parts:
@@ -50,13 +110,12 @@ def parts(learning_process) -> Parts:
     Raises:
       TypeError: for a process built elsewhere (e.g. TFF's own FedAvg).
     """
-    try:
-        return _PARTS[learning_process]
-    except (KeyError, TypeError):
+    if not isinstance(learning_process, ComposedLearningProcess):
         raise TypeError(
             "expected a process built by tff_fedpt (build_fedpt_process); received "
             f"{type(learning_process).__name__}, whose parts are not known."
-        ) from None
+        )
+    return learning_process.parts
 
 
 def compose_learning_process(
@@ -73,7 +132,10 @@ def compose_learning_process(
     from_full_weights: Callable,
     full_weights_type: tff.Type,
     upload_accounting: Optional[Callable] = None,
-) -> tff.learning.templates.LearningProcess:
+    device_rounds: Optional[str] = None,
+    check_next: Optional[Callable] = None,
+    check_set_model_weights: Optional[Callable] = None,
+) -> ComposedLearningProcess:
     """Composes a LearningProcess whose state is `state_class`.
 
     Args:
@@ -97,10 +159,16 @@ def compose_learning_process(
         OrderedDict with int64 `upload_bytes` per client and any extra int64
         communication metrics. None: the aggregator's input type gives the bytes,
         the same every round, and the cost is declared for `communication_cost`.
+      device_rounds: None when devices can run the client work (see `Parts`);
+        otherwise the reason they cannot, given to whoever tries.
+      check_next: Python function (state, client_data) run before `next`; raises
+        to refuse.
+      check_set_model_weights: Python function (state, model_weights) run before
+        `set_model_weights`; raises to refuse.
 
     Returns:
-      A `tff.learning.templates.LearningProcess`, its cost declared for
-      `tff_fedpt.communication_cost` when it is the same every round.
+      A `ComposedLearningProcess` (a `tff.learning.templates.LearningProcess`), its
+      cost declared for `tff_fedpt.communication_cost` when it is the same every round.
     """
     names = tuple(constants)
     broadcast_bytes = communication.traffic(distributor.next).broadcast_bytes_per_client
@@ -129,13 +197,128 @@ def compose_learning_process(
     weights_type = state_type.global_model_weights
     payload_fn = tff.tensorflow.computation(payload, weights_type, *constant_types)
 
+    constant_cost = upload_accounting is None
+    one_client, upload_fn, account = _accounting(
+        state_type, broadcast_bytes, upload_bytes, upload_accounting
+    )
+
+    def with_constants(state, value):
+        if not names:
+            return value
+        return tff.federated_zip((value, *(getattr(state, k) for k in names)))
+
+    client_result_type = client_work.next.type_signature.result.result.member
+
+    @tff.federated_computation(
+        init_fn.type_signature.result,
+        tff.FederatedType(state_type.distributor, tff.SERVER),
+        tff.FederatedType(state_type.client_work, tff.SERVER),
+        tff.FederatedType(client_result_type.update, tff.CLIENTS),
+        tff.FederatedType(client_result_type.update_weight, tff.CLIENTS),
+    )
+    def server_step(state, distributor_state, client_work_state, update, update_weight):
+        aggregator_output = aggregator.next(state.aggregator, update, update_weight)
+        finalizer_output = finalizer.next(
+            state.finalizer, state.global_model_weights, aggregator_output.result
+        )
+        clients = tff.federated_sum(tff.federated_map(one_client, update_weight))
+        upload = tff.federated_map(upload_fn, client_work_state)
+        new_communication, communication_metrics = tff.federated_map(
+            account, tff.federated_zip((state.communication, clients, upload))
+        )
+        fields = dict(
+            global_model_weights=finalizer_output.result,
+            distributor=distributor_state,
+            client_work=client_work_state,
+            aggregator=aggregator_output.state,
+            finalizer=finalizer_output.state,
+            communication=new_communication,
+        )
+        fields.update({k: getattr(state, k) for k in names})
+        metrics = collections.OrderedDict(
+            aggregator=aggregator_output.measurements,
+            finalizer=finalizer_output.measurements,
+            communication=communication_metrics,
+        )
+        return tff.federated_zip(state_class(**fields)), tff.federated_zip(metrics)
+
+    @tff.federated_computation(
+        init_fn.type_signature.result, client_work.next.type_signature.parameter[2]
+    )
+    def next_fn(state, client_data):
+        broadcast = tff.federated_map(payload_fn, with_constants(state, state.global_model_weights))
+        distributor_output = distributor.next(state.distributor, broadcast)
+        client_work_output = client_work.next(
+            state.client_work, distributor_output.result, client_data
+        )
+        new_state, server_metrics = server_step(
+            state,
+            distributor_output.state,
+            client_work_output.state,
+            client_work_output.result.update,
+            client_work_output.result.update_weight,
+        )
+        metrics = collections.OrderedDict(
+            distributor=distributor_output.measurements,
+            client_work=client_work_output.measurements,
+            aggregator=server_metrics.aggregator,
+            finalizer=server_metrics.finalizer,
+            communication=server_metrics.communication,
+        )
+        return tff.learning.templates.LearningProcessOutput(new_state, tff.federated_zip(metrics))
+
+    get_model_weights_fn, set_model_weights_fn, get_hparams_fn, set_hparams_fn = _accessors(
+        state_class,
+        state_type,
+        names,
+        client_work,
+        finalizer,
+        to_full_weights,
+        from_full_weights,
+        full_weights_type,
+    )
+    cost = None
+    if constant_cost:
+        cost = communication.CommunicationCost(
+            broadcast_bytes_per_client=broadcast_bytes, upload_bytes_per_client=upload_bytes
+        )
+    return ComposedLearningProcess(
+        init_fn,
+        next_fn,
+        get_model_weights_fn,
+        set_model_weights_fn,
+        get_hparams_fn=get_hparams_fn,
+        set_hparams_fn=set_hparams_fn,
+        parts=Parts(
+            state_class=state_class,
+            constants=names,
+            payload=payload_fn,
+            distributor=distributor,
+            client_work=client_work,
+            aggregator=aggregator,
+            finalizer=finalizer,
+            server_step=server_step,
+            broadcast_bytes=broadcast_bytes,
+            upload_bytes=upload_bytes if constant_cost else None,
+            device_rounds=device_rounds,
+        ),
+        declared_cost=cost,
+        check_next=check_next,
+        check_set_model_weights=check_set_model_weights,
+    )
+
+
+def _accounting(state_type, broadcast_bytes, upload_bytes, upload_accounting):
+    """The round's communication accounting: (one_client: weight -> 1, upload_fn: client
+    work state -> upload metrics, account: (cumulative, clients, upload) -> (new
+    cumulative, metrics)), all with `communication.account_round`."""
+
     @tff.tensorflow.computation(tff.TensorType(np.float32))
     def one_client(weight):
         del weight
         return tf.constant(1, tf.int64)
 
-    constant_cost = upload_accounting is None
-    if constant_cost:
+    if upload_accounting is None:  # the same every round: the aggregator's input type
 
         def upload_accounting(client_work_state):
             del client_work_state
@@ -151,54 +334,20 @@ def compose_learning_process(
         metrics.update((k, v) for k, v in upload.items() if k != "upload_bytes")
         return new, metrics
 
-    def with_constants(state, value):
-        if not names:
-            return value
-        return tff.federated_zip((value, *(getattr(state, k) for k in names)))
+    return one_client, upload_fn, account
 
-    @tff.federated_computation(
-        init_fn.type_signature.result, client_work.next.type_signature.parameter[2]
-    )
-    def next_fn(state, client_data):
-        broadcast = tff.federated_map(payload_fn, with_constants(state, state.global_model_weights))
-        distributor_output = distributor.next(state.distributor, broadcast)
-        client_work_output = client_work.next(
-            state.client_work, distributor_output.result, client_data
-        )
-        aggregator_output = aggregator.next(
-            state.aggregator,
-            client_work_output.result.update,
-            client_work_output.result.update_weight,
-        )
-        finalizer_output = finalizer.next(
-            state.finalizer, state.global_model_weights, aggregator_output.result
-        )
-        clients = tff.federated_sum(
-            tff.federated_map(one_client, client_work_output.result.update_weight)
-        )
-        upload = tff.federated_map(upload_fn, client_work_output.state)
-        new_communication, communication_metrics = tff.federated_map(
-            account, tff.federated_zip((state.communication, clients, upload))
-        )
-        fields = dict(
-            global_model_weights=finalizer_output.result,
-            distributor=distributor_output.state,
-            client_work=client_work_output.state,
-            aggregator=aggregator_output.state,
-            finalizer=finalizer_output.state,
-            communication=new_communication,
-        )
-        fields.update({k: getattr(state, k) for k in names})
-        metrics = collections.OrderedDict(
-            distributor=distributor_output.measurements,
-            client_work=client_work_output.measurements,
-            aggregator=aggregator_output.measurements,
-            finalizer=finalizer_output.measurements,
-            communication=communication_metrics,
-        )
-        return tff.learning.templates.LearningProcessOutput(
-            tff.federated_zip(state_class(**fields)), tff.federated_zip(metrics)
-        )
+
+def _accessors(
+    state_class,
+    state_type,
+    names,
+    client_work,
+    finalizer,
+    to_full_weights,
+    from_full_weights,
+    full_weights_type,
+):
+    """get/set_model_weights and get/set_hparams of a composed process's state."""
 
     @tff.tensorflow.computation(state_type)
     def get_model_weights_fn(state):
@@ -225,33 +374,7 @@ def compose_learning_process(
             finalizer=finalizer.set_hparams(state.finalizer, hparams["finalizer"]),
         )
 
-    learning_process = tff.learning.templates.LearningProcess(
-        init_fn,
-        next_fn,
-        get_model_weights_fn,
-        set_model_weights_fn,
-        get_hparams_fn=get_hparams_fn,
-        set_hparams_fn=set_hparams_fn,
-    )
-    _PARTS[learning_process] = Parts(
-        state_class=state_class,
-        constants=names,
-        payload=payload_fn,
-        distributor=distributor,
-        client_work=client_work,
-        aggregator=aggregator,
-        finalizer=finalizer,
-        broadcast_bytes=broadcast_bytes,
-        upload_bytes=upload_bytes if constant_cost else None,
-    )
-    if constant_cost:
-        communication.declare_cost(
-            learning_process,
-            communication.CommunicationCost(
-                broadcast_bytes_per_client=broadcast_bytes, upload_bytes_per_client=upload_bytes
-            ),
-        )
-    return learning_process
+    return get_model_weights_fn, set_model_weights_fn, get_hparams_fn, set_hparams_fn
 
 
 def _replace(state_class, state, **changes):

@@ -22,16 +22,54 @@ quantized uploads with DP.
 from __future__ import annotations
 
 import collections
-import weakref
+import dataclasses
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_fedpt.options import option
+
 UPLOAD_BITS = range(1, 17)  # what TFF's uniform quantization accepts
 BROADCAST_BITS = (8, 16)
 _INT_DTYPES = {8: tf.uint8, 16: tf.uint16}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionOptions:
+    """Compression of FedPT's trainable part; the binaries' flags of the same names."""
+
+    upload_bits: Optional[int] = option(
+        None, "FedPT: quantize client uploads to this many bits (1..16)."
+    )
+    broadcast_bits: Optional[int] = option(
+        None, "FedPT: broadcast the trainable weights in 8 or 16 bits."
+    )
+
+    def check(self, *, algorithm: str, compressible: bool, dp: bool) -> None:
+        """Checks these options as flags for `--algorithm=algorithm` (with or without DP).
+
+        Raises:
+          ValueError: naming the flag, the value received and what is valid.
+        """
+        if self.upload_bits is None and self.broadcast_bits is None:
+            return
+        if not compressible:
+            raise ValueError(
+                "--upload_bits / --broadcast_bits compress FedPT's trainable part and "
+                f"need --algorithm=fedpt; received --algorithm={algorithm}."
+            )
+        if self.upload_bits is not None:
+            check_upload_bits(self.upload_bits, "--upload_bits")
+        if self.broadcast_bits is not None:
+            check_broadcast_bits(self.broadcast_bits, "--broadcast_bits")
+        if dp:
+            check_dp_compatible(
+                upload_bits=self.upload_bits,
+                broadcast_bits=self.broadcast_bits,
+                name="--upload_bits",
+            )
 
 
 def check_upload_bits(bits: int, name: str = "upload_bits") -> None:
@@ -183,18 +221,23 @@ def build_quantized_broadcast_process(
             ),
         )
 
-    distributor = tff.learning.templates.DistributionProcess(init_fn, next_fn)
-    _CODECS[distributor] = (encode, decode)
-    return distributor
+    return QuantizedBroadcastProcess(init_fn, next_fn, encode=encode, decode=decode)
 
 
-_CODECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class QuantizedBroadcastProcess(tff.learning.templates.DistributionProcess):
+    """A `DistributionProcess` that also carries its `encode` and `decode` computations
+    (what the server sends, what clients reconstruct), for code that broadcasts itself
+    (`tff_fedpt.device`)."""
+
+    def __init__(self, initialize_fn, next_fn, *, encode, decode):
+        super().__init__(initialize_fn, next_fn)
+        self.encode = encode
+        self.decode = decode
 
 
 def as_received(distributor, value):
     """`value` as clients receive it from `distributor`: quantized and dequantized for a
     quantized broadcast, unchanged for TFF's plain broadcast."""
-    if distributor in _CODECS:
-        encode, decode = _CODECS[distributor]
-        return decode(encode(value))
+    if isinstance(distributor, QuantizedBroadcastProcess):
+        return distributor.decode(distributor.encode(value))
     return value

@@ -50,7 +50,6 @@ from fedpt_device.client import (  # noqa: F401  (the device names, without Tens
 )
 from tff_fedpt import (
     builtin_ops,
-    communication,
     composer,
     compression,
     freezing,
@@ -461,10 +460,18 @@ def broadcast_payload(learning_process, state) -> collections.OrderedDict:
     """Exactly what `learning_process` broadcasts from `state`: OrderedDict(trainable=[...],
     frozen_seed=...), after the process's own distributor (so a quantized broadcast
     arrives dequantized, as on the clients)."""
-    parts = composer.parts(learning_process)
+    parts = _device_parts("broadcast_payload", learning_process)
     constants = [getattr(state, k) for k in parts.constants]
     value = parts.payload(state.global_model_weights, *constants)
     return compression.as_received(parts.distributor, value)
+
+
+def _device_parts(where: str, learning_process) -> composer.Parts:
+    """The parts of a process whose client work devices can run, or a clear error."""
+    parts = composer.parts(learning_process)
+    if parts.device_rounds is not None:
+        raise ValueError(f"{where}: this process cannot run on devices: {parts.device_rounds}")
+    return parts
 
 
 def _upload_specs(parts) -> list[tuple[tuple[int, ...], np.dtype]]:
@@ -544,32 +551,27 @@ def apply_device_updates(learning_process, state, updates: Sequence[DeviceUpdate
     """
     if not updates:
         raise ValueError("apply_device_updates: no updates received.")
-    parts = composer.parts(learning_process)
+    parts = _device_parts("apply_device_updates", learning_process)
     expected = _upload_specs(parts)
     checked = [_untrusted_update(i, u, expected) for i, u in enumerate(updates)]
-    aggregated = parts.aggregator.next(
-        state.aggregator, [list(delta) for delta, _ in checked], [weight for _, weight in checked]
-    )
-    finalized = parts.finalizer.next(state.finalizer, state.global_model_weights, aggregated.result)
-    # The round's communication, accounted as `next` accounts it (same keys, same totals).
-    cumulative, round_metrics = communication.account_round(
-        state.communication, np.int64(len(updates)), parts.broadcast_bytes, parts.upload_bytes
-    )
-    round_metrics = collections.OrderedDict((k, int(v)) for k, v in round_metrics.items())
-    cumulative = collections.OrderedDict((k, np.int64(v)) for k, v in cumulative.items())
-    fields = {f: getattr(state, f) for f in parts.state_class._fields}
-    fields.update(
-        global_model_weights=finalized.result,
-        aggregator=aggregated.state,
-        finalizer=finalized.state,
-        communication=cumulative,
+    # The server half of `next` itself (composer.Parts.server_step): the same aggregator,
+    # finalizer and communication accounting. The devices ran the client work, whose
+    # state (client hyperparameters) a round does not change, nor does the broadcast's.
+    new_state, server_metrics = parts.server_step(
+        state,
+        state.distributor,
+        state.client_work,
+        [list(delta) for delta, _ in checked],
+        [weight for _, weight in checked],
     )
     metrics = collections.OrderedDict(
-        aggregator=aggregated.measurements,
-        finalizer=finalized.measurements,
-        communication=round_metrics,
+        aggregator=server_metrics["aggregator"],
+        finalizer=server_metrics["finalizer"],
+        communication=collections.OrderedDict(
+            (k, int(v)) for k, v in server_metrics["communication"].items()
+        ),
         devices=collections.OrderedDict(
             non_finite_updates=sum(delta.zeroed for delta, _ in checked)
         ),
     )
-    return tff.learning.templates.LearningProcessOutput(parts.state_class(**fields), metrics)
+    return tff.learning.templates.LearningProcessOutput(new_state, metrics)

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +21,7 @@ import tensorflow as tf
 from fedpt_device import generator
 from fedpt_device.client import check_frozen_seed  # noqa: F401  (shared with the device)
 from tff_fedpt import portable
+from tff_fedpt.options import option
 
 NON_TRAINABLE_STATE_OPTIONS = ("error", "keep_initial")
 GENERATORS = ("philox", "portable")
@@ -113,20 +114,30 @@ class FreezeSpec:
                     "FreezeSpec.trainable_fraction must be a number in (0, 1]; " f"received {f!r}."
                 )
 
-    @property
-    def is_empty(self) -> bool:
-        return (
-            not self.layers
-            and not self.layer_types
-            and self.all_but_last is None
-            and self.trainable_fraction is None
-        )
-
 
 FreezeLike = Union[FreezeSpec, str, Sequence[str], None]
 
 
 NO_FREEZE = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezeOptions:
+    """What a training run freezes and how its frozen values are drawn; the binaries'
+    flags of the same names."""
+
+    freeze: Optional[str] = option(
+        None,
+        "Freeze preset name, 'none', or comma-separated layer regexes (default: the "
+        "task's default preset).",
+    )
+    frozen_seed: int = option(0, "Seed of the frozen weights (any int64).")
+    frozen_generator: str = option(
+        "philox",
+        "How seeded frozen tensors are drawn: philox (TensorFlow's stateless ops) or portable "
+        "(a counter-based hash that TensorFlow Lite runs as builtins; docs/portable_generator.md).",
+        choices=GENERATORS,
+    )
 
 
 def parse_freeze(text: str, presets: Mapping[str, FreezeSpec] | None = None) -> FreezeSpec:

@@ -54,12 +54,6 @@ class PartiallyTrainableModel(tff.learning.models.VariableModel):
         rewrites it in TensorFlow Lite builtins)."""
         return self._loss
 
-    def assign_frozen_weights(self, frozen_seed) -> None:
-        """Assigns the seed's frozen values to `non_trainable_variables`."""
-        values = freezing.generate_frozen_weights(self._frozen_initializers, frozen_seed)
-        for variable, value in zip(self.non_trainable_variables, values):
-            variable.assign(value)
-
     # Delegation to TFF's Keras model wrapper.
     @property
     def trainable_variables(self):

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -39,9 +39,22 @@ from fedpt_device.client import (  # noqa: F401  (shared with the TensorFlow-fre
     fingerprint_words,
     mismatch_message,
 )
+from tff_fedpt.options import option
 
 FINGERPRINT_WORDS = 8
 _ORDER = "__order__"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedOptions:
+    """Pretrained values of a training run (every algorithm); the binaries' flag."""
+
+    pretrained_weights: Optional[str] = option(
+        None,
+        "A pretrained-weights file (scripts/pretrain.py; tff_fedpt.PretrainedWeights): every "
+        "layer it holds starts from its values; with FedPT, the frozen layers keep them and "
+        "only their fingerprint travels.",
+    )
 
 
 class FingerprintMismatchError(ValueError):

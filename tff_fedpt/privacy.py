@@ -17,14 +17,61 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+from typing import Optional
 
 import dp_accounting
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_fedpt.options import option
+
 SAMPLINGS = ("uniform", "poisson")
 ACCOUNTANTS = ("rdp", "pld")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOptions:
+    """User-level DP options of a training run (DP-FedAvg / DP-FedPT); the binaries'
+    flags of the same names."""
+
+    dp: bool = option(False, "Train with user-level DP (DP-FedAvg aggregation).")
+    noise_multiplier: Optional[float] = option(None, "DP noise multiplier (or --target_epsilon).")
+    target_epsilon: Optional[float] = option(
+        None, "Calibrate the noise multiplier to this epsilon."
+    )
+    clip: float = option(1.0, "L2 clipping norm (initial value with --adaptive_clip).")
+    adaptive_clip: bool = option(False, "Adapt the clip to --target_quantile of update norms.")
+    target_quantile: float = option(0.5, "Target quantile for --adaptive_clip.")
+    target_delta: Optional[float] = option(
+        None, "Target delta (default 1/number of training clients)."
+    )
+    accountant: str = option("rdp", "Privacy accountant.", choices=ACCOUNTANTS)
+
+    def check(self, *, sampling: str, weighted: bool, clients_per_round: int) -> None:
+        """Checks these options as flags (messages name `--option`).
+
+        Raises:
+          ValueError: naming the flag, the value received and what is valid.
+        """
+        if not self.dp:
+            if self.noise_multiplier is not None or self.target_epsilon is not None:
+                raise ValueError("--noise_multiplier / --target_epsilon need --dp.")
+            return
+        check_dp_options(
+            noise_multiplier=self.noise_multiplier,
+            target_epsilon=self.target_epsilon,
+            clip=self.clip,
+            adaptive_clip=self.adaptive_clip,
+            target_quantile=self.target_quantile,
+            target_delta=self.target_delta,
+            accountant=self.accountant,
+            sampling=sampling,
+            weighted=weighted,
+            prefix="--",
+        )
+        if self.adaptive_clip and self.noise_multiplier is not None:
+            check_adaptive_noise(self.noise_multiplier, clients_per_round, prefix="--")
 
 
 def _check_positive_float(value, name, allow_zero=False):
@@ -127,12 +174,14 @@ class _DiagnosedDPFactory(tff.aggregators.UnweightedAggregationFactory):
 
         @tff.tensorflow.computation(state_type)
         def clip_and_stddev(state):
-            query_state = state[0]  # DPAggregatorState.query_state: NormalizedQuery state
-            numerator = query_state[0]
-            sum_state = numerator[1] if adaptive else numerator
-            denominator = tf.cast(query_state[1], tf.float32)
-            clip = tf.cast(sum_state[0], tf.float32)
-            return clip, tf.cast(sum_state[1], tf.float32) / denominator
+            # TF Privacy's NormalizedQuery state over a GaussianSumQuery (fixed clip) or a
+            # QuantileAdaptiveClipSumQuery (adaptive clip, whose sum_state is Gaussian's).
+            query_state = state.query_state
+            numerator = query_state.numerator_state
+            sum_state = numerator.sum_state if adaptive else numerator
+            denominator = tf.cast(query_state.denominator, tf.float32)
+            clip = tf.cast(sum_state.l2_norm_clip, tf.float32)
+            return clip, tf.cast(sum_state.stddev, tf.float32) / denominator
 
         @tff.tensorflow.computation(value_type, tf.float32)
         def is_clipped(value, clip):
@@ -296,6 +345,25 @@ def compute_epsilon(
     acc = _accountant(accountant, setting.sampling)
     acc.compose(setting.event(rounds))
     return float(acc.get_epsilon(target_delta))
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundAccounting:
+    """The privacy metrics of a round's row: noise multiplier, epsilon spent after
+    `round_num` rounds at `target_delta`, and delta (a hook of the training loop)."""
+
+    setting: PrivacySetting
+    target_delta: float
+    accountant: str = "rdp"
+
+    def __call__(self, round_num: int) -> dict:
+        return {
+            "privacy/noise_multiplier": self.setting.noise_multiplier,
+            "privacy/epsilon": compute_epsilon(
+                self.setting, round_num, self.target_delta, self.accountant
+            ),
+            "privacy/delta": self.target_delta,
+        }
 
 
 def calibrate_noise_multiplier(

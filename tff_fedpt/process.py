@@ -9,13 +9,13 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.aggregators import factory_utils
-from tensorflow_federated.python.learning.templates import model_delta_client_work
 
+from fedpt_device.client import FINGERPRINT_SIGNATURE as FINGERPRINT
+from fedpt_device.client import SEED
 from tff_fedpt import composer, compression, freezing, keras_models, pretrained
+from tff_fedpt._tff_internals import factory_utils, model_delta_client_work
 
 ModelWeights = tff.learning.models.ModelWeights
-FINGERPRINT = "frozen_fingerprint"
 
 
 class FedPTState(NamedTuple):
@@ -83,8 +83,12 @@ def _build_client_work(
     broadcast_type,
     data_type,
     frozen_initializers,
+    expected,
 ):
     """ClientWorkProcess: rebuild frozen weights from the seed, train, send delta.
+
+    `expected`: the pretrained fingerprint the broadcast must carry (None: nothing
+    pretrained is frozen).
 
     The training step is TFF's own FedAvg client update
     (`build_model_delta_update_with_tff_optimizer`), so with nothing frozen a
@@ -108,8 +112,6 @@ def _build_client_work(
         del state
         return hparams
 
-    expected = pretrained.sources_fingerprint(frozen_initializers)
-
     @tff.tensorflow.computation(hparams_type, broadcast_type, data_type)
     def client_update_computation(hparams, broadcast, dataset):
         checks = []
@@ -125,7 +127,7 @@ def _build_client_work(
             )
         with tf.control_dependencies(checks):  # nothing trains before the check
             trainable = [tf.identity(t) for t in broadcast["trainable"]]
-        frozen = freezing.generate_frozen_weights(frozen_initializers, broadcast["frozen_seed"])
+        frozen = freezing.generate_frozen_weights(frozen_initializers, broadcast[SEED])
         initial_weights = ModelWeights(trainable=trainable, non_trainable=list(frozen))
         client_update = model_delta_client_work.build_model_delta_update_with_tff_optimizer(
             model_fn=model_fn,
@@ -156,7 +158,7 @@ def _build_client_work(
     )
 
 
-def _weight_functions(frozen_initializers):
+def _weight_functions(frozen_initializers, fingerprint):
     """(payload, to_full_weights, from_full_weights) for the composer: the broadcast is
     the trainable weights and the seed; the full weights add the seed's frozen ones."""
 
@@ -190,7 +192,7 @@ def _weight_functions(frozen_initializers):
             trainable = [tf.identity(w) for w in model_weights.trainable]
         return ModelWeights(trainable=trainable, non_trainable=[])
 
-    arity = 2 if pretrained.sources_fingerprint(frozen_initializers) is None else 3
+    arity = 2 if fingerprint is None else 3
     return tuple(_fixed_arity(f, arity) for f in (payload, to_full_weights, from_full_weights))
 
 
@@ -373,8 +375,8 @@ def build_fedpt_process(
 
     model_weights_type = initial_model_weights_fn.type_signature.result
     seed_type = tff.TensorType(np.int64)
-    broadcast_fields = [("trainable", model_weights_type.trainable), ("frozen_seed", seed_type)]
-    constants = {"frozen_seed": seed_value}
+    broadcast_fields = [("trainable", model_weights_type.trainable), (SEED, seed_type)]
+    constants = {SEED: seed_value}
     if fingerprint is not None:
         broadcast_fields.append(
             (FINGERPRINT, tff.TensorType(np.int32, [pretrained.FINGERPRINT_WORDS]))
@@ -395,6 +397,7 @@ def build_fedpt_process(
         broadcast_type,
         data_type,
         frozen_initializers,
+        fingerprint,
     )
     aggregator = model_aggregator.create(model_weights_type.trainable, tff.TensorType(np.float32))
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
@@ -414,8 +417,10 @@ def build_fedpt_process(
         ModelWeights,
     )
 
-    payload, to_full_weights, from_full_weights = _weight_functions(frozen_initializers)
-    learning_process = composer.compose_learning_process(
+    payload, to_full_weights, from_full_weights = _weight_functions(
+        frozen_initializers, fingerprint
+    )
+    return composer.compose_learning_process(
         state_class=FedPTState if fingerprint is None else PretrainedFedPTState,
         initial_model_weights=initial_model_weights_fn,
         constants=constants,
@@ -427,13 +432,9 @@ def build_fedpt_process(
         to_full_weights=to_full_weights,
         from_full_weights=from_full_weights,
         full_weights_type=full_weights_type,
+        check_next=None if fingerprint is None else _next_check(fingerprint),
+        check_set_model_weights=_set_model_weights_check(frozen_initializers),
     )
-    learning_process._set_model_weights = _CheckedSetModelWeights(
-        learning_process.set_model_weights, frozen_initializers
-    )
-    if fingerprint is not None:
-        learning_process._next_fn = _CheckedNext(learning_process.next, fingerprint)
-    return learning_process
 
 
 def state_fingerprint(state) -> str | None:
@@ -442,48 +443,36 @@ def state_fingerprint(state) -> str | None:
     return None if words is None else pretrained.fingerprint_hex(words)
 
 
-class _CheckedNext:
-    """`next` that refuses, in one Python line, a state made with other pretrained values
-    (each client checks it again in the computation)."""
+def _next_check(fingerprint):
+    """Refuses, in one Python line, a state made with other pretrained values (each
+    client checks it again in the computation)."""
 
-    def __init__(self, computation, fingerprint):
-        self._computation = computation
-        self._fingerprint = fingerprint
-
-    def __getattr__(self, name):
-        return getattr(self._computation, name)
-
-    def __call__(self, state, client_data):
+    def check(state, client_data):
+        del client_data
         held = state_fingerprint(state)
-        if held is not None and held != self._fingerprint:
+        if held is not None and held != fingerprint:
             raise pretrained.FingerprintMismatchError(
-                pretrained.mismatch_message("next", held, self._fingerprint)
+                pretrained.mismatch_message("next", held, fingerprint)
             )
-        return self._computation(state, client_data)
+
+    return check
 
 
-class _CheckedSetModelWeights:
-    """`set_model_weights` that names a frozen weight that is not the seed's, in Python,
-    before TFF runs it (whose own check would surface as a buried gRPC error)."""
+def _set_model_weights_check(records):
+    """Names a frozen weight that is not the seed's, in Python, before TFF runs
+    `set_model_weights` (whose own check would surface as a buried gRPC error)."""
 
-    def __init__(self, computation, frozen_initializers):
-        self._computation = computation
-        self._records = frozen_initializers
-
-    def __getattr__(self, name):  # type_signature, to_building_block, ...
-        return getattr(self._computation, name)
-
-    def __call__(self, state, model_weights):
+    def check(state, model_weights):
         given = list(getattr(model_weights, "non_trainable", None) or [])
-        seed = getattr(state, "frozen_seed", None)
-        if seed is not None and len(given) != len(self._records):
+        seed = getattr(state, SEED, None)
+        if seed is not None and len(given) != len(records):
             raise ValueError(
                 f"set_model_weights: {len(given)} frozen (non-trainable) weights received; "
-                f"this process has {len(self._records)} ({[r.name for r in self._records]})."
+                f"this process has {len(records)} ({[r.name for r in records]})."
             )
         if seed is not None and given:
-            expected = freezing.generate_frozen_weights(self._records, np.int64(seed))
-            for i, (value, want, record) in enumerate(zip(given, expected, self._records)):
+            expected = freezing.generate_frozen_weights(records, np.int64(seed))
+            for i, (value, want, record) in enumerate(zip(given, expected, records)):
                 value = np.asarray(value)
                 if value.shape != tuple(record.shape):
                     raise ValueError(
@@ -499,4 +488,5 @@ class _CheckedSetModelWeights:
                         f"frozen_seed={int(seed)} generates (max difference {diff:.3g}); "
                         "FedPT regenerates frozen weights from the seed and cannot take others."
                     )
-        return self._computation(state, model_weights)
+
+    return check

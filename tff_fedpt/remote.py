@@ -39,29 +39,21 @@ from typing import Optional, Union
 import grpc
 import portpicker
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.backends.native import (
-    compiler,
-    mergeable_comp_compiler,
-)
-from tensorflow_federated.python.core.environments.tensorflow_frontend import (
-    tensorflow_computation,
-)
-from tensorflow_federated.python.core.impl.execution_contexts import (
-    async_execution_context,
-    mergeable_comp_execution_context,
-)
-from tensorflow_federated.python.core.impl.executor_stacks import (
-    executor_factory,
-    python_executor_stacks,
-)
-from tensorflow_federated.python.core.impl.executors import (
-    executors_errors,
-    remote_executor,
-    remote_executor_grpc_stub,
-)
-from tensorflow_federated.python.core.impl.types import placements
 
 from tff_fedpt import runtime
+from tff_fedpt._tff_internals import (
+    async_execution_context,
+    compiler,
+    executor_factory,
+    executors_errors,
+    mergeable_comp_compiler,
+    mergeable_comp_execution_context,
+    placements,
+    python_executor_stacks,
+    remote_executor,
+    remote_executor_grpc_stub,
+    tensorflow_computation,
+)
 
 DEFAULT_TIMEOUT_S = 10.0
 LOOPBACK = "127.0.0.1"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import dataclasses
 import gc
 import os
 import signal
@@ -26,11 +27,9 @@ import types
 import weakref
 
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.context_stack import (
-    context_stack_impl,
-    runtime_error_context,
-)
-from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+
+from tff_fedpt._tff_internals import context_stack_impl, executor_factory, runtime_error_context
+from tff_fedpt.options import option
 
 _PR_SET_PDEATHSIG = 1
 _lock = threading.Lock()
@@ -154,6 +153,11 @@ def _detach(process: subprocess.Popen) -> None:
             referrer._process = None
 
 
+def worker_pids() -> list[int]:
+    """Process ids of the local TFF workers this module started that are running."""
+    return [p.pid for p in _children if p.poll() is None]
+
+
 def kill_workers() -> None:
     """SIGKILLs every local worker this module started (for an immediate exit)."""
     for process in _children:
@@ -178,3 +182,31 @@ def restart_worker() -> bool:
         return False  # a remote or user-installed context: not ours to restart
     shutdown()
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    """How the TFF runtime is kept; the binaries' flags of the same names."""
+
+    worker_restart_rounds: int = option(
+        50, "Restart the TFF worker every this many rounds (0: never).", resumable=True
+    )
+
+    def after_round(self) -> tuple:
+        """The training loop's hooks these options ask for (`WorkerRestarts`)."""
+        if self.worker_restart_rounds > 0:
+            return (WorkerRestarts(self.worker_restart_rounds),)
+        return ()
+
+
+class WorkerRestarts:
+    """Restarts the local TFF worker after every `every` rounds (a hook of the training
+    loop, run after the round is saved): bounds the worker's memory growth."""
+
+    def __init__(self, every: int):
+        if every < 1:
+            raise ValueError(f"WorkerRestarts: every must be >= 1; received {every}.")
+        self.every = every
+
+    def __call__(self, round_num: int) -> bool:
+        return round_num % self.every == 0 and restart_worker()

@@ -8,12 +8,14 @@ parts, so the task runs with no network at all.
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt import freezing
+from tff_fedpt.options import option
 from tff_fedpt.tasks import base
 
 NUM_CLASSES = 10
@@ -93,8 +95,27 @@ PRESETS = {
 CATALOG = {"cnn": base.ModelSpec(cnn, base.image_spec((8, 8, 1)), PRESETS)}
 
 
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The task's options as the binary's flags (scripts/run_digits.py)."""
+
+    num_clients: int = option(100, "Number of simulated clients.")
+    dirichlet_alpha: float = option(0.5, "Label-skew concentration (small = more skew).")
+
+    def load_kwargs(self) -> dict:
+        """The arguments of `load` these options ask for."""
+        return dict(num_clients=self.num_clients, alpha=self.dirichlet_alpha)
+
+
+_DEFAULTS = DataOptions()
+
+
 def load(
-    *, num_clients: int = 100, alpha: float = 0.5, test_fraction: float = 0.2, seed: int = 0
+    *,
+    num_clients: int = _DEFAULTS.num_clients,
+    alpha: float = _DEFAULTS.dirichlet_alpha,
+    test_fraction: float = 0.2,
+    seed: int = 0,
 ) -> base.Task:
     """The digits task.
 

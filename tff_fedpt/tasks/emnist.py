@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt import freezing
+from tff_fedpt.options import option
 from tff_fedpt.tasks import base
 
 DATABASE = "emnist_all.sqlite"
@@ -77,6 +80,18 @@ CATALOG = {
     "cnn": base.ModelSpec(lambda seed: cnn(seed, 62), base.image_spec((28, 28, 1)), PRESETS["cnn"]),
     "mlp": base.ModelSpec(lambda seed: mlp(seed, 62), base.image_spec((28, 28, 1)), PRESETS["mlp"]),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The task's options as the binary's flags (scripts/run_emnist.py)."""
+
+    only_digits: bool = option(False, "EMNIST-10 instead of EMNIST-62.")
+    cache_dir: Optional[str] = option(None, "Directory holding emnist_all.sqlite (default ~/.tff).")
+
+    def load_kwargs(self) -> dict:
+        """The arguments of `load` these options ask for."""
+        return dataclasses.asdict(self)
 
 
 def load(*, only_digits: bool = False, cache_dir: str | None = None) -> base.Task:

@@ -13,6 +13,7 @@ the 2-hidden-layer MLP.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import hashlib
 import heapq
@@ -26,6 +27,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt import freezing
+from tff_fedpt.options import option
 from tff_fedpt.tasks import base, emnist
 
 NUM_CLASSES = 10
@@ -274,14 +276,45 @@ CATALOG = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The task's options as the binary's flags (scripts/run_fashion_mnist.py)."""
+
+    data_dir: Optional[str] = option(
+        None, "Directory of the four IDX files (default: Debian's, then Keras' cache)."
+    )
+    num_clients: int = option(1000, "Number of training clients.")
+    dirichlet_alpha: float = option(0.5, "Label-skew concentration (small = more skew).")
+    iid: bool = option(False, "Deal the examples IID instead of with Dirichlet label skew.")
+    dense_units: int = option(128, "Width of the CNN's dense layer.")
+    public_fraction: float = option(
+        0.0,
+        "Fraction of the training set held out as the server's public data (scripts/pretrain.py "
+        "pretrains on it); the clients hold the rest.",
+    )
+
+    def load_kwargs(self) -> dict:
+        """The arguments of `load` these options ask for."""
+        return dict(
+            data_dir=self.data_dir,
+            num_clients=self.num_clients,
+            alpha=None if self.iid else self.dirichlet_alpha,
+            dense_units=self.dense_units,
+            public_fraction=self.public_fraction,
+        )
+
+
+_DEFAULTS = DataOptions()
+
+
 def load(
     *,
     data_dir: Optional[str] = None,
-    num_clients: int = 1000,
-    alpha: Optional[float] = 0.5,
+    num_clients: int = _DEFAULTS.num_clients,
+    alpha: Optional[float] = _DEFAULTS.dirichlet_alpha,
     seed: int = 0,
-    dense_units: int = 128,
-    public_fraction: float = 0.0,
+    dense_units: int = _DEFAULTS.dense_units,
+    public_fraction: float = _DEFAULTS.public_fraction,
 ) -> base.Task:
     """The Fashion-MNIST task.
 

@@ -8,12 +8,15 @@ end-of-sentence (and beginning-of-sentence) tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt import freezing
+from tff_fedpt.options import option
 from tff_fedpt.tasks import base
 
 DATABASE = "stackoverflow.sqlite"
@@ -217,11 +220,26 @@ CATALOG = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The task's options as the binary's flags (scripts/run_stackoverflow.py)."""
+
+    vocab_size: int = option(DEFAULT_VOCAB_SIZE, "Vocabulary size (most frequent words).")
+    max_test_examples: int = option(10000, "Test examples used for evaluation.")
+    cache_dir: Optional[str] = option(
+        None, "Directory holding stackoverflow.sqlite (default ~/.tff)."
+    )
+
+    def load_kwargs(self) -> dict:
+        """The arguments of `load` these options ask for."""
+        return dataclasses.asdict(self)
+
+
 def load(
     *,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     cache_dir: str | None = None,
-    max_test_examples: int = 10000,
+    max_test_examples: int = DataOptions.max_test_examples,
 ) -> base.Task:
     """The StackOverflow next-word prediction task.
 

@@ -6,18 +6,19 @@ weighting), its communication cost per round and the Keras model to evaluate. Th
 training loop and the binaries only ever talk to this interface.
 
 FedPT is registered here. The baselines (`fedavg`, `small_model`, `pvt`) live in the
-top-level `baselines` package, which depends on `tff_fedpt` (never the other way round)
-and registers them when imported.
+top-level `baselines` package, which depends on `tff_fedpt` (never the other way round):
+their modules are named here (`register_module`) and imported on first use.
 
 Adding an algorithm: subclass `Algorithm` in one module, overriding `build_process`
 (and whatever else differs from the defaults), and call `register(MyAlgorithm())` at
-its bottom; see README "Adding an algorithm".
+its bottom; see docs/training.md, "Adding an algorithm".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 from collections.abc import Callable
 from typing import Optional
 
@@ -85,6 +86,13 @@ class Algorithm:
 
 
 _REGISTRY: dict[str, Algorithm] = {}
+# Algorithms whose module registers them when imported, imported on first use (the
+# baselines live in the top-level `baselines` package, which depends on tff_fedpt).
+_MODULES: dict[str, str] = {
+    "fedavg": "baselines.fedavg",
+    "small_model": "baselines.small_model",
+    "pvt": "baselines.pvt",
+}
 
 
 def register(algorithm: Algorithm) -> Algorithm:
@@ -95,16 +103,21 @@ def register(algorithm: Algorithm) -> Algorithm:
     return algorithm
 
 
+def register_module(name: str, module: str) -> None:
+    """Declares that importing `module` (dotted path) registers the algorithm `name`;
+    the module is imported the first time `get(name)` asks for it."""
+    _MODULES[name] = module
+
+
 def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return tuple(dict.fromkeys([*_REGISTRY, *_MODULES]))
 
 
 def get(name: str) -> Algorithm:
+    if name not in _REGISTRY and name in _MODULES:
+        importlib.import_module(_MODULES[name])
     if name not in _REGISTRY:
-        hint = "" if "fedavg" in _REGISTRY else " (import baselines to register the baselines)"
-        raise ConfigError(
-            f"--algorithm: unknown algorithm {name!r}; valid: {list(_REGISTRY)}{hint}."
-        )
+        raise ConfigError(f"--algorithm: unknown algorithm {name!r}; valid: {list(names())}.")
     return _REGISTRY[name]
 
 

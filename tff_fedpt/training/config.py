@@ -1,10 +1,15 @@
-"""The experiment configuration: every option defined once (default, help, allowed values).
+"""The experiment configuration: the union of the option groups, each owned by its user.
 
-`ExperimentConfig` is the single definition of the training options. The absl flags of
-the binaries are generated from its fields (`scripts/training_flags.py`), so a default,
-a help text or a list of allowed values is written here and nowhere else. Rules that
-belong to a library module (DP, compression, an algorithm's own options) are checked by
-that module; `validate` checks the rest and gathers their messages as `ConfigError`.
+A group is a frozen dataclass of `option(...)` fields (default, help, allowed values),
+declared in the module that uses it: `privacy.DPOptions`, `compression.CompressionOptions`,
+`runtime.RuntimeOptions`, `freezing.FreezeOptions`, `pretrained.PretrainedOptions`,
+`adapters.AdapterOptions`, and here the task, loop and optimizer options.
+`ExperimentConfig` is composed from `GROUPS` (one flat field per option, the binaries'
+flag names); `config.group(privacy.DPOptions)` hands a module its own options back. The
+absl flags of the binaries are generated from the fields (`scripts/training_flags.py`),
+so a new option is one field in its owner's group. Rules that belong to a library module
+(DP, compression, an algorithm's own options) are checked by that module; `validate`
+checks the rest and gathers their messages as `ConfigError`.
 """
 
 from __future__ import annotations
@@ -15,30 +20,22 @@ import typing
 from collections.abc import Sequence
 from typing import Optional
 
-from tff_fedpt import freezing, privacy
+from tff_fedpt import adapters, compression, freezing, pretrained, privacy, runtime
+from tff_fedpt.options import group_of, option
 
 OPTIMIZERS = ("sgd", "sgdm", "adam")
 CLIENT_WEIGHTINGS = ("num_examples", "uniform")
+
+__all__ = ["ConfigError", "ExperimentConfig", "GROUPS", "option"]
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field (flag)."""
 
 
-def option(default, help: str, *, choices: Optional[Sequence] = None, resumable: bool = False):
-    """A config field with its flag help text and allowed values.
-
-    `resumable` fields may change between a run and its resumption (they do not change
-    what the run computes, only how long it runs or where it writes).
-    """
-    metadata = {"help": help, "choices": tuple(choices) if choices else None}
-    metadata["resumable"] = resumable
-    return dataclasses.field(default=default, metadata=metadata)
-
-
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    """Everything that defines a training run. Field names are the binaries' flag names."""
+class TaskOptions:
+    """Which task, algorithm and model."""
 
     task: str = option("digits", "Task name (set by the binary).")
     algorithm: str = option(
@@ -47,32 +44,17 @@ class ExperimentConfig:
         "fedavg, small_model and pvt).",
     )
     model: Optional[str] = option(None, "Model name (default: the task's default model).")
-    freeze: Optional[str] = option(
-        None,
-        "Freeze preset name, 'none', or comma-separated layer regexes (default: the "
-        "task's default preset).",
-    )
-    frozen_seed: int = option(0, "Seed of the frozen weights (any int64).")
-    frozen_generator: str = option(
-        "philox",
-        "How seeded frozen tensors are drawn: philox (TensorFlow's stateless ops) or portable "
-        "(a counter-based hash that TensorFlow Lite runs as builtins; docs/portable_generator.md).",
-        choices=freezing.GENERATORS,
-    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """The training loop: rounds, client sampling and data per round, outputs."""
+
     total_rounds: int = option(50, "Number of training rounds.", resumable=True)
     clients_per_round: int = option(10, "Clients per round (expected number with poisson).")
     client_epochs_per_round: int = option(1, "Local epochs per round.")
     client_batch_size: int = option(20, "Client batch size.")
     max_elements_per_client: Optional[int] = option(None, "Keep at most this many examples.")
-    client_optimizer: str = option("sgd", "Client optimizer.", choices=OPTIMIZERS)
-    client_learning_rate: float = option(0.1, "Client learning rate.")
-    client_momentum: float = option(0.9, "Client momentum (sgdm).")
-    server_optimizer: str = option("sgd", "Server optimizer.", choices=OPTIMIZERS)
-    server_learning_rate: float = option(1.0, "Server learning rate.")
-    server_momentum: float = option(0.9, "Server momentum (sgdm).")
-    server_adam_beta1: float = option(0.9, "Server Adam beta1.")
-    server_adam_beta2: float = option(0.999, "Server Adam beta2.")
-    server_adam_epsilon: float = option(1e-7, "Server Adam epsilon.")
     rounds_per_eval: int = option(10, "Evaluate every this many rounds.", resumable=True)
     rounds_per_checkpoint: int = option(10, "Checkpoint every this many rounds.", resumable=True)
     root_output_dir: str = option(
@@ -82,61 +64,96 @@ class ExperimentConfig:
         None, "Experiment name (default: <task>_<algorithm>_<freeze>)."
     )
     seed: int = option(0, "Seed of client sampling, shuffling and model init.")
+    sampling: str = option("uniform", "Client sampling per round.", choices=privacy.SAMPLINGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerOptions:
+    """Client and server optimizers, and how client updates are weighted."""
+
+    client_optimizer: str = option("sgd", "Client optimizer.", choices=OPTIMIZERS)
+    client_learning_rate: float = option(0.1, "Client learning rate.")
+    client_momentum: float = option(0.9, "Client momentum (sgdm).")
+    server_optimizer: str = option("sgd", "Server optimizer.", choices=OPTIMIZERS)
+    server_learning_rate: float = option(1.0, "Server learning rate.")
+    server_momentum: float = option(0.9, "Server momentum (sgdm).")
+    server_adam_beta1: float = option(0.9, "Server Adam beta1.")
+    server_adam_beta2: float = option(0.999, "Server Adam beta2.")
+    server_adam_epsilon: float = option(1e-7, "Server Adam epsilon.")
     client_weighting: Optional[str] = option(
         None, "Default: num_examples (uniform with --dp).", choices=CLIENT_WEIGHTINGS
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineOptions:
+    """Options of the baselines. Declared here, not in `baselines/`: that package is
+    imported on first use of a baseline, after the configuration (and the binaries'
+    flags) are built."""
+
     pvt_trainable_fraction: float = option(
         0.5, "--algorithm=pvt: fraction of variables trained per round."
     )
-    worker_restart_rounds: int = option(
-        50, "Restart the TFF worker every this many rounds (0: never).", resumable=True
-    )
-    sampling: str = option("uniform", "Client sampling per round.", choices=privacy.SAMPLINGS)
-    # Differential privacy (DP-FedAvg / DP-FedPT).
-    dp: bool = option(False, "Train with user-level DP (DP-FedAvg aggregation).")
-    noise_multiplier: Optional[float] = option(None, "DP noise multiplier (or --target_epsilon).")
-    target_epsilon: Optional[float] = option(
-        None, "Calibrate the noise multiplier to this epsilon."
-    )
-    clip: float = option(1.0, "L2 clipping norm (initial value with --adaptive_clip).")
-    adaptive_clip: bool = option(False, "Adapt the clip to --target_quantile of update norms.")
-    target_quantile: float = option(0.5, "Target quantile for --adaptive_clip.")
-    target_delta: Optional[float] = option(
-        None, "Target delta (default 1/number of training clients)."
-    )
-    accountant: str = option("rdp", "Privacy accountant.", choices=privacy.ACCOUNTANTS)
-    # Compression of the trainable part (FedPT only).
-    upload_bits: Optional[int] = option(
-        None, "FedPT: quantize client uploads to this many bits (1..16)."
-    )
-    broadcast_bits: Optional[int] = option(
-        None, "FedPT: broadcast the trainable weights in 8 or 16 bits."
-    )
 
-    # Pretrained frozen parts and adapters (every algorithm).
-    pretrained_weights: Optional[str] = option(
-        None,
-        "A pretrained-weights file (scripts/pretrain.py; tff_fedpt.PretrainedWeights): every "
-        "layer it holds starts from its values; with FedPT, the frozen layers keep them and "
-        "only their fingerprint travels.",
-    )
-    adapter_layers: Optional[str] = option(
-        None,
-        "Comma-separated layer names/regexes given low-rank adapters (Dense, Conv2D, Embedding).",
-    )
-    adapter_rank: int = option(4, "Rank r of the adapters.")
-    adapter_alpha: Optional[float] = option(None, "Adapter scale numerator alpha (default: rank).")
-    adapter_mode: str = option(
-        "lora",
-        "lora: A and B trained; ffa: A frozen and regenerated from the seed, only B trained.",
-        choices=("lora", "ffa"),
-    )
+
+GROUPS: tuple[type, ...] = (
+    TaskOptions,
+    freezing.FreezeOptions,
+    LoopOptions,
+    OptimizerOptions,
+    BaselineOptions,
+    runtime.RuntimeOptions,
+    privacy.DPOptions,
+    compression.CompressionOptions,
+    pretrained.PretrainedOptions,
+    adapters.AdapterOptions,
+)
+
+
+def _compose(groups: Sequence[type]) -> type:
+    owners: dict[str, type] = {}
+    specs = []
+    for group in groups:
+        hints = typing.get_type_hints(group)
+        for f in dataclasses.fields(group):
+            if f.name in owners:
+                raise TypeError(
+                    f"option {f.name!r} is declared by {owners[f.name].__qualname__} and "
+                    f"{group.__qualname__}; an option has one owner."
+                )
+            owners[f.name] = group
+            metadata = {**f.metadata, "group": group}
+            specs.append(
+                (f.name, hints[f.name], dataclasses.field(default=f.default, metadata=metadata))
+            )
 
     def hparams(self) -> dict[str, str]:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
 
-    def replace(self, **changes) -> ExperimentConfig:
+    def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def group(self, group_class):
+        """This configuration's options of `group_class` (one of `GROUPS`)."""
+        if group_class not in groups:
+            raise TypeError(f"{group_class!r} is not an options group of ExperimentConfig.")
+        return group_of(self, group_class)
+
+    cls = dataclasses.make_dataclass(
+        "ExperimentConfig",
+        specs,
+        frozen=True,
+        namespace={"hparams": hparams, "replace": replace, "group": group},
+    )
+    cls.__module__ = __name__  # for pickling and reprs (make_dataclass's `module=`: 3.12)
+    cls.__doc__ = (
+        "Everything that defines a training run: the fields of every group in `GROUPS`, "
+        "named as the binaries' flags."
+    )
+    return cls
+
+
+ExperimentConfig = _compose(GROUPS)
 
 
 def fields() -> tuple[dataclasses.Field, ...]:
@@ -145,7 +162,7 @@ def fields() -> tuple[dataclasses.Field, ...]:
 
 def field_type(field: dataclasses.Field) -> type:
     """The field's value type (bool, int, float or str), Optional stripped."""
-    hint = typing.get_type_hints(ExperimentConfig)[field.name]
+    hint = field.type  # a type, not a string: the groups' hints are resolved by _compose
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
 

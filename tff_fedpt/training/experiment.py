@@ -15,10 +15,10 @@ from typing import Any, Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication, compression, freezing, privacy
+from tff_fedpt import communication, compression, freezing, privacy, runtime
 from tff_fedpt import pretrained as pretrained_lib
 from tff_fedpt.tasks import Task
-from tff_fedpt.training import algorithms
+from tff_fedpt.training import algorithms, outputs
 from tff_fedpt.training.config import (
     ConfigError,
     ExperimentConfig,
@@ -44,6 +44,11 @@ class Experiment:
       freeze_report: Trainable / frozen counts per layer (FedPT), else None.
       privacy: The DP mechanism of one round (None without DP).
       target_delta: Delta at which epsilon is reported.
+      pretrained: The pretrained values the run starts from (None: none).
+      row_annotations: Functions round_num -> dict of extra metrics for the round's row
+        (with DP: `privacy.RoundAccounting`, the epsilon spent so far).
+      after_round: Functions of round_num run after the round is saved (with
+        --worker_restart_rounds: `runtime.WorkerRestarts`).
     """
 
     config: ExperimentConfig
@@ -58,6 +63,17 @@ class Experiment:
     privacy: Optional[privacy.PrivacySetting]
     target_delta: float
     pretrained: Optional[pretrained_lib.PretrainedWeights] = None
+    row_annotations: tuple[Callable[[int], dict], ...] = ()
+    after_round: tuple[Callable[[int], Any], ...] = ()
+
+    def run_record(self) -> dict:
+        """The settings recorded with the checkpoints, which a resume must match."""
+        return outputs.run_record(
+            self.config,
+            self.task,
+            self.privacy and self.privacy.noise_multiplier,
+            pretrained_fingerprint=self.pretrained and self.pretrained.fingerprint(),
+        )
 
     @property
     def population(self) -> int:
@@ -110,40 +126,14 @@ def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
     algorithm.check(config, task)
     _check_pretrained_and_adapters(config, task, algorithm)
     try:
-        if config.upload_bits is not None or config.broadcast_bits is not None:
-            if not algorithm.compressible:
-                raise ConfigError(
-                    "--upload_bits / --broadcast_bits compress FedPT's trainable part and "
-                    f"need --algorithm=fedpt; received --algorithm={config.algorithm}."
-                )
-            if config.upload_bits is not None:
-                compression.check_upload_bits(config.upload_bits, "--upload_bits")
-            if config.broadcast_bits is not None:
-                compression.check_broadcast_bits(config.broadcast_bits, "--broadcast_bits")
-        if config.dp:
-            compression.check_dp_compatible(
-                upload_bits=config.upload_bits,
-                broadcast_bits=config.broadcast_bits,
-                name="--upload_bits",
-            )
-            privacy.check_dp_options(
-                noise_multiplier=config.noise_multiplier,
-                target_epsilon=config.target_epsilon,
-                clip=config.clip,
-                adaptive_clip=config.adaptive_clip,
-                target_quantile=config.target_quantile,
-                target_delta=config.target_delta,
-                accountant=config.accountant,
-                sampling=config.sampling,
-                weighted=config.client_weighting == "num_examples",
-                prefix="--",
-            )
-            if config.adaptive_clip and config.noise_multiplier is not None:
-                privacy.check_adaptive_noise(
-                    config.noise_multiplier, config.clients_per_round, prefix="--"
-                )
-        elif config.noise_multiplier is not None or config.target_epsilon is not None:
-            raise ConfigError("--noise_multiplier / --target_epsilon need --dp.")
+        config.group(compression.CompressionOptions).check(
+            algorithm=config.algorithm, compressible=algorithm.compressible, dp=config.dp
+        )
+        config.group(privacy.DPOptions).check(
+            sampling=config.sampling,
+            weighted=config.client_weighting == "num_examples",
+            clients_per_round=config.clients_per_round,
+        )
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
@@ -288,4 +278,8 @@ def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=N
         privacy=setting,
         target_delta=delta,
         pretrained=algorithms.pretrained_weights(config),
+        row_annotations=(
+            () if setting is None else (privacy.RoundAccounting(setting, delta, config.accountant),)
+        ),
+        after_round=config.group(runtime.RuntimeOptions).after_round(),
     )

@@ -2,7 +2,9 @@
 
 `run(experiment)` resumes from the newest intact checkpoint of the experiment (checked
 against the settings recorded with the checkpoints), cuts metrics.csv back to it, and
-trains the remaining rounds. Nothing here prints: progress goes to the callbacks.
+trains the remaining rounds. Nothing here prints: progress goes to the callbacks. The
+loop knows nothing of DP or TFF workers: the experiment hands it hooks (its
+`row_annotations`, e.g. privacy accounting, and `after_round`, e.g. worker restarts).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication, freezing, privacy, runtime
+from tff_fedpt import communication, freezing
 from tff_fedpt.training import outputs
 from tff_fedpt.training.checkpoints import CheckpointStore, Skipped
 from tff_fedpt.training.config import ConfigError
@@ -130,13 +132,7 @@ def run(
         versions = store.versions()
         outputs.check_and_write_record(
             dirs["checkpoints"],
-            outputs.run_record(
-                config,
-                task,
-                experiment.privacy and experiment.privacy.noise_multiplier,
-                pretrained_fingerprint=experiment.pretrained
-                and experiment.pretrained.fingerprint(),
-            ),
+            experiment.run_record(),
             bool(versions),
         )
         if versions and max(versions) > config.total_rounds:
@@ -192,9 +188,8 @@ def run(
                         saved = round_num
                     if on_round_end is not None:
                         on_round_end(round_num, row)
-                    restart = config.worker_restart_rounds
-                    if restart > 0 and round_num % restart == 0:
-                        runtime.restart_worker()  # bounds the TFF worker's memory growth
+                    for hook in experiment.after_round:
+                        hook(round_num)
                     if should_stop is not None and should_stop() and done < config.total_rounds:
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -241,10 +236,6 @@ def _round(experiment: Experiment, state, round_num, client_ids, datasets, rows)
     row = outputs.round_row(
         round_num, metrics, experiment.cost, rows[-1] if rows else None, seconds, len(ids)
     )
-    if experiment.privacy is not None:
-        row["privacy/noise_multiplier"] = experiment.privacy.noise_multiplier
-        row["privacy/epsilon"] = privacy.compute_epsilon(
-            experiment.privacy, round_num, experiment.target_delta, config.accountant
-        )
-        row["privacy/delta"] = experiment.target_delta
+    for annotate in experiment.row_annotations:
+        row.update(annotate(round_num))
     return state, row

@@ -18,11 +18,13 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
 
+from tff_fedpt import communication
 from tff_fedpt.training.config import RESUMABLE_FIELDS, ConfigError, ExperimentConfig
 
 RECORD = "experiment.json"
@@ -36,6 +38,46 @@ def output_dirs(config: ExperimentConfig) -> dict[str, str]:
         name: os.path.join(config.root_output_dir, name, config.experiment_name)
         for name in ("checkpoints", "results", "logdir")
     }
+
+
+def fork_run(root_output_dir: str, source: str, name: str) -> bool:
+    """Copies the run `source` (checkpoints, results, summaries) under the experiment name
+    `name`, once, so that `name` continues it for more rounds (`--total_rounds`) on the
+    very same trajectory while `source` stays as it was.
+
+    The copy's record (the settings a resume must match) names `name`; everything else
+    in it is the source's. The checkpoints are staged and renamed into place, so a copy
+    exists whole or not at all.
+
+    Returns:
+      Whether a copy was made (False: `name` already exists and is left alone).
+
+    Raises:
+      ConfigError: when `source` has no checkpoints, or no record.
+    """
+    dirs = {k: os.path.join(root_output_dir, k) for k in ("checkpoints", "results", "logdir")}
+    source_checkpoints = os.path.join(dirs["checkpoints"], source)
+    destination = os.path.join(dirs["checkpoints"], name)
+    if os.path.exists(destination):
+        return False
+    if not os.path.exists(os.path.join(source_checkpoints, RECORD)):
+        raise ConfigError(f"fork_run: {source_checkpoints} holds no run to continue (no {RECORD}).")
+    for kind in ("results", "logdir"):
+        src = os.path.join(dirs[kind], source)
+        if os.path.exists(src):
+            shutil.rmtree(os.path.join(dirs[kind], name), ignore_errors=True)
+            shutil.copytree(src, os.path.join(dirs[kind], name))
+    staging = destination + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source_checkpoints, staging)
+    record_path = os.path.join(staging, RECORD)
+    with open(record_path) as f:
+        record = json.load(f)
+    record["--experiment_name"] = name
+    with open(record_path, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+    os.rename(staging, destination)
+    return True
 
 
 def os_error_reason(error: OSError, exists: str = "a parent is a regular file") -> str:
@@ -292,7 +334,7 @@ def round_row(
 
     Communication comes from the process's own `communication` metrics where it has
     them (FedPT, PVT), else from `cost` per client (TFF's FedAvg), accumulated on the
-    previous row.
+    previous row by the same `communication.account_round` the processes run.
     """
     row: dict[str, Any] = {"round": round_num}
     for key, value in flatten_metrics(metrics).items():
@@ -301,22 +343,19 @@ def round_row(
         elif not key.startswith("communication/"):
             row[key] = value
     comm = metrics.get("communication") if isinstance(metrics, Mapping) else None
-    if comm:
-        row["clients"] = int(comm["clients"])
-        row.update({k: int(comm[k]) for k in _COMMUNICATION})
-    else:
-        before_down = int(previous_row.get("cumulative_broadcast_bytes", 0)) if previous_row else 0
-        before_up = int(previous_row.get("cumulative_upload_bytes", 0)) if previous_row else 0
-        down, up = cost.broadcast_bytes_per_client, cost.upload_bytes_per_client
-        row.update(
-            clients=clients,
-            broadcast_bytes_per_client=down,
-            upload_bytes_per_client=up,
-            round_broadcast_bytes=clients * down,
-            round_upload_bytes=clients * up,
-            cumulative_broadcast_bytes=before_down + clients * down,
-            cumulative_upload_bytes=before_up + clients * up,
+    if not comm:
+        previous = previous_row or {}
+        _, comm = communication.account_round(
+            {
+                "broadcast_bytes": np.int64(previous.get("cumulative_broadcast_bytes", 0)),
+                "upload_bytes": np.int64(previous.get("cumulative_upload_bytes", 0)),
+            },
+            np.int64(clients),
+            cost.broadcast_bytes_per_client,
+            cost.upload_bytes_per_client,
         )
+    row["clients"] = int(comm["clients"])
+    row.update({k: int(comm[k]) for k in _COMMUNICATION})
     row["cumulative_megabytes"] = (
         row["cumulative_broadcast_bytes"] + row["cumulative_upload_bytes"]
     ) / 1e6

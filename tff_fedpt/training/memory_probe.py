@@ -1,0 +1,71 @@
+"""The benchmark's memory probe: trains one algorithm in a process of its own and
+records the resident memory (Python plus its TFF worker) after every round.
+
+    python -m tff_fedpt.training.memory_probe ALGORITHM ROUNDS OUT_DIR TASK TASK_KWARGS_JSON
+
+writes `OUT_DIR/<ALGORITHM>_rss.json` ({round: KiB}). `scripts/benchmark.py` runs it
+and samples the peak from outside; a process of its own keeps one measurement from
+holding memory another one made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from tff_fedpt import runtime, training  # noqa: E402
+from tff_fedpt.tasks import load_task  # noqa: E402
+
+
+def rss_kib(pids) -> int:
+    """Summed VmRSS (KiB) of `pids` (a process that ended is skipped)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        except (FileNotFoundError, StopIteration):
+            pass
+    return total
+
+
+def probe(algorithm: str, rounds: int, out: str, task_name: str, task_kwargs: dict) -> dict:
+    """Trains `rounds` rounds; returns and writes {round: RSS KiB after it}."""
+    samples = {}
+
+    def on_round_end(round_num, row):
+        del row
+        samples[round_num] = rss_kib([os.getpid(), *runtime.worker_pids()])
+
+    config = training.ExperimentConfig(
+        algorithm=algorithm,
+        freeze="dense" if algorithm == "fedpt" else "none",
+        total_rounds=rounds,
+        clients_per_round=10,
+        client_epochs_per_round=1,
+        client_batch_size=20,
+        rounds_per_eval=rounds,
+        rounds_per_checkpoint=rounds,
+        root_output_dir=out,
+        experiment_name=algorithm,
+    )
+    training.run_experiment(config, load_task(task_name, **task_kwargs), on_round_end=on_round_end)
+    with open(os.path.join(out, algorithm + "_rss.json"), "w") as f:
+        json.dump(samples, f)
+    return samples
+
+
+def main(argv) -> None:
+    algorithm, rounds, out, task_name, task_kwargs = argv
+    runtime.use_local_runtime()
+    try:
+        probe(algorithm, int(rounds), out, task_name, json.loads(task_kwargs))
+    finally:
+        runtime.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
