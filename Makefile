@@ -44,11 +44,12 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 # Two pytest workers (pytest-xdist): most of a test's time is single-threaded Python
-# (TFF tracing, process start-up), so two share two cores well. TEST_WORKERS=0: serial.
+# (TFF tracing, process start-up), so two share two cores well; worksteal keeps both
+# busy to the end (a few tests take minutes). TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 
 test: setup lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal tests
 
 demo: setup
 	$(BIN)/python scripts/demo.py

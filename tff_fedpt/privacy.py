@@ -412,7 +412,19 @@ def calibrate_noise_multiplier(
                 "choose a smaller target_epsilon."
             ) from None
 
-    z_rdp = calibrate("rdp", dp_accounting.LowerEndpointAndGuess(1e-3, 1.0))
+    lowest = 1e-3  # the least noise searched
+    floor = compute_epsilon(
+        PrivacySetting(lowest, clients_per_round, population, sampling), rounds, target_delta
+    )
+    if floor <= target_epsilon:  # reached with less noise than searched: say so now
+        raise ValueError(
+            f"target_epsilon={target_epsilon:g} cannot be calibrated for {rounds} rounds "
+            f"of {clients_per_round} of {population} clients ({sampling} sampling, delta "
+            f"{target_delta:g}): even noise multiplier {lowest:g} spends only epsilon "
+            f"{floor:.4g}. A target this large needs almost no noise: pass "
+            "noise_multiplier directly (0 disables noise), or choose a smaller target_epsilon."
+        )
+    z_rdp = calibrate("rdp", dp_accounting.LowerEndpointAndGuess(lowest, 1.0))
     if accountant == "rdp":
         return z_rdp
     # PLD is tighter than RDP (its noise is at most z_rdp) but very costly at tiny

@@ -110,7 +110,9 @@ def register_module(name: str, module: str) -> None:
 
 
 def names() -> tuple[str, ...]:
-    return tuple(dict.fromkeys([*_REGISTRY, *_MODULES]))
+    """Every algorithm: those registered directly (FedPT, then in registration order),
+    then those declared by module, in declaration order, whether imported yet or not."""
+    return tuple(dict.fromkeys([*(n for n in _REGISTRY if n not in _MODULES), *_MODULES]))
 
 
 def get(name: str) -> Algorithm:
