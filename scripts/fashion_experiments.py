@@ -141,7 +141,7 @@ def _rates(algorithm):
 
 
 def _final(name):
-    rows = outputs.read_csv(os.path.join(FLAGS.output_dir, "results", name, "metrics.csv"))
+    rows = outputs.run_metrics(FLAGS.output_dir, name)
     evals = [r for r in rows if r.get("eval/accuracy", "") != ""]
     return float(evals[-1]["eval/accuracy"]) if evals else None
 
@@ -287,36 +287,37 @@ def section_b():
 
 
 def _long_sources():
-    """[(label, source run name, task kwargs)]: the runs the long section continues."""
+    """[(label, source run name, task kwargs, seed or None)]: the runs the long section
+    continues (the seed where the source is one of several seeds)."""
     sources = []
     for algorithm, freeze, label in (("fedavg", "none", "FedAvg"), ("fedpt", "dense", "FedPT")):
         lr = _best_lr(algorithm, freeze)
         for seed in FLAGS.seeds:
             name = f"a_{algorithm}_{freeze}_{_lr_name(lr)}_s{seed}"
-            sources.append((f"{label} dense-128, lr {lr:g}", name, {}))
+            sources.append((f"{label} dense-128, lr {lr:g}", name, {}, seed))
     if FLAGS.widths:
         width = max(map(int, FLAGS.widths))
         name = f"b_fedpt_dense{width}_{_lr_name(_best_width_lr(width))}"
         sources.append(
-            (f"FedPT dense-{width}, lr {_best_width_lr(width):g}", name, {"dense_units": width})
+            (
+                f"FedPT dense-{width}, lr {_best_width_lr(width):g}",
+                name,
+                {"dense_units": width},
+                None,
+            )
         )
     return sources
 
 
 def section_long():
-    for _, source, task_kwargs in _long_sources():
+    for _, source, task_kwargs, _ in _long_sources():
         if len(_rows(source)) < FLAGS.rounds:
             print(f"  {source}: not finished; run its section first", flush=True)
             continue
         task = _task(num_clients=FLAGS.num_clients, alpha=FLAGS.dirichlet_alpha, **task_kwargs)
         name = f"l_{source}"
         outputs.fork_run(FLAGS.output_dir, source, name)
-        hparams = {
-            r["name"]: r["value"]
-            for r in outputs.read_csv(
-                os.path.join(FLAGS.output_dir, "results", source, "hparams.csv")
-            )
-        }
+        hparams = outputs.run_hparams(FLAGS.output_dir, source)
         config = _config(
             name,
             total_rounds=FLAGS.long_rounds,
@@ -434,12 +435,11 @@ def _best_clip(algorithm):
 
 
 def _hparam(name, key):
-    path = os.path.join(FLAGS.output_dir, "results", name, "hparams.csv")
-    return {r["name"]: r["value"] for r in outputs.read_csv(path)}.get(key, "")
+    return outputs.run_hparams(FLAGS.output_dir, name).get(key, "")
 
 
 def _rows(name):
-    return outputs.read_csv(os.path.join(FLAGS.output_dir, "results", name, "metrics.csv"))
+    return outputs.run_metrics(FLAGS.output_dir, name)
 
 
 def _curve(rows, x_key):
@@ -725,7 +725,7 @@ def report():
         lines.append("\n## c. DP at a realistic population\n")
         lines.append(reporting.table(c))
     long_rows, curves, groups = [], [], {}
-    for label, source, _ in _long_sources():
+    for label, source, _, seed in _long_sources():
         rows = _rows(f"l_{source}")
         evals = {int(r["round"]): float(r["eval/accuracy"]) for r in rows if r["eval/accuracy"]}
         if not evals:
@@ -734,7 +734,7 @@ def report():
         marks = sorted({100, 200, FLAGS.long_rounds, last})
         long_rows.append(
             {
-                "run": f"{label} (seed {source[-1]})" if source[-3:-1] == "_s" else label,
+                "run": label if seed is None else f"{label} (seed {seed})",
                 "rounds": last,
                 **{f"acc @{r}": f"{_smoothed(evals, r):.4f}" for r in marks if r in evals},
                 "gain over the last 100 rounds": (

@@ -300,7 +300,7 @@ def section_dp_long():
 
 
 def _rows(name):
-    return outputs.read_csv(os.path.join(FLAGS.output_dir, "results", name, "metrics.csv"))
+    return outputs.run_metrics(FLAGS.output_dir, name)
 
 
 def _final(rows):

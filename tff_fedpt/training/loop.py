@@ -148,11 +148,11 @@ def run(
                 f"checkpoint of round {s.version} cannot be loaded ({s.reason}); moved to "
                 f"{s.moved_to}; resuming from round {version}"
             )
-        metrics_path = os.path.join(dirs["results"], "metrics.csv")
+        metrics_path = os.path.join(dirs["results"], outputs.METRICS)
         rows = outputs.metrics_rows_up_to(metrics_path, version)
         outputs.write_csv_atomic(metrics_path, rows)
         outputs.write_csv_atomic(
-            os.path.join(dirs["results"], "hparams.csv"),
+            os.path.join(dirs["results"], outputs.HPARAMS),
             [{"name": k, "value": v} for k, v in config.hparams().items()],
         )
         evaluator = Evaluator(

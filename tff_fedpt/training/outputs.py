@@ -40,6 +40,21 @@ def output_dirs(config: ExperimentConfig) -> dict[str, str]:
     }
 
 
+METRICS = "metrics.csv"
+HPARAMS = "hparams.csv"
+
+
+def run_metrics(root_output_dir: str, name: str) -> list[dict[str, str]]:
+    """The metrics.csv rows of the run `name` under `root_output_dir` (as strings)."""
+    return read_csv(os.path.join(root_output_dir, "results", name, METRICS))
+
+
+def run_hparams(root_output_dir: str, name: str) -> dict[str, str]:
+    """The settings of the run `name` (its hparams.csv: flag name -> value, as strings)."""
+    rows = read_csv(os.path.join(root_output_dir, "results", name, HPARAMS))
+    return {r["name"]: r["value"] for r in rows}
+
+
 def fork_run(root_output_dir: str, source: str, name: str) -> bool:
     """Copies the run `source` (checkpoints, results, summaries) under the experiment name
     `name`, once, so that `name` continues it for more rounds (`--total_rounds`) on the
