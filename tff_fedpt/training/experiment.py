@@ -26,6 +26,7 @@ from tff_fedpt.training.config import (
     check_positive,
     resolve,
 )
+from tff_fedpt.training.evaluation import Evaluator
 
 
 @dataclasses.dataclass
@@ -65,6 +66,13 @@ class Experiment:
     pretrained: Optional[pretrained_lib.PretrainedWeights] = None
     row_annotations: tuple[Callable[[int], dict], ...] = ()
     after_round: tuple[Callable[[int], Any], ...] = ()
+
+    def evaluator(self) -> Evaluator:
+        """Test-set evaluation of the process's model weights (the loop calls it with
+        `get_model_weights(state)` every --rounds_per_eval rounds)."""
+        return Evaluator(
+            self.algorithm.eval_keras_model(self.model_fn, self.keras_model_fn), self.task
+        )
 
     def run_record(self) -> dict:
         """The settings recorded with the checkpoints, which a resume must match."""

@@ -23,7 +23,6 @@ from tff_fedpt import communication, freezing
 from tff_fedpt.training import outputs
 from tff_fedpt.training.checkpoints import CheckpointStore, Skipped
 from tff_fedpt.training.config import ConfigError
-from tff_fedpt.training.evaluation import Evaluator
 from tff_fedpt.training.experiment import Experiment
 from tff_fedpt.training.sampling import ClientDatasets, sample_clients
 
@@ -155,10 +154,7 @@ def run(
             os.path.join(dirs["results"], outputs.HPARAMS),
             [{"name": k, "value": v} for k, v in config.hparams().items()],
         )
-        evaluator = Evaluator(
-            experiment.algorithm.eval_keras_model(experiment.model_fn, experiment.keras_model_fn),
-            task,
-        )
+        evaluator = experiment.evaluator()
         client_ids = list(task.train_data.client_ids)
         datasets = ClientDatasets(task, config)
         if on_start is not None:
