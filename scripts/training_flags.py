@@ -1,8 +1,8 @@
 """Flags and the thin main shared by the training binaries (run_*.py).
 
 Every training flag is generated from `tff_fedpt.training.ExperimentConfig` (its
-default, help text and allowed values); the binary-only flags (progress, workers)
-are defined here.
+default, help text and allowed values), and every task flag from the task module's
+`DataOptions`; the binary-only flags (progress, workers) are defined here.
 """
 
 from __future__ import annotations
