@@ -28,6 +28,7 @@ from absl import flags
 import tff_fedpt
 from tff_fedpt import freezing, remote, reporting, runtime
 from tff_fedpt.tasks import catalog, emnist, fashion_mnist, load_task
+from tff_fedpt.training import memory_probe
 
 SECTIONS = (
     "communication",
@@ -259,14 +260,7 @@ def _peak_memory(algorithm, rounds, out, task="digits", task_kwargs=None):
     )
     peak = 0
     while proc.poll() is None:
-        total = 0
-        for pid in [proc.pid, *_child_pids(proc.pid)]:
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-            except (FileNotFoundError, StopIteration):
-                pass
-        peak = max(peak, total)
+        peak = max(peak, memory_probe.rss_kib([proc.pid, *_child_pids(proc.pid)]))
         time.sleep(0.05)
     if proc.returncode != 0:
         raise RuntimeError(f"memory run {algorithm} x {rounds} failed ({proc.returncode})")

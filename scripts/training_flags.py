@@ -17,6 +17,7 @@ import typing
 from absl import flags
 
 from tff_fedpt import remote, runtime, training
+from tff_fedpt.options import value_type
 from tff_fedpt.tasks import load_task, task_module
 from tff_fedpt.training import algorithms, config
 
@@ -51,9 +52,7 @@ def define_task_flags(task_name: str) -> type:
     options = task_module(task_name).DataOptions
     hints = typing.get_type_hints(options)
     for field in dataclasses.fields(options):
-        hint = hints[field.name]
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        _define(field, args[0] if args else hint)
+        _define(field, value_type(hints[field.name]))
     return options
 
 

@@ -40,16 +40,11 @@ class Parts:
         is not advanced by the clients); otherwise why they cannot.
     """
 
-    state_class: type
     constants: tuple[str, ...]
     payload: tff.Computation
     distributor: tff.templates.MeasuredProcess
-    client_work: tff.learning.templates.ClientWorkProcess
     aggregator: tff.templates.AggregationProcess
-    finalizer: tff.learning.templates.FinalizerProcess
     server_step: tff.Computation
-    broadcast_bytes: int
-    upload_bytes: Optional[int]
     device_rounds: Optional[str] = None
 
 
@@ -197,7 +192,6 @@ def compose_learning_process(
     weights_type = state_type.global_model_weights
     payload_fn = tff.tensorflow.computation(payload, weights_type, *constant_types)
 
-    constant_cost = upload_accounting is None
     one_client, upload_fn, account = _accounting(
         state_type, broadcast_bytes, upload_bytes, upload_accounting
     )
@@ -278,7 +272,7 @@ def compose_learning_process(
         full_weights_type,
     )
     cost = None
-    if constant_cost:
+    if upload_accounting is None:  # the same every round
         cost = communication.CommunicationCost(
             broadcast_bytes_per_client=broadcast_bytes, upload_bytes_per_client=upload_bytes
         )
@@ -290,16 +284,11 @@ def compose_learning_process(
         get_hparams_fn=get_hparams_fn,
         set_hparams_fn=set_hparams_fn,
         parts=Parts(
-            state_class=state_class,
             constants=names,
             payload=payload_fn,
             distributor=distributor,
-            client_work=client_work,
             aggregator=aggregator,
-            finalizer=finalizer,
             server_step=server_step,
-            broadcast_bytes=broadcast_bytes,
-            upload_bytes=upload_bytes if constant_cost else None,
             device_rounds=device_rounds,
         ),
         declared_cost=cost,

@@ -11,6 +11,7 @@ own group back.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 from typing import Any, Optional, TypeVar
 
@@ -26,6 +27,12 @@ def option(default, help: str, *, choices: Optional[Sequence] = None, resumable:
     metadata = {"help": help, "choices": tuple(choices) if choices else None}
     metadata["resumable"] = resumable
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def value_type(hint) -> type:
+    """The value type (bool, int, float or str) of a field's type hint, Optional stripped."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
 
 
 def group_of(values: Any, group: type[G]) -> G:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from tff_fedpt import adapters, compression, freezing, pretrained, privacy, runtime
-from tff_fedpt.options import group_of, option
+from tff_fedpt.options import group_of, option, value_type
 
 OPTIMIZERS = ("sgd", "sgdm", "adam")
 CLIENT_WEIGHTINGS = ("num_examples", "uniform")
@@ -162,9 +162,7 @@ def fields() -> tuple[dataclasses.Field, ...]:
 
 def field_type(field: dataclasses.Field) -> type:
     """The field's value type (bool, int, float or str), Optional stripped."""
-    hint = field.type  # a type, not a string: the groups' hints are resolved by _compose
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    return value_type(field.type)  # a type, not a string: _compose resolved the hints
 
 
 RESUMABLE_FIELDS = frozenset(f.name for f in fields() if f.metadata["resumable"])
