@@ -61,6 +61,9 @@ flags.DEFINE_integer("dp_rounds", 30, "Rounds of the DP runs.")
 flags.DEFINE_list(
     "epsilons", ["1", "2", "5"], "Target epsilons of the DP runs (delta 1/population)."
 )
+flags.DEFINE_list(
+    "dp_clips", ["1"], "L2 clips of the dp section (the grid per setting; 1 is the first pass)."
+)
 FLAGS = flags.FLAGS
 
 COMMON = dict(
@@ -262,24 +265,41 @@ def section_long():
         _run(values, _name(setting, rate, suffix=f"_r{FLAGS.long_rounds}"), task)
 
 
-def _dp_values(setting, rate, epsilon, rounds):
+def _dp_values(setting, rate, epsilon, rounds, clip=DP_OPTIONS["clip"]):
     return setting.config(
         rate,
         total_rounds=rounds,
         clients_per_round=FLAGS.dp_clients_per_round,
         target_epsilon=epsilon,
-        **DP_OPTIONS,
+        **{**DP_OPTIONS, "clip": clip},
     )
+
+
+def _dp_clips() -> list[float]:
+    try:
+        clips = [float(c) for c in FLAGS.dp_clips]
+    except ValueError:
+        raise entry.ScriptError(f"--dp_clips: expected numbers, got {FLAGS.dp_clips}.") from None
+    if not clips or min(clips) <= 0:
+        raise entry.ScriptError(f"--dp_clips: expected positive clips, got {FLAGS.dp_clips}.")
+    return clips
+
+
+def _dp_name(setting, rate, epsilon, clip):
+    # The first pass (clip 1.0) keeps its name; the clip grid's other runs say their clip.
+    suffix = "" if clip == DP_OPTIONS["clip"] else f"_clip{clip:g}"
+    return _name(setting, rate, f"dp_eps{epsilon:g}_", suffix)
 
 
 def section_dp():
     _check_pretrained()
     task = _task(FLAGS.dp_clients)
-    for setting in _selected(DP_SETTINGS):
-        rate = _best_rate(setting)
-        for epsilon in map(float, FLAGS.epsilons):
-            values = _dp_values(setting, rate, epsilon, FLAGS.dp_rounds)
-            _run(values, _name(setting, rate, f"dp_eps{epsilon:g}_"), task)
+    for epsilon in map(float, FLAGS.epsilons):
+        for setting in _selected(DP_SETTINGS):
+            rate = _best_rate(setting)
+            for clip in _dp_clips():
+                values = _dp_values(setting, rate, epsilon, FLAGS.dp_rounds, clip)
+                _run(values, _dp_name(setting, rate, epsilon, clip), task)
 
 
 def _dp_long_name(setting, rate):
@@ -345,10 +365,11 @@ def _minutes(rows):
     return round(sum(float(r["round_seconds"]) for r in rows) / 60, 1)
 
 
-def _dp_row(label, epsilon, rate, rows):
+def _dp_row(label, epsilon, rate, rows, clip=DP_OPTIONS["clip"]):
     return {
         "run": f"DP: {label}",
         "target epsilon": epsilon,
+        "clip": clip,
         "epsilon reached": round(float(rows[-1]["privacy/epsilon"]), 3),
         "noise multiplier": round(float(rows[-1]["privacy/noise_multiplier"]), 3),
         "client lr": rate,
@@ -365,9 +386,10 @@ def _dp_rows():
     for setting in _selected(DP_SETTINGS):
         for epsilon in map(float, FLAGS.epsilons):
             for rate in _rates(setting):
-                rows = _rows(_name(setting, rate, f"dp_eps{epsilon:g}_"))
-                if rows and _final(rows) is not None:
-                    out.append(_dp_row(setting.label, epsilon, rate, rows))
+                for clip in _dp_clips():
+                    rows = _rows(_dp_name(setting, rate, epsilon, clip))
+                    if rows and _final(rows) is not None:
+                        out.append(_dp_row(setting.label, epsilon, rate, rows, clip))
     return out
 
 
