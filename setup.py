@@ -12,7 +12,14 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(
-        include=["tff_fedpt", "tff_fedpt.*", "fedpt_device", "baselines"]
+        include=[
+            "tff_fedpt",
+            "tff_fedpt.*",
+            "fedpt_device",
+            "baselines",
+            "experiments",
+            "fedpt_cli",
+        ]
     ),
     # Built on first use by tff_fedpt.remote.start_worker (binds TFF's worker to one address).
     package_data={"tff_fedpt": ["_bind_shim.c"]},

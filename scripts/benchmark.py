@@ -9,7 +9,7 @@ depend on the machine; quote ratios.
   .venv/bin/python scripts/benchmark.py --sections=communication,overhead --repeats=3
 """
 
-import entry
+from fedpt_cli import entry
 
 import collections
 import json

@@ -4,11 +4,10 @@ Same rounds, clients, data order and hyperparameters for all; one table and one 
 test accuracy against cumulative megabytes communicated (output/compare/).
 """
 
-import entry
+from fedpt_cli import comparison_runner, entry
 
 import os
 
-import comparison_runner
 from absl import flags
 
 from tff_fedpt.tasks import digits, load_task

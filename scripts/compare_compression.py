@@ -7,11 +7,10 @@ TFF's EMNIST-62 CNN with the dense-128 layer frozen, read from the processes' TF
 (no data needed), and trains on EMNIST too when --emnist_cache_dir holds its data.
 """
 
-import entry
+from fedpt_cli import comparison_runner, entry
 
 import os
 
-import comparison_runner
 import tensorflow as tf
 import tensorflow_federated as tff
 from absl import flags

@@ -6,7 +6,7 @@
       --population=3400 --rounds=1500
 """
 
-import entry
+from fedpt_cli import entry
 
 from absl import flags
 

@@ -5,11 +5,10 @@ initialization, then prints a comparison table and writes a PNG of test accuracy
 against cumulative megabytes communicated.
 """
 
-import entry
+from fedpt_cli import comparison_runner, entry
 
 import os
 
-import comparison_runner
 from absl import flags
 
 from tff_fedpt.tasks import digits, load_task

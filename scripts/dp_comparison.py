@@ -5,7 +5,7 @@ clients and data order, and the same trainable initialization. Writes a table
 (Markdown and JSON) and a PNG of final test accuracy against the noise multiplier.
 """
 
-import entry
+from fedpt_cli import entry
 
 import json
 import os

@@ -6,7 +6,7 @@ and prints its size against the fully trainable model's (the FedAvg client).
       --output=output/emnist_cnn_fedpt.tflite
 """
 
-import entry
+from fedpt_cli import entry
 
 import dataclasses
 import os

@@ -10,7 +10,7 @@ restricted to `--public_classes`; train the federated run with the same
       --public_classes=0,1,2,3,4 --output=output/pretrained/fashion_cnn.npz
 """
 
-import entry
+from fedpt_cli import entry
 
 import json
 import os

@@ -1,7 +1,7 @@
 """Trains FedPT or a baseline on federated EMNIST (TFF's loader; needs the data cached).
 Task flags: `emnist.DataOptions`."""
 
-import training_flags
+from fedpt_cli import training_flags
 
 if __name__ == "__main__":
     training_flags.main("emnist")

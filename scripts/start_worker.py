@@ -9,7 +9,7 @@ launcher is killed. TFF workers speak unauthenticated plaintext gRPC: serve beyo
 loopback only on a trusted network.
 """
 
-import entry
+from fedpt_cli import entry
 
 import os
 import signal

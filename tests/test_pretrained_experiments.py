@@ -46,6 +46,9 @@ def test_grid_report_and_refusal(tmp_path):
         "--long_rounds=3",
         "--dp_long_rounds=3",
         "--dp_long_epsilon=8",
+        "--dp_clips=1",
+        "--long_seeds=",
+        "--long_rates=",
     ]
     only = "--only=fedavg_finetune,fedpt_head"
     result = _script("pretrained_experiments.py", *common, only)

@@ -44,11 +44,8 @@ def _config(tmp_path, **kwargs):
 
 
 def _training_flags():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        return importlib.import_module("training_flags")
-    finally:
-        sys.path.pop(0)
+    # Defines every training flag on absl's global FLAGS (once per process).
+    return importlib.import_module("fedpt_cli.training_flags")
 
 
 def test_every_flag_is_generated_from_the_config():
@@ -67,7 +64,7 @@ def test_every_flag_is_generated_from_the_config():
             assert list(flag.parser.enum_values) == list(choices), field.name
     assert set(algorithms.names()) == {"fedpt", "fedavg", "small_model", "pvt"}
     with open(os.path.join(ROOT, "docs", "training.md")) as f:
-        assert training_flags.flags_table() in f.read(), "rerun scripts/training_flags.py"
+        assert training_flags.flags_table() in f.read(), "rerun python -m fedpt_cli.training_flags"
 
 
 def test_options_are_owned_by_their_groups():
@@ -474,7 +471,6 @@ def test_resume_with_other_rounds_under_a_target_epsilon_is_refused(tmp_path, ta
 
 def test_the_documented_new_task_registers_loads_and_trains(tmp_path, monkeypatch):
     """docs/training.md's "Adding a task" example, its module written as printed."""
-    import sys
 
     from tff_fedpt import tasks
     from tff_fedpt.tasks import catalog
@@ -506,3 +502,25 @@ def test_the_documented_new_task_registers_loads_and_trains(tmp_path, monkeypatc
     assert [int(r["round"]) for r in rows] == [1, 2] and rows[-1]["eval/accuracy"] != ""
     sys.modules.pop("mytasks.blobs", None)
     sys.modules.pop("mytasks", None)
+
+
+def test_the_adding_an_experiment_note_runs_as_printed(tmp_path, monkeypatch):
+    """docs/training.md's "Adding an experiment": the module and its use, executed as
+    printed (one round, one rate, on the embedded digits)."""
+    with open(os.path.join(ROOT, "docs", "training.md")) as f:
+        section = f.read().split("## Adding an experiment")[1]
+    module, use = (b.split("```", 1)[0] for b in section.split("```python\n")[1:3])
+    namespace = {}
+    exec(compile(module, "docs/training.md", "exec"), namespace)
+    small = namespace["Params"](output_dir=str(tmp_path / "out"), rates=(0.1,), rounds=1)
+    namespace["Params"] = lambda: small
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    namespace["print"] = lines.append
+    exec(compile(use, "docs/training.md", "exec"), namespace)
+    assert os.path.exists(tmp_path / "out" / "results" / "long_fedpt_lr0.1" / "metrics.csv")
+    with open(tmp_path / "docs" / "rate_sweep" / "results.json") as f:
+        rows = json.load(f)["sections"]["sweep"]
+    assert [r["run"] for r in rows] == ["fedpt_lr0.1", "long_fedpt_lr0.1"]
+    long_rows = outputs.run_metrics(str(tmp_path / "out"), "long_fedpt_lr0.1")
+    assert [int(r["round"]) for r in long_rows] == [1, 2]  # continued, not restarted

@@ -6,7 +6,7 @@ declared in the module that uses it: `privacy.DPOptions`, `compression.Compressi
 `adapters.AdapterOptions`, and here the task, loop and optimizer options.
 `ExperimentConfig` is composed from `GROUPS` (one flat field per option, the binaries'
 flag names); `config.group(privacy.DPOptions)` hands a module its own options back. The
-absl flags of the binaries are generated from the fields (`scripts/training_flags.py`),
+absl flags of the binaries are generated from the fields (`fedpt_cli/training_flags.py`),
 so a new option is one field in its owner's group. Rules that belong to a library module
 (DP, compression, an algorithm's own options) are checked by that module; `validate`
 checks the rest and gathers their messages as `ConfigError`.

@@ -7,7 +7,7 @@ default, help text and allowed values), and every task flag from the task module
 
 from __future__ import annotations
 
-import entry
+from fedpt_cli import entry
 
 import dataclasses
 import signal

@@ -1,0 +1,138 @@
+"""The one entry wrapper of every script: log level, stray arguments, the TFF runtime,
+and known errors as one line on stderr with an exit code (2: bad input; 1: failure
+during the run; 130: interrupted). Scripts stay flags plus a call."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, logging
+
+from tff_fedpt import runtime
+from tff_fedpt.tasks import DatasetError, DatasetNotFoundError
+from tff_fedpt.training import ConfigError
+
+
+class ScriptError(Exception):
+    """A one-line error for the user, with the exit code to leave with."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = 2, *, now: bool = False):
+    """One line on stderr, then exit. `now`: skip Python's teardown (after the TFF workers
+    were killed mid-computation, whose finalizers would print noise)."""
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
+    if now:
+        sys.stdout.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def run(body, *, local_runtime: bool = True, errors: tuple = ()) -> None:
+    """Runs `body()` as the script's main (through absl's app.run).
+
+    Args:
+      body: No-argument callable; returns an exit code or None.
+      local_runtime: Start the leak-proof local TFF runtime before `body` (a script that
+        picks its own runtime, e.g. remote workers, passes False). It is always shut
+        down at the end, whatever runtime `body` installed.
+      errors: Extra exception types whose message is a complete one-line explanation.
+    """
+
+    def main(argv):
+        if len(argv) > 1:
+            fail(f"unexpected positional arguments: {argv[1:]}")
+        logging.set_verbosity(logging.WARNING)  # TFF logs every model construction at INFO
+        known = (ScriptError, ConfigError, DatasetError, DatasetNotFoundError, *errors)
+        error = None
+        try:
+            if local_runtime:
+                runtime.use_local_runtime()
+            code = body()
+        except known as e:
+            error = (str(e), getattr(e, "code", 2))
+        except KeyboardInterrupt:
+            error = ("interrupted.", 130)
+        # Outside the handlers: the exception (and the TFF frames its traceback holds)
+        # is gone, so the old context is collected before its worker is reaped.
+        runtime.shutdown()
+        if error is not None:
+            fail(*error)
+        return code
+
+    app.run(main)
+
+
+_ELEMENT_NAMES = {int: "integers", float: "numbers", str: "strings"}
+
+
+def define_flags(params_class: type) -> None:
+    """One absl flag per field of a frozen dataclass of `tff_fedpt.options.option` fields
+    (an experiment's parameters): bool/int/float/str as such, tuples as comma lists."""
+    import dataclasses
+    import typing
+
+    from absl import flags
+
+    from tff_fedpt.options import value_type
+
+    hints = typing.get_type_hints(params_class)
+    for field in dataclasses.fields(params_class):
+        hint, help_text = hints[field.name], field.metadata["help"]
+        if typing.get_origin(hint) is tuple:
+            flags.DEFINE_list(
+                field.name,
+                [f"{v:g}" if isinstance(v, float) else str(v) for v in field.default],
+                help_text,
+            )
+        else:
+            kind = value_type(hint)
+            define = {
+                bool: flags.DEFINE_bool,
+                int: flags.DEFINE_integer,
+                float: flags.DEFINE_float,
+                str: flags.DEFINE_string,
+            }[kind]
+            define(field.name, field.default, help_text)
+
+
+def params_from_flags(params_class: type):
+    """The dataclass of `define_flags` from the parsed flags; a list element of the wrong
+    type is a ScriptError naming the flag."""
+    import dataclasses
+    import typing
+
+    from absl import flags
+
+    hints = typing.get_type_hints(params_class)
+    values = {}
+    for field in dataclasses.fields(params_class):
+        value = flags.FLAGS[field.name].value
+        if typing.get_origin(hints[field.name]) is tuple:
+            element = typing.get_args(hints[field.name])[0]
+            try:
+                value = tuple(element(v) for v in value)
+            except ValueError:
+                raise ScriptError(
+                    f"--{field.name}: expected {_ELEMENT_NAMES[element]}, got {value}."
+                ) from None
+        values[field.name] = value
+    return params_class(**values)
+
+
+def check_sections(sections, valid) -> None:
+    """--sections names at least one section, and only sections of `valid`."""
+    if not sections:
+        raise ScriptError(f"--sections is empty; name at least one of {list(valid)}.")
+    unknown = set(sections) - set(valid)
+    if unknown:
+        raise ScriptError(f"--sections: unknown {sorted(unknown)}; valid: {list(valid)}.")
+
+
+def log(line: str) -> None:
+    """A progress line on stdout, flushed (experiments run for hours under nohup)."""
+    print(line, flush=True)
