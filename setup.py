@@ -17,6 +17,7 @@ setuptools.setup(
             "tff_fedpt.*",
             "fedpt_device",
             "baselines",
+            "benchmarks",
             "experiments",
             "fedpt_cli",
         ]
