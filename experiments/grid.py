@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 from tff_fedpt import reporting, training
-from tff_fedpt.tasks import load_task
+from tff_fedpt.tasks import load_task, model_settings, with_model_settings
 from tff_fedpt.training import outputs
 
 
@@ -140,7 +140,8 @@ def execute(
     """Trains the declared runs in order (each resumes where it stopped).
 
     A run that another process is training is skipped; a fork whose source has not
-    finished waits for a later invocation. Tasks are loaded once and one at a time.
+    finished waits for a later invocation. Data is loaded once and one set at a time;
+    runs that differ only in model settings (`tasks.model_settings`) share it.
 
     Args:
       runs: The runs (e.g. `Section.runs(...)` of one stage).
@@ -157,11 +158,14 @@ def execute(
                 log(f"  {run.fork_of}: not finished; run its section first")
                 continue
             outputs.fork_run(root, run.fork_of, run.name)
-        key = tuple(sorted(run.task.items()))
+        # Model settings (e.g. a dense width) do not reload the data.
+        model = {k: v for k, v in run.task.items() if k in model_settings(run.task["name"])}
+        data = {k: v for k, v in run.task.items() if k not in model}
+        key = tuple(sorted(data.items()))
         if key not in loaded:
-            loaded.clear()  # one task in memory at a time
-            loaded[key] = load_task(**run.task)
-        _train(run, root, loaded[key], log, every)
+            loaded.clear()  # one data set in memory at a time
+            loaded[key] = load_task(**data)
+        _train(run, root, with_model_settings(loaded[key], **model), log, every)
 
 
 def run_section(

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from tff_fedpt import freezing
-from tff_fedpt.tasks import DatasetError, DatasetNotFoundError, fashion_mnist, load_task
+from tff_fedpt.tasks import (
+    DatasetError,
+    DatasetNotFoundError,
+    fashion_mnist,
+    load_task,
+    model_settings,
+    with_model_settings,
+)
 
 
 def _idx(path, array, magic, compress):
@@ -141,6 +148,16 @@ def test_task_on_tiny_files(tmp_path):
     wide = load_task("fashion_mnist", data_dir=str(tmp_path), num_clients=12, dense_units=512)
     report = freezing.resolve_freeze(wide.models["cnn"](0), wide.freeze_presets["cnn"]["dense"])
     assert report.trainable_params == 18816 + 512 * 10 + 10  # convs + output layer
+    # The same width without reloading the data: the same clients, the record says it.
+    narrow = with_model_settings(task, dense_units=512)
+    assert narrow.train_data is task.train_data and narrow.test_data is task.test_data
+    assert narrow.settings == wide.settings and task.settings["dense_units"] == 128
+    assert narrow.models["cnn"](0).count_params() == wide.models["cnn"](0).count_params()
+    assert model_settings("fashion_mnist") == ("dense_units",) and not model_settings("digits")
+    with pytest.raises(ValueError, match=r"\['num_clients'\] are not model settings"):
+        with_model_settings(task, num_clients=3)
+    with pytest.raises(ValueError, match="dense_units must be an integer >= 1; received 0"):
+        with_model_settings(task, dense_units=0)
 
 
 def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):

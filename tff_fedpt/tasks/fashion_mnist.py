@@ -305,6 +305,19 @@ class DataOptions:
 
 
 _DEFAULTS = DataOptions()
+# `load` arguments that change the models only: `tasks.with_model_settings` rebuilds the
+# models with them and keeps the data.
+MODEL_SETTINGS = ("dense_units",)
+
+
+def build_models(dense_units: int = _DEFAULTS.dense_units) -> dict:
+    """Model name -> callable(seed) building it, the CNN's dense layer `dense_units` wide."""
+    if not (isinstance(dense_units, int) and dense_units >= 1):
+        raise ValueError(f"dense_units must be an integer >= 1; received {dense_units!r}.")
+    return {
+        "cnn": lambda seed=0: cnn(seed, dense_units),
+        "mlp": lambda seed=0: mlp(seed),
+    }
 
 
 def load(
@@ -357,10 +370,7 @@ def load(
         train_data=tff.simulation.datasets.TestClientData(train),
         test_data=test,
         to_model_input=lambda ds: ds.map(lambda e: (e["pixels"], e["label"])),
-        models={
-            "cnn": lambda seed=0: cnn(seed, dense_units),
-            "mlp": lambda seed=0: mlp(seed),
-        },
+        models=build_models(dense_units),
         freeze_presets=PRESETS,
         loss_fn=lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics_fn=lambda: [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],

@@ -22,6 +22,7 @@ from tff_fedpt.training import algorithms, outputs
 from tff_fedpt.training.config import (
     ConfigError,
     ExperimentConfig,
+    LoopOptions,
     check_choices,
     check_positive,
     resolve,
@@ -73,6 +74,16 @@ class Experiment:
         return Evaluator(
             self.algorithm.eval_keras_model(self.model_fn, self.keras_model_fn), self.task
         )
+
+    @property
+    def loop_options(self) -> LoopOptions:
+        """The loop's own settings (rounds, sampling, client data, outputs): all that
+        `loop.run` reads of the configuration."""
+        return self.config.group(LoopOptions)
+
+    def hparams(self) -> dict:
+        """Every setting by flag name (the run's hparams.csv)."""
+        return self.config.hparams()
 
     def run_record(self) -> dict:
         """The settings recorded with the checkpoints, which a resume must match."""

@@ -120,9 +120,11 @@ def run(
         the last completed round.
       RoundFailedError: when a round fails and the cause can be named.
     """
-    config, task, learning_process = experiment.config, experiment.task, experiment.process
+    # The loop reads its own options only (the algorithm, DP and workers come in built:
+    # the process, the row annotations and the after-round hooks).
+    options, task, learning_process = experiment.loop_options, experiment.task, experiment.process
     warn = on_warning or (lambda message: None)
-    dirs = outputs.output_dirs(config)
+    dirs = outputs.output_dirs(options)
     outputs.make_dirs(dirs)
     with outputs.RunLock(dirs["results"]):
         store = CheckpointStore(dirs["checkpoints"])
@@ -134,10 +136,10 @@ def run(
             experiment.run_record(),
             bool(versions),
         )
-        if versions and max(versions) > config.total_rounds:
+        if versions and max(versions) > options.total_rounds:
             raise ConfigError(
-                f"--total_rounds={config.total_rounds}: experiment "
-                f"{config.experiment_name!r} already has {max(versions)} rounds checkpointed "
+                f"--total_rounds={options.total_rounds}: experiment "
+                f"{options.experiment_name!r} already has {max(versions)} rounds checkpointed "
                 f"in {dirs['checkpoints']}. Use --total_rounds={max(versions)} to see its "
                 "results, a larger value to continue, or another --experiment_name."
             )
@@ -152,22 +154,25 @@ def run(
         outputs.write_csv_atomic(metrics_path, rows)
         outputs.write_csv_atomic(
             os.path.join(dirs["results"], outputs.HPARAMS),
-            [{"name": k, "value": v} for k, v in config.hparams().items()],
+            [{"name": k, "value": v} for k, v in experiment.hparams().items()],
         )
         evaluator = experiment.evaluator()
         client_ids = list(task.train_data.client_ids)
-        datasets = ClientDatasets(task, config)
+        datasets = ClientDatasets(task, options)
         if on_start is not None:
             on_start(version + 1)
         saved = done = version
         round_num = version
         try:
             with tf.summary.create_file_writer(dirs["logdir"]).as_default():
-                for round_num in range(version + 1, config.total_rounds + 1):
+                for round_num in range(version + 1, options.total_rounds + 1):
                     new_state, row = _round(
                         experiment, state, round_num, client_ids, datasets, rows
                     )
-                    if round_num % config.rounds_per_eval == 0 or round_num == config.total_rounds:
+                    if (
+                        round_num % options.rounds_per_eval == 0
+                        or round_num == options.total_rounds
+                    ):
                         weights = learning_process.get_model_weights(new_state)
                         row.update({f"eval/{k}": v for k, v in evaluator(weights).items()})
                     outputs.write_csv_atomic(metrics_path, [*rows, row])
@@ -177,8 +182,8 @@ def run(
                         if key != "round" and isinstance(value, (int, float)):
                             tf.summary.scalar(key, value, step=round_num)
                     if (
-                        round_num % config.rounds_per_checkpoint == 0
-                        or round_num == config.total_rounds
+                        round_num % options.rounds_per_checkpoint == 0
+                        or round_num == options.total_rounds
                     ):
                         store.save(state, round_num)
                         saved = round_num
@@ -186,7 +191,7 @@ def run(
                         on_round_end(round_num, row)
                     for hook in experiment.after_round:
                         hook(round_num)
-                    if should_stop is not None and should_stop() and done < config.total_rounds:
+                    if should_stop is not None and should_stop() and done < options.total_rounds:
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
             if done > saved:  # keep what was computed: the rerun resumes after `done`
@@ -210,8 +215,7 @@ def run(
 
 def _round(experiment: Experiment, state, round_num, client_ids, datasets, rows):
     """Trains one round; returns the new state and its metrics row."""
-    config = experiment.config
-    ids, seeds = sample_clients(config, client_ids, round_num)
+    ids, seeds = sample_clients(experiment.loop_options, client_ids, round_num)
     data = datasets(ids, seeds)
     start = time.perf_counter()
     if data:

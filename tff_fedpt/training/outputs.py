@@ -25,13 +25,14 @@ from typing import Any, Optional
 import numpy as np
 
 from tff_fedpt import communication
-from tff_fedpt.training.config import RESUMABLE_FIELDS, ConfigError, ExperimentConfig
+from tff_fedpt.training.config import RESUMABLE_FIELDS, ConfigError, ExperimentConfig, LoopOptions
 
 RECORD = "experiment.json"
 
 
-def output_dirs(config: ExperimentConfig) -> dict[str, str]:
-    """{"checkpoints", "results", "logdir"} -> this experiment's directory."""
+def output_dirs(config: ExperimentConfig | LoopOptions) -> dict[str, str]:
+    """{"checkpoints", "results", "logdir"} -> this experiment's directory (from its
+    root_output_dir and experiment_name)."""
     if not config.experiment_name:
         raise ConfigError("--experiment_name is empty; resolve the config with its task first.")
     return {

@@ -9,11 +9,11 @@ import tensorflow as tf
 
 from tff_fedpt import privacy
 from tff_fedpt.tasks import Preprocessing, Task
-from tff_fedpt.training.config import ExperimentConfig
+from tff_fedpt.training.config import LoopOptions
 
 
 def sample_clients(
-    config: ExperimentConfig, client_ids: Sequence[str], round_num: int
+    config: LoopOptions, client_ids: Sequence[str], round_num: int
 ) -> tuple[list[str], list[int]]:
     """The round's client ids and their shuffle seeds.
 
@@ -35,7 +35,7 @@ class ClientDatasets:
     (x, y) dataset of a client is kept after its first use.
     """
 
-    def __init__(self, task: Task, config: ExperimentConfig):
+    def __init__(self, task: Task, config: LoopOptions):
         self._task = task
         self._preprocessing = Preprocessing(
             batch_size=config.client_batch_size,
