@@ -112,3 +112,17 @@ def test_grid_report_and_refusal(tmp_path):
     with pytest.raises(reporting.FewerRunsError, match="fewer runs than"):
         grid.write_report(experiment.report(fewer, store), params.docs_dir, params.output_dir)
     assert {p: (tmp_path / "docs" / p).read_bytes() for p in before} == before
+
+
+def test_bad_parameters_are_one_line_naming_the_flag(tmp_path):
+    """A list flag of the wrong type, and a parameter the experiment refuses (its other
+    checks: test_experiments.py)."""
+    for flag, message in (
+        ("--seeds=1,x", "--seeds: expected integers, got ['1', 'x']."),
+        ("--only=fedpt_head,nope", "--only: unknown ['nope']; valid: ['fedavg_scratch',"),
+    ):
+        result = _script("pretrained_experiments.py", flag, f"--output_dir={tmp_path}")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        assert message in lines[0], lines[0]
+    assert not (tmp_path / "results").exists()
