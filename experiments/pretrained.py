@@ -527,6 +527,27 @@ def report(p: Params, store: Store) -> grid.Report:
             )
         )
     dp_long_runs = _finished(_dp_long(p, store), store)
+    long_runs = _finished(_long(p, store), store)
+    curves = {
+        _seeded(f"{run.settings['label']}, lr {run.settings['rate']:g}", run): rows
+        for run, rows in long_runs
+        if not run.settings.get("seed")
+    }
+    curves.update(
+        {
+            _seeded(f"DP eps {p.dp_long_epsilon:g}: {run.settings['label']}", run): rows
+            for run, rows in dp_long_runs
+            if not run.settings.get("seed")
+        }
+    )
+    if curves:
+        plots.append(
+            lambda: reporting.plot_accuracy_vs_rounds(
+                curves,
+                os.path.join(p.docs_dir, "accuracy_vs_rounds.png"),
+                f"Fashion-MNIST, pretrained: {p.long_rounds} rounds (seed 0), without and with DP",
+            )
+        )
     dp_long = [_dp_row(run, rows) for run, rows in dp_long_runs]
     extra = (
         ("seeds", "Without DP: seeds (final test accuracy over seeds)", _seed_rows(p, store)),
@@ -534,7 +555,7 @@ def report(p: Params, store: Store) -> grid.Report:
         (
             "long_seeds",
             f"Without DP: {p.long_rounds} rounds over seeds",
-            _over_seeds(_finished(_long(p, store), store)),
+            _over_seeds(long_runs),
         ),
         ("dp", "DP (user-level, DP-FedAvg aggregation)", _dp_rows(p, store)),
         (

@@ -79,6 +79,9 @@ def test_grid_report_and_refusal(tmp_path):
     dp_long = report["sections"]["dp_long"]
     assert [(r["rounds"], r["target epsilon"]) for r in dp_long] == [(3, 8), (3, 8)]
     assert all(0 < r["epsilon reached"] <= 8.0001 for r in dp_long)
+    # The plots: against megabytes (the 100-round runs) and rounds (the long runs, DP too).
+    for plot in ("accuracy_vs_megabytes.png", "accuracy_vs_rounds.png"):
+        assert (tmp_path / "docs" / plot).stat().st_size > 10_000, plot
     before = {p: (tmp_path / "docs" / p).read_bytes() for p in ("results.json", "results.md")}
     # The report again, from the stored runs (in this process: the parameters of the
     # flags above): byte for byte the same.

@@ -119,6 +119,36 @@ def plot_accuracy_vs_megabytes(
     return path
 
 
+def plot_accuracy_vs_rounds(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str, title: str = ""
+) -> str:
+    """Writes a PNG of test accuracy against the round (every evaluated round of each run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, rows in runs.items():
+        points = [
+            (int(r["round"]), float(r["eval/accuracy"]))
+            for r in rows
+            if r.get("eval/accuracy", "") != ""
+        ]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=2, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_vs_noise(
     points: Mapping[str, Sequence[tuple[float, float, float]]], path: str, title: str = ""
 ) -> str:
