@@ -88,10 +88,8 @@ def markdown_table(summaries: Sequence[Mapping[str, Any]], baseline: str) -> str
     return table(comparison_rows(summaries, baseline))
 
 
-def plot_accuracy_vs_megabytes(
-    runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str, title: str = ""
-) -> str:
-    """Writes a PNG of test accuracy against cumulative megabytes (log x axis)."""
+def _plot_accuracy(runs, path, title, x_key, xlabel, *, log_x=False, small=False) -> str:
+    """Test accuracy of each run's evaluated rounds against the column `x_key`, to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,53 +98,39 @@ def plot_accuracy_vs_megabytes(
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, rows in runs.items():
         points = [
-            (float(r["cumulative_megabytes"]), float(r["eval/accuracy"]))
+            (float(r[x_key]), float(r["eval/accuracy"]))
             for r in rows
             if r.get("eval/accuracy", "") != ""
         ]
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative megabytes communicated (down + up, all clients)")
+            ax.plot(xs, ys, marker="o", markersize=2 if small else 3, label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.grid(True, which="both" if log_x else "major", alpha=0.3)
+    ax.legend(fontsize=7 if small else None)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_accuracy_vs_megabytes(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str, title: str = ""
+) -> str:
+    """Writes a PNG of test accuracy against cumulative megabytes (log x axis)."""
+    xlabel = "cumulative megabytes communicated (down + up, all clients)"
+    return _plot_accuracy(runs, path, title, "cumulative_megabytes", xlabel, log_x=True)
 
 
 def plot_accuracy_vs_rounds(
     runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str, title: str = ""
 ) -> str:
     """Writes a PNG of test accuracy against the round (every evaluated round of each run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, rows in runs.items():
-        points = [
-            (int(r["round"]), float(r["eval/accuracy"]))
-            for r in rows
-            if r.get("eval/accuracy", "") != ""
-        ]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=2, label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _plot_accuracy(runs, path, title, "round", "round", small=True)
 
 
 def plot_accuracy_vs_noise(
