@@ -481,26 +481,17 @@ def _equal_budget_rows(summaries, key):
 
 def _plot(curves, path, xlabel, title, log_x=False, minor_grid=True):
     """Test accuracy curves [(label, [(x, acc)])] to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, points in curves:
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=2, label=label)
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (10,000 test images)")
-    ax.set_title(title)
-    ax.grid(True, which="both" if minor_grid else "major", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ylabel = "test accuracy (10,000 test images)"
+    reporting.plot_curves(
+        dict(curves),
+        path,
+        title,
+        xlabel,
+        log_x=log_x,
+        minor_grid=minor_grid,
+        small=True,
+        ylabel=ylabel,
+    )
 
 
 def _dp_row(store: Store, name, label, total_rounds, epsilon=None, clip=None):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
 
 from tff_fedpt import runtime
 from tff_fedpt.tasks import DatasetError, DatasetNotFoundError
@@ -68,6 +68,13 @@ def run(body, *, local_runtime: bool = True, errors: tuple = ()) -> None:
 
 
 _ELEMENT_NAMES = {int: "integers", float: "numbers", str: "strings"}
+# The absl flag definer of each option value type (here and in training_flags).
+DEFINE = {
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    str: flags.DEFINE_string,
+}
 
 
 def define_flags(params_class: type) -> None:
@@ -90,14 +97,7 @@ def define_flags(params_class: type) -> None:
                 help_text,
             )
         else:
-            kind = value_type(hint)
-            define = {
-                bool: flags.DEFINE_bool,
-                int: flags.DEFINE_integer,
-                float: flags.DEFINE_float,
-                str: flags.DEFINE_string,
-            }[kind]
-            define(field.name, field.default, help_text)
+            DEFINE[value_type(hint)](field.name, field.default, help_text)
 
 
 def params_from_flags(params_class: type):

@@ -21,12 +21,6 @@ from tff_fedpt.options import value_type
 from tff_fedpt.tasks import load_task, task_module
 from tff_fedpt.training import algorithms, config
 
-_DEFINE = {
-    bool: flags.DEFINE_bool,
-    int: flags.DEFINE_integer,
-    float: flags.DEFINE_float,
-    str: flags.DEFINE_string,
-}
 _NOT_FLAGS = ("task",)  # set by the binary
 
 
@@ -35,7 +29,7 @@ def _define(field: dataclasses.Field, value_type: type, choices=None) -> None:
     if choices:
         flags.DEFINE_enum(field.name, field.default, list(choices), field.metadata["help"])
     else:
-        _DEFINE[value_type](field.name, field.default, field.metadata["help"])
+        entry.DEFINE[value_type](field.name, field.default, field.metadata["help"])
 
 
 def define_config_flags() -> None:

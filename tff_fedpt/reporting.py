@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 
 def summarize(label: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -88,34 +88,54 @@ def markdown_table(summaries: Sequence[Mapping[str, Any]], baseline: str) -> str
     return table(comparison_rows(summaries, baseline))
 
 
-def _plot_accuracy(runs, path, title, x_key, xlabel, *, log_x=False, small=False) -> str:
-    """Test accuracy of each run's evaluated rounds against the column `x_key`, to a PNG."""
+def plot_curves(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: str,
+    title: str,
+    xlabel: str,
+    *,
+    log_x: bool = False,
+    minor_grid: Optional[bool] = None,
+    small: bool = False,
+    ylabel: str = "test accuracy",
+) -> str:
+    """Writes a PNG of accuracy curves ({label: [(x, accuracy), ...]}); the minor grid
+    lines default to a log x axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, rows in runs.items():
-        points = [
-            (float(r[x_key]), float(r["eval/accuracy"]))
-            for r in rows
-            if r.get("eval/accuracy", "") != ""
-        ]
+    for label, points in curves.items():
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", markersize=2 if small else 3, label=label)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(True, which="both" if log_x else "major", alpha=0.3)
+    minor = log_x if minor_grid is None else minor_grid
+    ax.grid(True, which="both" if minor else "major", alpha=0.3)
     ax.legend(fontsize=7 if small else None)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _plot_accuracy(runs, path, title, x_key, xlabel, *, log_x=False, small=False) -> str:
+    """Test accuracy of each run's evaluated rounds against the column `x_key`, to a PNG."""
+    curves = {
+        label: [
+            (float(r[x_key]), float(r["eval/accuracy"]))
+            for r in rows
+            if r.get("eval/accuracy", "") != ""
+        ]
+        for label, rows in runs.items()
+    }
+    return plot_curves(curves, path, title, xlabel, log_x=log_x, small=small)
 
 
 def plot_accuracy_vs_megabytes(
