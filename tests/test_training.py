@@ -1,6 +1,7 @@
 """The training layer piece by piece: config, registry, validation, rows, CSV cut-back,
 sampling, the run record, the run lock, checkpoints, and the loop's recovery paths."""
 
+import asyncio
 import dataclasses
 import importlib
 import json
@@ -10,11 +11,12 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_fedpt import training
 from tff_fedpt.communication import CommunicationCost
 from tff_fedpt.tasks import digits, load_task
-from tff_fedpt.training import algorithms, config, outputs, sampling
+from tff_fedpt.training import algorithms, checkpoints, config, outputs, sampling
 from tff_fedpt.training.checkpoints import CheckpointStore
 from tff_fedpt.training.loop import explain
 
@@ -291,6 +293,26 @@ def test_checkpoint_store_skips_a_corrupt_newest_checkpoint(tmp_path):
             f.write(b"")
     with pytest.raises(training.ConfigError, match="No checkpoint in .* can be loaded"):
         store.load_latest([np.float32(0)])
+
+
+def test_checkpoint_versions_match_tff_and_are_readable_inside_a_running_event_loop(tmp_path):
+    # The second Ctrl-C's handler reads the versions while TFF's own event loop may be
+    # running in the main thread (a CI failure: "Cannot run the event loop while another
+    # loop is running").
+    store = CheckpointStore(str(tmp_path / "checkpoints"))
+    assert store.versions() == []
+    for version in (1, 2, 10):
+        store.save([np.float32(version)], version)
+    os.makedirs(tmp_path / "checkpoints" / "program_state_11_temp99")
+    os.makedirs(tmp_path / "checkpoints" / "program_state_x")
+
+    async def inside_a_loop():
+        return store.versions()
+
+    tff_versions = checkpoints.run_async(
+        tff.program.FileProgramStateManager(str(tmp_path / "checkpoints")).get_versions()
+    )
+    assert asyncio.run(inside_a_loop()) == tff_versions == [1, 2, 10]
 
 
 def test_explain_finds_the_cause_in_a_tff_error():

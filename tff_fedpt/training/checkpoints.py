@@ -9,12 +9,14 @@ import re
 import shutil
 from typing import Any
 
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt.training.config import ConfigError
 
 PREFIX = "program_state_"
 _PARTIAL = re.compile(rf"^{PREFIX}\d+_temp")  # left by a save that was killed
+_SAVED = re.compile(rf"^{PREFIX}(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,13 @@ class CheckpointStore:
         )
 
     def versions(self) -> list[int]:
-        return list(run_async(self._manager.get_versions()) or [])
+        """The saved versions, oldest first. Read synchronously (the names TFF's
+        `FileProgramStateManager.get_versions` reads), not through an event loop: it is
+        also called from a SIGINT handler, which can run while TFF's own loop is running."""
+        if not tf.io.gfile.isdir(self.directory):
+            return []
+        names = (name.rstrip("/") for name in tf.io.gfile.listdir(self.directory))
+        return sorted(int(m.group(1)) for m in map(_SAVED.match, names) if m)
 
     def remove_partial_saves(self) -> list[str]:
         """Deletes the temporary directories of saves that were interrupted."""
