@@ -1,4 +1,3 @@
-"""Baselines to compare FedPT against; importing this package registers them as
-training algorithms (fedavg, small_model, pvt) in `tff_fedpt.training.algorithms`."""
-
-from baselines import fedavg, pvt, small_model  # noqa: F401  (registration)
+"""Baselines to compare FedPT against: the training algorithms `fedavg`, `small_model` and
+`pvt`. `tff_fedpt.training.algorithms.get(name)` imports a baseline's module (which
+registers it) on first use; `options.py` declares their options for `ExperimentConfig`."""

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from baselines.options import PVTOptions
 from tff_fedpt import communication, composer
 from tff_fedpt.training import algorithms
 from tff_fedpt.training.config import ConfigError
@@ -218,18 +219,16 @@ class PVT(algorithms.Algorithm):
     name = "pvt"
 
     def check(self, config, task):
-        if not 0 < config.pvt_trainable_fraction <= 1:
-            raise ConfigError(
-                "--pvt_trainable_fraction must be in (0, 1]; received "
-                f"{config.pvt_trainable_fraction}."
-            )
+        fraction = config.group(PVTOptions).pvt_trainable_fraction
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"--pvt_trainable_fraction must be in (0, 1]; received {fraction}.")
 
     def build_process(self, model_fn, config, parts):
         return build_pvt_process(
             model_fn,
             parts.client_optimizer,
             parts.server_optimizer,
-            trainable_fraction=config.pvt_trainable_fraction,
+            trainable_fraction=config.group(PVTOptions).pvt_trainable_fraction,
             schedule_seed=config.seed,
             model_aggregator=parts.model_aggregator,
         )

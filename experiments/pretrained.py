@@ -67,7 +67,9 @@ class Params:
         (1.0, 2.0, 5.0), "Target epsilons of the DP runs (delta 1/population)."
     )
     dp_clips: tuple[float, ...] = option(
-        (0.3, 1.0, 3.0), "L2 clips of the dp section (the grid per setting; 1 was the first pass)."
+        (0.3, 1.0, 3.0, 10.0),
+        "L2 clips of the dp section (the grid per setting; 1 was the first pass, 10 brackets "
+        "epsilon 5).",
     )
 
     def check(self) -> None:
@@ -122,7 +124,7 @@ GRID = (
     Setting(
         "fedavg_finetune",
         "FedAvg fine-tuning every weight from the pretrained model",
-        (0.05, 0.2),
+        (0.05, 0.2, 0.5),
         (("algorithm", "fedavg"), ("freeze", "none")),
     ),
     Setting(
@@ -134,19 +136,19 @@ GRID = (
     Setting(
         "fedpt_lora4",
         "FedPT head + LoRA r4 on dense (A, B trained)",
-        (0.2, 0.5),
+        (0.1, 0.2, 0.5),
         _adapters(4, "lora"),
     ),
     Setting(
         "fedpt_lora16",
         "FedPT head + LoRA r16 on dense (A, B trained)",
-        (0.2, 0.5),
+        (0.1, 0.2, 0.5),
         _adapters(16, "lora"),
     ),
     Setting(
         "fedpt_ffa16",
         "FedPT head + FFA-LoRA r16 on dense (A seeded, B trained)",
-        (0.2, 0.5, 1.0),
+        (0.2, 0.5, 1.0, 2.0),
         _adapters(16, "ffa"),
     ),
     Setting(

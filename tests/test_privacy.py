@@ -128,6 +128,12 @@ def test_calibration_reaches_target_within_one_percent(sampling, accountant):
     epsilon = privacy.compute_epsilon(privacy.PrivacySetting(z, **kwargs), 200, 1e-5, accountant)
     assert epsilon == pytest.approx(2.0, rel=0.01)
     assert epsilon <= 2.0 + 1e-9
+    # The same setting again (a grid's next clip or rate): the cached value.
+    hits = privacy.calibrate_noise_multiplier.cache_info().hits
+    again = privacy.calibrate_noise_multiplier(
+        target_epsilon=2.0, target_delta=1e-5, rounds=200, accountant=accountant, **kwargs
+    )
+    assert again == z and privacy.calibrate_noise_multiplier.cache_info().hits == hits + 1
 
 
 def test_sampling():

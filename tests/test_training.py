@@ -91,6 +91,14 @@ def test_options_are_owned_by_their_groups():
 
     with pytest.raises(TypeError, match="'clip' is declared by DPOptions and"):
         config._compose((*config.GROUPS, Clash))
+    # A baseline's options are declared by the baseline's package, which the library
+    # names by path (and leaves out when that package is not installed).
+    from baselines.options import PVTOptions
+
+    assert config.fields()[names.index("pvt_trainable_fraction")].metadata["group"] is PVTOptions
+    assert config._external_group("not_installed_pkg.options.Group") is None
+    with pytest.raises(AttributeError):
+        config._external_group("baselines.options.NoSuchGroup")
 
 
 def test_resolve_fills_the_task_defaults(task):

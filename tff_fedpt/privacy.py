@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 from typing import Optional
 
@@ -366,6 +367,7 @@ class RoundAccounting:
         }
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of its arguments; grids repeat them
 def calibrate_noise_multiplier(
     *,
     target_epsilon: float,
@@ -379,6 +381,8 @@ def calibrate_noise_multiplier(
     """The smallest noise multiplier whose epsilon after `rounds` is <= target_epsilon.
 
     Uses `dp_accounting.calibrate_dp_mechanism` (Brent's method on the accountant).
+    Results are cached per process: the runs of a grid that differ only in clip or learning
+    rate calibrate once.
     """
     _check_positive_float(target_epsilon, "target_epsilon")
     if not 0 < target_delta < 1:

@@ -3,7 +3,8 @@
 A group is a frozen dataclass of `option(...)` fields (default, help, allowed values),
 declared in the module that uses it: `privacy.DPOptions`, `compression.CompressionOptions`,
 `runtime.RuntimeOptions`, `freezing.FreezeOptions`, `pretrained.PretrainedOptions`,
-`adapters.AdapterOptions`, and here the task, loop and optimizer options.
+`adapters.AdapterOptions`, `baselines.options.PVTOptions` (`EXTERNAL_GROUPS`), and here the
+task, loop and optimizer options.
 `ExperimentConfig` is composed from `GROUPS` (one flat field per option, the binaries'
 flag names); `config.group(privacy.DPOptions)` hands a module its own options back. The
 absl flags of the binaries are generated from the fields (`fedpt_cli/training_flags.py`),
@@ -15,6 +16,7 @@ checks the rest and gathers their messages as `ConfigError`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import typing
 from collections.abc import Sequence
@@ -85,15 +87,21 @@ class OptimizerOptions:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class BaselineOptions:
-    """Options of the baselines. Declared here, not in `baselines/`: that package is
-    imported on first use of a baseline, after the configuration (and the binaries'
-    flags) are built."""
+# Option groups declared outside the library, by dotted path: the owner's module imports
+# only `tff_fedpt.options`, so composing it here imports none of its package's other modules
+# (the baselines depend on tff_fedpt, never the other way round). A group whose package is
+# not installed is left out, with its algorithm.
+EXTERNAL_GROUPS: tuple[str, ...] = ("baselines.options.PVTOptions",)
 
-    pvt_trainable_fraction: float = option(
-        0.5, "--algorithm=pvt: fraction of variables trained per round."
-    )
+
+def _external_group(path: str) -> Optional[type]:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):  # the owner's package is not installed
+            return None
+        raise
 
 
 GROUPS: tuple[type, ...] = (
@@ -101,7 +109,7 @@ GROUPS: tuple[type, ...] = (
     freezing.FreezeOptions,
     LoopOptions,
     OptimizerOptions,
-    BaselineOptions,
+    *filter(None, map(_external_group, EXTERNAL_GROUPS)),
     runtime.RuntimeOptions,
     privacy.DPOptions,
     compression.CompressionOptions,

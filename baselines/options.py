@@ -1,0 +1,18 @@
+"""The baselines' options (a group of `ExperimentConfig`, named in
+`tff_fedpt.training.config.EXTERNAL_GROUPS`). This module imports only `tff_fedpt.options`,
+so the configuration can compose it without importing the baselines themselves."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tff_fedpt.options import option
+
+
+@dataclasses.dataclass(frozen=True)
+class PVTOptions:
+    """Partial variable training (`--algorithm=pvt`, `baselines/pvt.py`)."""
+
+    pvt_trainable_fraction: float = option(
+        0.5, "--algorithm=pvt: fraction of variables trained per round."
+    )
