@@ -148,7 +148,7 @@ GRID = (
     Setting(
         "fedpt_ffa16",
         "FedPT head + FFA-LoRA r16 on dense (A seeded, B trained)",
-        (0.2, 0.5, 1.0, 2.0),
+        (0.2, 0.5, 1.0, 2.0, 4.0),
         _adapters(16, "ffa"),
     ),
     Setting(
