@@ -170,3 +170,10 @@ def test_a_fork_waits_for_its_source(tmp_path):
         "  missing: not finished; run its section first"
     ]
     assert not os.path.exists(os.path.join(root, "results", "l_src", "metrics.csv"))
+
+
+def test_report_tables_write_numbers_for_people():
+    rows = [{"run": "a", "MB": 28797.4, "acc": 0.86241, "bytes": 9599060, "eps": float("inf")}]
+    assert reporting.table(rows).splitlines()[-1] == "| a | 28,797 | 0.8624 | 9,599,060 | inf |"
+    plain = reporting.table(rows, ["run", "MB"], markdown=False).splitlines()
+    assert plain == ["run      MB", "---  ------", "a    28,797"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -28,6 +29,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
+        if math.isfinite(value) and abs(value) >= 1e4:  # 28,797, not 2.88e+04
+            return f"{value:,.0f}"
         return f"{value:.4g}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -42,8 +45,9 @@ def table(
 ) -> str:
     """The one table writer: rows of dicts -> a Markdown (or aligned plain-text) table.
 
-    Floats get 4 significant digits and integers thousands separators unless they are
-    already strings. `columns` defaults to the first row's keys.
+    Floats get 4 significant digits (from 10,000 on, whole numbers with thousands
+    separators) and integers thousands separators unless they are already strings.
+    `columns` defaults to the first row's keys.
     """
     if isinstance(rows, Mapping):
         rows = [rows]
