@@ -75,3 +75,23 @@ def test_restart_worker_keeps_computations_working():
     assert runtime.restart_worker()
     assert all(not _alive(pid) for pid in before)
     assert add_one(2) == 3  # a fresh worker serves the next computation
+
+
+def test_worker_restarts_count_the_rounds_a_worker_ran_across_runs(monkeypatch):
+    """Three 30-round runs in one process (a DP grid): the worker is restarted after 50
+    rounds, though no run reaches round 50 (it used to restart only at round 50, 100, ...,
+    and a grid's worker grew to 18 GiB)."""
+    from tff_fedpt import runtime
+
+    restarts = []
+    monkeypatch.setattr(runtime, "restart_worker", lambda: restarts.append(1) or True)
+    monkeypatch.setattr(runtime, "_rounds_on_worker", 0)
+    fired = []
+    for run in range(3):
+        hook = runtime.WorkerRestarts(50)  # one per run, as the training loop builds it
+        fired += [(run, r) for r in range(1, 31) if hook(r)]
+    assert fired == [(1, 20)] and len(restarts) == 1
+    assert runtime._rounds_on_worker == 40
+    # A context that is not ours (remote workers): never restarted, nothing fails.
+    monkeypatch.setattr(runtime, "restart_worker", lambda: False)
+    assert not any(runtime.WorkerRestarts(1)(r) for r in range(1, 4))
