@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-from tff_fedpt import reporting, runtime, training
+from tff_fedpt import reporting, training
 from tff_fedpt.tasks import load_task, model_settings, with_model_settings
 from tff_fedpt.training import outputs
 
@@ -166,7 +166,6 @@ def execute(
             loaded.clear()  # one data set in memory at a time
             loaded[key] = load_task(**data)
         _train(run, root, with_model_settings(loaded[key], **model), log, every)
-        runtime.restart_worker()  # each run on a fresh TFF worker: its memory only grows
 
 
 def run_section(

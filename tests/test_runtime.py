@@ -84,7 +84,13 @@ def test_worker_restarts_count_the_rounds_a_worker_ran_across_runs(monkeypatch):
     from tff_fedpt import runtime
 
     restarts = []
-    monkeypatch.setattr(runtime, "restart_worker", lambda: restarts.append(1) or True)
+
+    def restart():  # what restart_worker does to the count (through shutdown)
+        restarts.append(1)
+        runtime._rounds_on_worker = 0
+        return True
+
+    monkeypatch.setattr(runtime, "restart_worker", restart)
     monkeypatch.setattr(runtime, "_rounds_on_worker", 0)
     fired = []
     for run in range(3):

@@ -221,7 +221,4 @@ class WorkerRestarts:
     def __call__(self, round_num: int) -> bool:
         global _rounds_on_worker
         _rounds_on_worker += 1
-        if _rounds_on_worker < self.every or not restart_worker():
-            return False
-        _rounds_on_worker = 0
-        return True
+        return _rounds_on_worker >= self.every and restart_worker()  # shutdown() resets

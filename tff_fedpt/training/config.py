@@ -99,7 +99,7 @@ def _external_group(path: str) -> Optional[type]:
     try:
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as e:
-        if e.name and module.startswith(e.name):  # the owner's package is not installed
+        if e.name and (module == e.name or module.startswith(e.name + ".")):  # not installed
             return None
         raise
 
