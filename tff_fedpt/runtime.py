@@ -131,7 +131,8 @@ def replace_context(context, timeout: float = 10.0) -> None:
         if process.poll() is None:
             process.kill()
     context_stack_impl.context_stack.set_default_context(context)
-    gc.collect()  # drops the old context and its service manager
+    if _children:  # (a full collection takes about 0.2 s; without a worker, nothing waits)
+        gc.collect()  # drops the old context and its service manager
     for process in list(_children):
         try:
             process.wait(timeout=timeout)
@@ -159,14 +160,20 @@ def worker_pids() -> list[int]:
     return [p.pid for p in _children if p.poll() is None]
 
 
-def kill_workers() -> None:
-    """SIGKILLs every local worker this module started (for an immediate exit)."""
+def kill_workers(timeout: float = 5.0) -> None:
+    """SIGKILLs every local worker this module started and reaps it (for an immediate
+    exit: a worker left unreaped would outlive this process as a zombie of init)."""
     for process in _children:
         if process.returncode is None:
             try:
                 os.kill(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    for process in _children:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def restart_worker() -> bool:
