@@ -17,6 +17,7 @@ from tff_fedpt import training
 from tff_fedpt.communication import CommunicationCost
 from tff_fedpt.tasks import digits, load_task
 from tff_fedpt.training import algorithms, checkpoints, config, outputs, sampling
+from tff_fedpt.training import experiment as experiment_module
 from tff_fedpt.training.checkpoints import CheckpointStore
 from tff_fedpt.training.loop import explain
 
@@ -165,6 +166,40 @@ def test_build_once_reports_the_parts(task):
     assert experiment.cost.reduction_versus(experiment.fedavg_cost) == pytest.approx(42.54, 0.01)
     assert experiment.freeze_report.totals()["trainable"] == 25290
     assert experiment.privacy is None and experiment.target_delta == 1 / 20
+
+
+def test_a_process_is_built_once_for_the_settings_that_define_it(tmp_path, task):
+    """Runs that differ only in the loop's rounds and outputs share the built process
+    (a grid's continued runs, a resume); any other setting, another task object, another
+    noise multiplier or a caller's aggregator is another process."""
+    first = training.build_experiment(_config(tmp_path), task)
+    again = training.build_experiment(
+        _config(tmp_path / "b", total_rounds=5, rounds_per_eval=1, experiment_name="x"), task
+    )
+    assert again.process is first.process and again.config.total_rounds == 5
+    assert again.loop_options.root_output_dir == str(tmp_path / "b")
+    mean = tff.aggregators.MeanFactory()
+    given = training.build_experiment(_config(tmp_path), task, model_aggregator=mean)
+    assert given.process is not first.process
+
+    fedpt = algorithms.get("fedpt")
+
+    def key(cfg, task=task, noise=None):
+        return experiment_module._process_key(training.validate(cfg, task), task, fedpt, noise)
+
+    base = key(_config(tmp_path))
+    assert base == key(_config(tmp_path / "c", total_rounds=9, rounds_per_checkpoint=3))
+    for other in (
+        dict(client_learning_rate=0.05),
+        dict(seed=1),
+        dict(frozen_seed=1),
+        dict(clients_per_round=4),
+        dict(freeze="conv1"),
+        dict(upload_bits=8),
+    ):
+        assert key(_config(tmp_path, **other)) != base, other
+    assert key(_config(tmp_path), noise=1.0) != key(_config(tmp_path), noise=1.1)
+    assert key(_config(tmp_path), task=load_task("digits", num_clients=20)) != base
 
 
 # ---------------------------------------------------------------------------

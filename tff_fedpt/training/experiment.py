@@ -8,7 +8,9 @@ result and never rebuilds or re-checks any of it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import weakref
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -236,25 +238,35 @@ def _privacy_setting(config: ExperimentConfig, population: int, delta: float):
     )
 
 
-def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=None) -> Experiment:
-    """Validates `config` and builds everything a run needs, once.
+# Built learning processes, by everything that defines them: a grid of runs that differ
+# only in the loop's rounds and outputs (a run continued for more rounds, the same run
+# resumed or evaluated) builds each process once per Python process. Building one takes
+# seconds (TFF traces and serializes every computation); a process holds no run state.
+_LOOP_ONLY_FIELDS = frozenset(
+    {
+        "total_rounds",
+        "rounds_per_eval",
+        "rounds_per_checkpoint",
+        "root_output_dir",
+        "experiment_name",
+    }
+)
+_BUILT_LIMIT = 8
+_built: collections.OrderedDict = collections.OrderedDict()
 
-    Args:
-      config: The experiment configuration (unset model / freeze / experiment_name
-        take the task's defaults).
-      task: The loaded task.
-      model_aggregator: Optional `tff.aggregators` factory for the model update; by
-        default the mean, the DP aggregator with `dp`, or the quantized mean with
-        `upload_bits`.
 
-    Raises:
-      ConfigError: for invalid settings, naming the flag.
-    """
-    config = validate(config, task)
-    algorithm = algorithms.get(config.algorithm)
-    population = len(task.train_data.client_ids)
-    delta = config.target_delta if config.target_delta is not None else 1.0 / population
-    setting = _privacy_setting(config, population, delta)
+def _process_key(config: ExperimentConfig, task: Task, algorithm, noise: Optional[float]):
+    """The key of a built process: the algorithm, the task object, the noise multiplier
+    (under --target_epsilon it depends on the rounds) and every other setting."""
+    settings = tuple(
+        (field.name, getattr(config, field.name))
+        for field in dataclasses.fields(config)
+        if field.name not in _LOOP_ONLY_FIELDS
+    )
+    return (id(algorithm), id(task), noise, settings)
+
+
+def _build(config, task, algorithm, setting, model_aggregator) -> Experiment:
     if model_aggregator is None and setting is not None:
         model_aggregator = privacy.build_dp_aggregator(
             noise_multiplier=setting.noise_multiplier,
@@ -294,6 +306,50 @@ def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=N
         cost=algorithm.communication_cost(learning_process),
         fedavg_cost=communication.fedavg_communication_cost(full_model_fn),
         freeze_report=report,
+        privacy=setting,
+        target_delta=1.0,  # the run's: build_experiment
+    )
+
+
+def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=None) -> Experiment:
+    """Validates `config` and builds everything a run needs, once.
+
+    The learning process is built once per Python process for each task and each
+    setting that defines it (everything but --total_rounds, --rounds_per_eval,
+    --rounds_per_checkpoint, --root_output_dir and --experiment_name; with
+    --target_epsilon, the calibrated noise): a second run that differs only in those
+    reuses it. A `model_aggregator` passed in is never reused.
+
+    Args:
+      config: The experiment configuration (unset model / freeze / experiment_name
+        take the task's defaults).
+      task: The loaded task.
+      model_aggregator: Optional `tff.aggregators` factory for the model update; by
+        default the mean, the DP aggregator with `dp`, or the quantized mean with
+        `upload_bits`.
+
+    Raises:
+      ConfigError: for invalid settings, naming the flag.
+    """
+    config = validate(config, task)
+    algorithm = algorithms.get(config.algorithm)
+    population = len(task.train_data.client_ids)
+    delta = config.target_delta if config.target_delta is not None else 1.0 / population
+    setting = _privacy_setting(config, population, delta)
+    if model_aggregator is not None:
+        built = _build(config, task, algorithm, setting, model_aggregator)
+    else:
+        key = _process_key(config, task, algorithm, setting and setting.noise_multiplier)
+        task_ref, built = _built.get(key, (lambda: None, None))
+        if task_ref() is not task:
+            built = _build(config, task, algorithm, setting, None)
+            _built[key] = (weakref.ref(task), built)
+            while len(_built) > _BUILT_LIMIT:
+                _built.popitem(last=False)
+        _built.move_to_end(key)
+    return dataclasses.replace(  # the run's own settings on the built parts
+        built,
+        config=config,
         privacy=setting,
         target_delta=delta,
         pretrained=algorithms.pretrained_weights(config),
