@@ -131,11 +131,35 @@ def run_row_count(report: Mapping[str, Any], not_runs: Iterable[str] = ()) -> di
     return counts
 
 
+class Tasks:
+    """Loaded tasks, shared by the runs of one invocation (every stage and section): one
+    data set in memory at a time, and one `Task` per model setting of it, so that runs on
+    the same task also share their built learning processes (`training.build_experiment`
+    reuses a process for the same task object and settings)."""
+
+    def __init__(self):
+        self._key = None
+        self._tasks: dict[tuple, Any] = {}
+
+    def get(self, kwargs: Mapping[str, Any]):
+        """The task of `load_task(**kwargs)`; model settings do not reload the data."""
+        model = {k: v for k, v in kwargs.items() if k in model_settings(kwargs["name"])}
+        data = {k: v for k, v in kwargs.items() if k not in model}
+        key = tuple(sorted(data.items()))
+        if key != self._key:
+            self._key, self._tasks = key, {(): load_task(**data)}
+        settings = tuple(sorted(model.items()))
+        if settings not in self._tasks:
+            self._tasks[settings] = with_model_settings(self._tasks[()], **model)
+        return self._tasks[settings]
+
+
 def execute(
     runs: Iterable[Run],
     root: str,
     log: Callable[[str], None] = lambda line: None,
     every: int = 10,
+    tasks: Optional[Tasks] = None,
 ) -> None:
     """Trains the declared runs in order (each resumes where it stopped).
 
@@ -148,8 +172,9 @@ def execute(
       root: The output root (`--root_output_dir`).
       log: Receives one line per `every` rounds of each run and per skipped run.
       every: Rounds between progress lines.
+      tasks: The loaded tasks to share with other calls (default: this call's own).
     """
-    loaded: dict[tuple, Any] = {}
+    tasks = tasks if tasks is not None else Tasks()
     for run in runs:
         if run.fork_of is not None:
             rows = outputs.run_metrics(root, run.fork_of)
@@ -158,22 +183,21 @@ def execute(
                 log(f"  {run.fork_of}: not finished; run its section first")
                 continue
             outputs.fork_run(root, run.fork_of, run.name)
-        # Model settings (e.g. a dense width) do not reload the data.
-        model = {k: v for k, v in run.task.items() if k in model_settings(run.task["name"])}
-        data = {k: v for k, v in run.task.items() if k not in model}
-        key = tuple(sorted(data.items()))
-        if key not in loaded:
-            loaded.clear()  # one data set in memory at a time
-            loaded[key] = load_task(**data)
-        _train(run, root, with_model_settings(loaded[key], **model), log, every)
+        _train(run, root, tasks.get(run.task), log, every)
 
 
 def run_section(
-    section: Section, params, store: Store, log: Callable[[str], None] = lambda line: None
+    section: Section,
+    params,
+    store: Store,
+    log: Callable[[str], None] = lambda line: None,
+    tasks: Optional[Tasks] = None,
 ) -> None:
-    """Executes a section stage by stage (each stage declared after the one before ran)."""
+    """Executes a section stage by stage (each stage declared after the one before ran);
+    `tasks`: loaded tasks shared with the other sections of the invocation."""
+    tasks = tasks if tasks is not None else Tasks()
     for stage in section.stages:
-        execute(stage(params, store), store.root, log)
+        execute(stage(params, store), store.root, log, tasks=tasks)
 
 
 def _train(run: Run, root: str, task, log, every: int) -> None:

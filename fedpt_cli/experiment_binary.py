@@ -40,12 +40,13 @@ def main(experiment, before_section: Optional[Callable[[Any, Any], None]] = None
     except grid.ExperimentError as e:
         raise entry.ScriptError(f"--{e}") from None
     store = grid.Store(params.output_dir)
+    tasks = grid.Tasks()  # loaded once for every section
     for section in experiment.SECTIONS:
         if section.name in flags.FLAGS.sections:
             entry.log(f"\n# section {section.name}")
             if before_section is not None:
                 before_section(params, section)
-            grid.run_section(section, params, store, entry.log)
+            grid.run_section(section, params, store, entry.log, tasks)
     if "report" in flags.FLAGS.sections:
         entry.log("\n# section report")
         result = experiment.report(params, store)
