@@ -13,7 +13,7 @@ import pytest
 from tff_fedpt import training
 from tff_fedpt.tasks import load_task
 
-from . import fake_data, processes
+from . import fake_data, launcher, processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -28,14 +28,17 @@ DIGITS_FLAGS = [
 ]
 
 
-def _binary(name, *args, timeout=300):
-    return subprocess.run(
+def _binary(name, *args, timeout=300, cold=False):
+    """The script run as a process of its own (tests/launcher.py; `cold`: started from
+    scratch, its imports included)."""
+    return launcher.run(
         [sys.executable, os.path.join(ROOT, "scripts", name), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=ENV,
         cwd=ROOT,
+        cold=cold,
     )
 
 
@@ -70,9 +73,10 @@ def test_digits_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert "Trainable / frozen parameters" in straight.stdout
     assert "42.5x less communication" in straight.stdout
 
-    # Start the same run elsewhere and SIGKILL it once round 3 is in the CSV.
+    # Start the same run elsewhere and SIGKILL it once round 3 is in the CSV (its run lock
+    # stays on disk: the rerun below must not take it for a running experiment).
     metrics = tmp_path / "b" / "results" / "run" / "metrics.csv"
-    proc = subprocess.Popen(
+    proc = launcher.start(
         [sys.executable, "scripts/run_digits.py", *args, f"--root_output_dir={tmp_path}/b"],
         cwd=ROOT,
         env=ENV,
@@ -132,7 +136,8 @@ def test_bad_flags_in_process(flag, message):
 
 
 def test_bad_flag_is_one_line_usage_error():
-    result = _binary("run_digits.py", "--total_rounds=0", "--noprogress")
+    # Started from scratch: nothing TensorFlow logs while importing reaches stderr.
+    result = _binary("run_digits.py", "--total_rounds=0", "--noprogress", cold=True)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "error: --total_rounds must be > 0" in lines[0], result.stderr
@@ -230,8 +235,12 @@ def test_compute_epsilon_cli():
 
 
 def test_demo_smoke(tmp_path):
-    result = _binary(
-        "demo.py", "--total_rounds=2", "--clients_per_round=3", f"--output_dir={tmp_path}"
+    result = _binary(  # `make demo`'s command, started from scratch
+        "demo.py",
+        "--total_rounds=2",
+        "--clients_per_round=3",
+        f"--output_dir={tmp_path}",
+        cold=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "42.5x" in result.stdout and "FedAvg" in result.stdout
@@ -241,7 +250,7 @@ def test_demo_smoke(tmp_path):
 
 def _start(args, stderr=subprocess.DEVNULL):
     """A binary started in the background (scripts/run_digits.py with `args`)."""
-    return subprocess.Popen(
+    return launcher.start(
         [sys.executable, "scripts/run_digits.py", *args],
         cwd=ROOT,
         env=ENV,
@@ -264,6 +273,9 @@ def _wait_for_rows(path, count, proc, timeout=240):
 
 
 def test_ctrl_c_is_one_line_saves_the_last_round_and_the_rerun_resumes(tmp_path):
+    """While the run trains, a second run of the same experiment stops at start (its lock);
+    Ctrl-C stops the first after its round, in one line; the rerun resumes. (A SIGKILLed
+    run's lock does not stop the rerun: test_digits_resume_after_sigkill_...)"""
     before = processes.leaked_workers()
     args = [
         *DIGITS_FLAGS,
@@ -274,7 +286,14 @@ def test_ctrl_c_is_one_line_saves_the_last_round_and_the_rerun_resumes(tmp_path)
     ]
     metrics = tmp_path / "results" / "int" / "metrics.csv"
     proc = _start(args, stderr=subprocess.PIPE)
-    _wait_for_rows(metrics, 3, proc)
+    try:
+        _wait_for_rows(metrics, 1, proc)
+        _one_line_error(_binary("run_digits.py", *args), f"already running (pid {proc.pid}")
+        _wait_for_rows(metrics, 3, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
@@ -286,38 +305,9 @@ def test_ctrl_c_is_one_line_saves_the_last_round_and_the_rerun_resumes(tmp_path)
     assert f"Rounds 1..{done} are saved" in lines[0]  # the last completed round is kept
     assert processes.leaked_workers() <= before  # no worker left behind
 
-    resumed = _binary("run_digits.py", *args[:-3], "--total_rounds=6", *args[-2:])
-    if done >= 6:  # the interrupt came late: nothing left to train, results shown
-        assert resumed.returncode == 2 and "already has" in resumed.stderr
-        return
+    resumed = _binary("run_digits.py", *args[:-3], f"--total_rounds={done + 2}", *args[-2:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [int(r["round"]) for r in _rows(metrics)] == list(range(1, 7))
-
-
-def test_second_run_of_a_running_experiment_stops_at_start(tmp_path):
-    args = [
-        *DIGITS_FLAGS,
-        "--total_rounds=40",
-        "--experiment_name=c",
-        f"--root_output_dir={tmp_path}",
-    ]
-    metrics = tmp_path / "results" / "c" / "metrics.csv"
-    first = _start(args)
-    try:
-        _wait_for_rows(metrics, 1, first)
-        second = _binary("run_digits.py", *args)
-        assert second.returncode == 2
-        lines = second.stderr.strip().splitlines()
-        assert len(lines) == 1 and f"already running (pid {first.pid}" in lines[0], second.stderr
-        rows = _rows(metrics)
-        assert [int(r["round"]) for r in rows] == list(range(1, len(rows) + 1))
-    finally:
-        first.kill()
-        first.wait()
-    # The killed run's lock is gone with it: the rerun resumes.
-    resumed = _binary("run_digits.py", *args[:-3], "--total_rounds=2", *args[-2:])
-    assert resumed.returncode in (0, 2), resumed.stderr
-    assert "already running" not in resumed.stderr
+    assert [int(r["round"]) for r in _rows(metrics)] == list(range(1, done + 3))
 
 
 def _one_line_error(result, *needles):

@@ -5,7 +5,6 @@ byte from the stored runs, and never replacing results with fewer runs."""
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from experiments import fashion, grid
 from tff_fedpt import reporting
 
+from . import launcher
 from .test_fashion_mnist import write_fashion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _driver(*args):
-    return subprocess.run(
+    return launcher.run(
         [sys.executable, os.path.join(ROOT, "scripts", "fashion_experiments.py"), *args],
         capture_output=True,
         text=True,

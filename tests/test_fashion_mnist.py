@@ -16,6 +16,8 @@ from tff_fedpt.tasks import (
     with_model_settings,
 )
 
+from . import launcher
+
 
 def _idx(path, array, magic, compress):
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
@@ -161,7 +163,6 @@ def test_task_on_tiny_files(tmp_path):
 
 
 def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
-    import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,7 +175,7 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
         "--noprogress",
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
+    result = launcher.run(
         [*common, "--total_rounds=2", "--clients_per_round=3", f"--root_output_dir={tmp_path}/out"],
         capture_output=True,
         text=True,
@@ -187,7 +188,7 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
     # record held the images' sum only, and the run went on with the wrong labels.
     labels = tmp_path / "data" / "train-labels-idx1-ubyte.gz"
     _idx(str(labels), (np.arange(120) + 1) % 10, 0x801, True)
-    resumed = subprocess.run(
+    resumed = launcher.run(
         [*common, "--total_rounds=3", "--clients_per_round=3", f"--root_output_dir={tmp_path}/out"],
         capture_output=True,
         text=True,
@@ -203,7 +204,7 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
         data = f.read()
     with gzip.open(path, "wb") as f:
         f.write(data[:-5])
-    result = subprocess.run(common, capture_output=True, text=True, env=env, timeout=300)
+    result = launcher.run(common, capture_output=True, text=True, env=env, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert f"{path} has 25 data bytes, expected 30" in lines[0]
@@ -212,12 +213,11 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
 def test_benchmark_workload_on_tiny_files(tmp_path):
     """scripts/benchmark.py --sections=fashion: both sides measured, rows and JSON written."""
     import json
-    import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     write_fashion(str(tmp_path / "data"))
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             os.path.join(root, "scripts", "benchmark.py"),
@@ -245,7 +245,6 @@ def test_the_report_never_replaces_results_with_fewer_runs(tmp_path):
     """scripts/fashion_experiments.py --sections=report over an output directory without
     the runs: it used to rewrite the committed results (6,537 -> 517 bytes), exit 0."""
     import shutil
-    import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -256,7 +255,7 @@ def test_the_report_never_replaces_results_with_fewer_runs(tmp_path):
     before = {p.name: p.read_bytes() for p in docs.iterdir()}
 
     def report(*args):
-        return subprocess.run(
+        return launcher.run(
             [sys.executable, os.path.join(root, "scripts", "fashion_experiments.py"), *args],
             capture_output=True,
             text=True,
@@ -282,7 +281,6 @@ def test_the_report_never_replaces_results_with_fewer_runs(tmp_path):
 def test_public_split_pretraining_and_a_pretrained_fedpt_run(tmp_path):
     """scripts/pretrain.py on the held-out public split, then FedPT head-only from it."""
     import json
-    import subprocess
     import sys
 
     write_fashion(str(tmp_path / "data"), train=200)
@@ -303,7 +301,7 @@ def test_public_split_pretraining_and_a_pretrained_fedpt_run(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     weights = tmp_path / "pre" / "cnn.npz"
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             os.path.join(root, "scripts", "pretrain.py"),
@@ -321,7 +319,7 @@ def test_public_split_pretraining_and_a_pretrained_fedpt_run(tmp_path):
         summary = json.load(f)
     assert summary["sha256"] == fashion_mnist_weights_fingerprint(weights)
     assert 0 <= summary["test_accuracy_all_classes"] <= 1
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             os.path.join(root, "scripts", "run_fashion_mnist.py"),

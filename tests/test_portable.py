@@ -16,6 +16,8 @@ from fedpt_device import generator
 from tff_fedpt import adapters, device, portable
 from tff_fedpt.tasks import digits, emnist
 
+from . import launcher
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLIM_PYTHON = os.path.join(ROOT, ".venv-slim", "bin", "python")
 SPEC = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
@@ -314,7 +316,7 @@ def test_what_cannot_be_exported_builtin_only_is_one_line():
 
 
 def test_export_binary_builtins_only_needs_a_batch_size():
-    result = subprocess.run(
+    result = launcher.run(
         [
             sys.executable,
             os.path.join(ROOT, "scripts", "export_device_model.py"),

@@ -13,6 +13,8 @@ import tff_fedpt
 from tff_fedpt import device, freezing, pretrained
 from tff_fedpt.tasks import digits
 
+from . import launcher
+
 SPEC = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
 WIDTH = 64
 
@@ -191,7 +193,6 @@ def test_binary_resume_on_other_pretrained_values_is_refused(tmp_path):
     """--pretrained_weights on a training binary: FedPT with FFA adapters over a pretrained
     base runs; a resume after the file's values changed (same path) is one line."""
     import os
-    import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -199,7 +200,7 @@ def test_binary_resume_on_other_pretrained_values_is_refused(tmp_path):
     first = pretrained.PretrainedWeights.from_keras_model(digits.cnn(7)).save(path)
 
     def run(rounds):
-        return subprocess.run(
+        return launcher.run(
             [
                 sys.executable,
                 os.path.join(root, "scripts", "run_digits.py"),

@@ -15,7 +15,7 @@ import tff_fedpt
 from tff_fedpt import remote, runtime
 from tff_fedpt._tff_internals import context_stack_impl
 
-from . import models
+from . import launcher, models
 from .test_binaries import DIGITS_FLAGS, ENV, ROOT, _binary, _final_weights, _rows
 
 
@@ -193,20 +193,20 @@ def test_start_worker_script_stops_cleanly(sig):
     import portpicker
 
     port = portpicker.pick_unused_port()
-    launcher = subprocess.Popen(
+    server = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "scripts", "start_worker.py"), f"--port={port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
     )
-    line = launcher.stdout.readline()
-    assert f"serving on 127.0.0.1:{port}" in line, line + launcher.stderr.read()
+    line = server.stdout.readline()
+    assert f"serving on 127.0.0.1:{port}" in line, line + server.stderr.read()
     pid = int(line.split("(pid ")[1].split(")")[0])
     remote.check_workers([f"127.0.0.1:{port}"], timeout=5)
-    launcher.send_signal(sig)
-    out, _ = launcher.communicate(timeout=30)
-    assert launcher.returncode == 0
+    server.send_signal(sig)
+    out, _ = server.communicate(timeout=30)
+    assert server.returncode == 0
     assert f"({sig.name})" in out
     assert pid not in _worker_pids()
 
@@ -226,7 +226,7 @@ def test_binary_on_workers_stops_naming_a_dead_worker_and_resumes(tmp_path):
     metrics = tmp_path / "remote" / "results" / "run" / "metrics.csv"
     with _start() as first, _start() as second:
         workers = f"--workers={first.target},{second.target}"
-        proc = subprocess.Popen(
+        proc = launcher.start(
             [
                 sys.executable,
                 os.path.join(ROOT, "scripts", "run_digits.py"),

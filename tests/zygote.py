@@ -1,0 +1,116 @@
+"""The server half of tests/launcher.py: imports TensorFlow and TF Privacy once, then
+forks a child per request that runs a script as `python script.py args...` would.
+
+Run as `python tests/zygote.py SOCKET_PATH` (the launcher starts it). It prints `ready`
+once the imports are done, serves requests on the Unix socket (SOCK_SEQPACKET, one
+request per connection: a JSON {"args", "cwd", "env"} message carrying the child's
+stdin, stdout and stderr descriptors), answers each with the child's pid and later with
+its wait status, and exits when its stdin closes (the launcher's process ended).
+
+TensorFlow Federated is not preloaded: it imports gRPC, whose state (threads, fork
+handlers) a fork would share; each child imports it (0.5 s) with the rest of its
+imports. The child changes what the fork left different from a fresh interpreter:
+descriptors, working directory, environment, signal dispositions, `sys.argv` and
+`sys.path[0]`. It then runs the script with `runpy` at module level, so `SystemExit`,
+an uncaught exception or `KeyboardInterrupt` end it exactly as they end a fresh
+interpreter, with atexit hooks and teardown.
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+
+# Most of the imports every script pays for (about 7 s here); nothing of this repository.
+import dp_accounting  # noqa: F401
+import jax  # noqa: F401
+import tensorflow  # noqa: F401
+import tensorflow_privacy  # noqa: F401
+
+if "grpc" in sys.modules:
+    sys.exit("tests/zygote.py: the preloaded packages imported grpc; a fork would share it")
+
+_MAX_REQUEST = 1 << 20
+
+
+def serve(path):
+    """Serves until stdin closes; returns (request, descriptors) in a forked child."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(16)
+    children = {}  # pid -> the connection its status goes back on
+    print("ready", flush=True)
+    while True:
+        readable, _, _ = select.select([listener, sys.stdin], [], [], 0.05)
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = children.pop(pid, None)
+            if conn is not None:
+                _send(conn, status)
+                conn.close()
+        if sys.stdin in readable and not os.read(sys.stdin.fileno(), 1):
+            listener.close()
+            os.unlink(path)
+            sys.exit(0)
+        if listener not in readable:
+            continue
+        conn, _ = listener.accept()
+        message, fds, _, _ = socket.recv_fds(conn, _MAX_REQUEST, 3)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            conn.close()
+            for other in children.values():
+                other.close()
+            return json.loads(message), fds
+        for fd in fds:
+            os.close(fd)
+        _send(conn, pid)
+        children[pid] = conn
+
+
+def _send(conn, value):
+    try:
+        conn.sendall(f"{value}\n".encode())
+    except OSError:  # the launcher side went away; nothing to tell
+        pass
+
+
+def become(request, fds):
+    """Turns this forked child into `python script args...` (then runs it)."""
+    for fd, target in zip(fds, (0, 1, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    script = request["args"][1]
+    sys.argv = request["args"][1:]
+    sys.path[0] = os.path.dirname(os.path.realpath(script))
+    hook = sys.excepthook
+
+    def excepthook(kind, value, tb):  # the traceback starts at the script, as from a shell
+        while tb is not None and tb.tb_frame.f_code.co_filename != script:
+            tb = tb.tb_next
+        hook(kind, value.with_traceback(tb), tb)  # (3.11 prints the value's own)
+
+    sys.excepthook = excepthook
+    return script
+
+
+if __name__ == "__main__":
+    import runpy
+
+    _request, _fds = serve(sys.argv[1])
+    # Module level, no handler around it: the script ends the process as it would end
+    # a fresh interpreter (exit code, traceback, KeyboardInterrupt, atexit, teardown).
+    runpy.run_path(become(_request, _fds), run_name="__main__")
