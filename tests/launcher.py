@@ -19,7 +19,6 @@ import), `cold=True` (the README's commands and the binaries' log-level check), 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import threading
 
+from tff_fedpt import runtime
+
 _ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zygote.py")
 # Read once at import by TensorFlow / Python: a child must agree with the server on them.
 _FIXED_AT_IMPORT = ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")
@@ -38,21 +39,17 @@ _lock = threading.Lock()
 _server = None  # (Popen, socket path)
 
 
-def _dies_with_parent():
-    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 def _socket_path():
     global _server
     with _lock:
         if _server is None or _server[0].poll() is not None:
             path = os.path.join(tempfile.mkdtemp(prefix="fedpt-zygote-"), "socket")
-            proc = subprocess.Popen(
+            proc = runtime.ReapedPopen(  # dies with this process, as TFF's workers do
                 [sys.executable, _ZYGOTE, path],
+                remember=False,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=_SERVER_ENV,
-                preexec_fn=_dies_with_parent,
             )
             if proc.stdout.readline().strip() != b"ready":
                 proc.kill()
@@ -98,6 +95,11 @@ class _Output:
             raise ValueError(f"launcher supports None, DEVNULL and PIPE; received {how!r}")
         self.captured = how == subprocess.PIPE
 
+    def sent(self):
+        """The child holds its own copy now: /dev/null is closed here."""
+        if self.file is not None and not self.captured:
+            self.file.close()
+
     def read(self, text):
         if not self.captured:
             return None
@@ -124,6 +126,8 @@ class Forked:
             self._conn, [json.dumps(request).encode()], [stdin.fileno(), self._out.fd, self._err.fd]
         )
         stdin.close()
+        self._out.sent()
+        self._err.sent()
         self.pid = int(self._receive(timeout=60))
 
     def _receive(self, timeout):
@@ -183,7 +187,6 @@ def run(args, *, cwd=None, env=None, timeout=None, capture_output=False, text=Fa
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
         stdout, stderr = proc.communicate()
         raise subprocess.TimeoutExpired(args, timeout, stdout, stderr) from None
     stdout, stderr = proc.communicate()

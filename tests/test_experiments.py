@@ -142,22 +142,27 @@ def test_pretrained_seeds_are_summarized_over_complete_runs(tmp_path):
     assert row["mean of the last 5 evaluations"] == round((0.5 * 4 + 0.75) / 5, 4)
 
 
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def test_write_report_refuses_fewer_runs_and_writes_nothing(tmp_path):
     docs = str(tmp_path / "docs")
     drawn = []
     full = grid.Report(["# two"], {"sections": {"x": [1, 2], "about": [1]}}, not_runs=("about",))
     grid.write_report(full, docs, "runs")
-    before = {p: open(os.path.join(docs, p)).read() for p in ("results.json", "results.md")}
+    before = {p: _read(os.path.join(docs, p)) for p in ("results.json", "results.md")}
     assert json.loads(before["results.json"])["sections"]["x"] == [1, 2]
     plot = [lambda: drawn.append(1)]
     fewer = grid.Report(["# one"], {"sections": {"x": [1]}}, plot, not_runs=("about",))
     with pytest.raises(reporting.FewerRunsError, match="section x: 1 run rows"):
         grid.write_report(fewer, docs, "runs")
     assert not drawn
-    assert {p: open(os.path.join(docs, p)).read() for p in before} == before
+    assert {p: _read(os.path.join(docs, p)) for p in before} == before
     more = grid.Report(["# three"], {"sections": {"x": [1, 2, 3]}}, plot, not_runs=("about",))
     grid.write_report(more, docs, "runs")
-    assert drawn == [1] and open(os.path.join(docs, "results.md")).read() == "# three\n"
+    assert drawn == [1] and _read(os.path.join(docs, "results.md")) == "# three\n"
 
 
 def test_a_fork_waits_for_its_source(tmp_path):

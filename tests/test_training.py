@@ -181,11 +181,15 @@ def test_a_process_is_built_once_for_the_settings_that_define_it(tmp_path, task)
     mean = tff.aggregators.MeanFactory()
     given = training.build_experiment(_config(tmp_path), task, model_aggregator=mean)
     assert given.process is not first.process
+    other_task = load_task("digits", num_clients=20)
+    elsewhere = training.build_experiment(_config(tmp_path), other_task)
+    assert elsewhere.process is not first.process and elsewhere.task is other_task
+    assert experiment_module._built_task is other_task  # one task's processes kept
 
     fedpt = algorithms.get("fedpt")
 
-    def key(cfg, task=task, noise=None):
-        return experiment_module._process_key(training.validate(cfg, task), task, fedpt, noise)
+    def key(cfg, noise=None):
+        return experiment_module._process_key(training.validate(cfg, task), fedpt, noise)
 
     base = key(_config(tmp_path))
     assert base == key(_config(tmp_path / "c", total_rounds=9, rounds_per_checkpoint=3))
@@ -199,7 +203,6 @@ def test_a_process_is_built_once_for_the_settings_that_define_it(tmp_path, task)
     ):
         assert key(_config(tmp_path, **other)) != base, other
     assert key(_config(tmp_path), noise=1.0) != key(_config(tmp_path), noise=1.1)
-    assert key(_config(tmp_path), task=load_task("digits", num_clients=20)) != base
 
 
 # ---------------------------------------------------------------------------

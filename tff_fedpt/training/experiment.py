@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import weakref
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -238,10 +237,12 @@ def _privacy_setting(config: ExperimentConfig, population: int, delta: float):
     )
 
 
-# Built learning processes, by everything that defines them: a grid of runs that differ
-# only in the loop's rounds and outputs (a run continued for more rounds, the same run
-# resumed or evaluated) builds each process once per Python process. Building one takes
-# seconds (TFF traces and serializes every computation); a process holds no run state.
+# Built learning processes of the last task object built for, by everything else that
+# defines them: a grid of runs that differ only in the loop's rounds and outputs (a run
+# continued for more rounds, the same run resumed or evaluated) builds each process once
+# per Python process. Building one takes seconds (TFF traces and serializes every
+# computation); a process holds no run state. One task at a time: a built process's model
+# functions hold their task (its data), so more would keep more data sets in memory.
 _LOOP_ONLY_FIELDS = frozenset(
     {
         "total_rounds",
@@ -253,20 +254,21 @@ _LOOP_ONLY_FIELDS = frozenset(
 )
 _BUILT_LIMIT = 8
 _built: collections.OrderedDict = collections.OrderedDict()
+_built_task: Optional[Task] = None
 
 
-def _process_key(config: ExperimentConfig, task: Task, algorithm, noise: Optional[float]):
-    """The key of a built process: the algorithm, the task object, the noise multiplier
-    (under --target_epsilon it depends on the rounds) and every other setting."""
+def _process_key(config: ExperimentConfig, algorithm, noise: Optional[float]) -> tuple:
+    """The key of a built process of one task: the algorithm, the noise multiplier (under
+    --target_epsilon it depends on the rounds) and every other setting."""
     settings = tuple(
         (field.name, getattr(config, field.name))
         for field in dataclasses.fields(config)
         if field.name not in _LOOP_ONLY_FIELDS
     )
-    return (id(algorithm), id(task), noise, settings)
+    return (id(algorithm), noise, settings)
 
 
-def _build(config, task, algorithm, setting, model_aggregator) -> Experiment:
+def _build(config, task, algorithm, setting, delta, model_aggregator) -> Experiment:
     if model_aggregator is None and setting is not None:
         model_aggregator = privacy.build_dp_aggregator(
             noise_multiplier=setting.noise_multiplier,
@@ -307,7 +309,7 @@ def _build(config, task, algorithm, setting, model_aggregator) -> Experiment:
         fedavg_cost=communication.fedavg_communication_cost(full_model_fn),
         freeze_report=report,
         privacy=setting,
-        target_delta=1.0,  # the run's: build_experiment
+        target_delta=delta,
     )
 
 
@@ -337,21 +339,22 @@ def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=N
     delta = config.target_delta if config.target_delta is not None else 1.0 / population
     setting = _privacy_setting(config, population, delta)
     if model_aggregator is not None:
-        built = _build(config, task, algorithm, setting, model_aggregator)
+        built = _build(config, task, algorithm, setting, delta, model_aggregator)
     else:
-        key = _process_key(config, task, algorithm, setting and setting.noise_multiplier)
-        task_ref, built = _built.get(key, (lambda: None, None))
-        if task_ref() is not task:
-            built = _build(config, task, algorithm, setting, None)
-            _built[key] = (weakref.ref(task), built)
+        global _built_task
+        if task is not _built_task:
+            _built.clear()
+            _built_task = task
+        key = _process_key(config, algorithm, setting and setting.noise_multiplier)
+        built = _built.get(key)
+        if built is None:
+            built = _built[key] = _build(config, task, algorithm, setting, delta, None)
             while len(_built) > _BUILT_LIMIT:
                 _built.popitem(last=False)
         _built.move_to_end(key)
     return dataclasses.replace(  # the run's own settings on the built parts
         built,
         config=config,
-        privacy=setting,
-        target_delta=delta,
         pretrained=algorithms.pretrained_weights(config),
         row_annotations=(
             () if setting is None else (privacy.RoundAccounting(setting, delta, config.accountant),)
