@@ -13,14 +13,22 @@ import pytest
 from . import launcher
 
 SCRIPT = """\
+import atexit
 import os
 import sys
+import threading
 import time
 
 print("argv", sys.argv, "name", __name__, "cwd", os.getcwd(), "env", os.environ.get("X"))
 print("path0", sys.path[0] == os.path.dirname(os.path.realpath(__file__)))
 print("to stderr", file=sys.stderr)
 mode = sys.argv[1]
+atexit.register(print, "atexit hook")
+print("no newline at the end", end="")
+if mode != "wait":  # what teardown finishes: a non-daemon thread, a file left open
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread joined"))).start()
+    sys.left_open = open("left_open.txt", "w")  # held past the end, as by a library
+    sys.left_open.write("written, never flushed or closed")
 if mode == "exit":
     sys.exit(3)
 if mode == "message":
@@ -49,7 +57,11 @@ def test_a_forked_script_ends_as_a_fresh_one(script, tmp_path, mode):
     args = [sys.executable, script, mode]
     kwargs = dict(cwd=str(tmp_path), env=_env(), capture_output=True, text=True, timeout=120)
     cold = subprocess.run(args, **kwargs)
+    left_open = (tmp_path / "left_open.txt").read_text()
+    assert left_open == "written, never flushed or closed"  # by a fresh one's teardown
+    (tmp_path / "left_open.txt").unlink()
     forked = launcher.run(args, **kwargs)
+    assert (tmp_path / "left_open.txt").read_text() == left_open
     proc = launcher.start(args, cwd=str(tmp_path), env=_env(), stdout=subprocess.DEVNULL)
     assert isinstance(proc, launcher.Forked) and proc.wait(timeout=60) == cold.returncode
     assert (forked.returncode, forked.stdout, forked.stderr) == (
