@@ -1,7 +1,6 @@
 """The training layer piece by piece: config, registry, validation, rows, CSV cut-back,
 sampling, the run record, the run lock, checkpoints, and the loop's recovery paths."""
 
-import asyncio
 import dataclasses
 import importlib
 import json
@@ -358,7 +357,10 @@ def test_checkpoint_versions_match_tff_and_are_readable_inside_a_running_event_l
     tff_versions = checkpoints.run_async(
         tff.program.FileProgramStateManager(str(tmp_path / "checkpoints")).get_versions()
     )
-    assert asyncio.run(inside_a_loop()) == tff_versions == [1, 2, 10]
+    # A loop of its own (checkpoints.run_async), not asyncio.run: that leaves this pytest
+    # worker's thread without a current loop, and a later test's
+    # tff.simulation.run_training_process (asyncio.get_event_loop) then fails.
+    assert checkpoints.run_async(inside_a_loop()) == tff_versions == [1, 2, 10]
 
 
 def test_explain_finds_the_cause_in_a_tff_error():
