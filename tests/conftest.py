@@ -24,3 +24,60 @@ def tff_runtime():
     runtime.use_local_runtime()
     yield
     runtime.shutdown()
+
+
+# Seconds each of the slowest tests took (`pytest --durations=0`, two workers, this
+# project's 2-core VM). With pytest-xdist, `--dist worksteal` first hands each worker one
+# contiguous slice of the collection and later steals from the ends of the slices; a
+# test of two minutes that happens to sit late in a slice then runs alone at the end.
+# The slowest tests are therefore dealt out first, longest first, each to the slice
+# with the least of them so far (a stale name here only loses that test its place).
+SLOWEST = {
+    "test_pretrained_experiments.py::test_grid_report_and_refusal": 100,
+    "test_fashion_experiments.py::test_every_section_on_tiny_runs_and_the_report_regenerates": 100,
+    "test_binaries.py::test_digits_resume_after_sigkill_matches_uninterrupted_run": 84,
+    "test_fashion_mnist.py::test_benchmark_workload_on_tiny_files": 80,
+    "test_compression.py::test_binary_flags_and_comparison_script": 73,
+    "test_remote.py::test_binary_on_workers_stops_naming_a_dead_worker_and_resumes": 66,
+    "test_binaries.py::test_bad_inputs_are_one_line": 44,
+    "test_binaries.py::test_ctrl_c_is_one_line_saves_the_last_round_and_the_rerun_resumes": 42,
+    "test_pretrained.py::test_binary_resume_on_other_pretrained_values_is_refused": 39,
+    "test_training.py::test_resume_with_other_rounds_under_a_target_epsilon_is_refused": 38,
+    "test_portable.py::test_numpy_tensorflow_and_builtin_interpreter_agree_for_every_family": 31,
+    "test_binaries.py::test_demo_smoke": 31,
+    "test_readme_example.py::test_readme_library_example_runs_piped_and_exits": 30,
+    "test_binaries.py::test_stackoverflow_binary_smoke[lstm-embedding]": 27,
+    "test_privacy.py::test_calibration_reaches_target_within_one_percent[poisson-pld]": 27,
+    "test_fashion_mnist.py::test_binary_on_tiny_files_and_a_truncated_file": 26,
+    "test_fashion_mnist.py::test_public_split_pretraining_and_a_pretrained_fedpt_run": 25,
+    "test_binaries.py::test_stackoverflow_binary_smoke[transformer-attention]": 22,
+    "test_privacy.py::test_resume_keeps_dp_state_and_epsilon": 21,
+    "test_compression.py::test_dp_with_quantized_broadcast_trains_and_accounts": 21,
+    "test_pretrained.py::test_pretrained_fedpt_composes_with_dp_and_compression": 20,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    workers = getattr(config, "workerinput", {}).get("workercount", 0)
+    if workers < 2:
+        return
+    # The slices worksteal hands out first: sizes len // n, then the rest // (n - 1)...
+    sizes, left = [], len(items)
+    for i in range(workers):
+        sizes.append(left // (workers - i))
+        left -= sizes[-1]
+
+    def seconds(item):
+        return SLOWEST.get(item.nodeid.split("tests/", 1)[-1], 0)
+
+    slow = sorted((item for item in items if seconds(item)), key=seconds, reverse=True)
+    slices, loads = [[] for _ in sizes], [0] * workers
+    for item in slow:
+        room = [i for i in range(workers) if len(slices[i]) < sizes[i]]
+        i = min(room, key=lambda i: loads[i])
+        slices[i].append(item)
+        loads[i] += seconds(item)
+    rest = iter(item for item in items if not seconds(item))
+    for i, size in enumerate(sizes):
+        slices[i].extend(next(rest) for _ in range(size - len(slices[i])))
+    items[:] = [item for piece in slices for item in piece]
