@@ -92,13 +92,13 @@ def test_a_forked_script_dies_of_a_signal_as_a_fresh_one(script, tmp_path, sig):
     assert results[0] == results[1]
 
 
-def test_other_command_lines_and_environments_start_from_scratch(script):
+def test_other_command_lines_and_environments_start_from_scratch(script, tmp_path):
     env = {**_env(), "TF_CPP_MIN_LOG_LEVEL": "0"}  # read once by TensorFlow's import
     for args, kwargs in (
         ([sys.executable, "-c", "pass"], {"env": _env()}),
         ([sys.executable, script, "ok"], {"env": env}),
         ([sys.executable, script, "ok"], {"env": _env(), "cold": True}),
     ):
-        proc = launcher.start(args, stdout=subprocess.DEVNULL, **kwargs)
+        proc = launcher.start(args, cwd=str(tmp_path), stdout=subprocess.DEVNULL, **kwargs)
         assert isinstance(proc, subprocess.Popen)
         proc.wait(timeout=60)

@@ -15,12 +15,17 @@ descriptors, working directory, environment, signal dispositions, `sys.argv` and
 fresh interpreter ends (`run` below), except for the teardown of every module.
 """
 
+import atexit
+import gc
+import io
 import json
 import os
+import runpy
 import select
 import signal
 import socket
 import sys
+import threading
 
 # Most of the imports every script pays for (about 7 s here); nothing of this repository.
 import dp_accounting  # noqa: F401
@@ -116,9 +121,6 @@ def run(script):
     is skipped with `os._exit`; what teardown would still write, a file left open, is
     flushed first. tests/test_launcher.py checks all of this against `subprocess`.
     """
-    import runpy
-    import threading
-
     code, interrupted = 0, False
     try:
         runpy.run_path(script, run_name="__main__")
@@ -129,8 +131,6 @@ def run(script):
         sys.excepthook(type(error), error, error.__traceback__)
         code = 1
     threading._shutdown()  # what Py_FinalizeEx does first: join non-daemon threads
-    import atexit
-
     atexit._run_exitfuncs()
     _flush_open_files()
     for stream in (sys.stderr, sys.stdout):
@@ -155,9 +155,6 @@ def _exit_status(value):
 
 def _flush_open_files():
     """Flushes every open writable file object, as teardown would when it frees them."""
-    import gc
-    import io
-
     for obj in gc.get_objects():
         if isinstance(obj, io.IOBase) and obj not in (sys.stdout, sys.stderr):
             try:
