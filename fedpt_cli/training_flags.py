@@ -173,7 +173,9 @@ def train(task_name: str, task_kwargs: dict) -> None:
     except ValueError as e:
         raise entry.ScriptError(str(e)) from None
     _use_runtime()
-    experiment = training.build_experiment(config_from_flags(task_name), task)
+    config = config_from_flags(task_name)
+    training.check_outputs(config, task)  # before the build: a refusal comes at once
+    experiment = training.build_experiment(config, task)
     if FLAGS.workers:
         remote.check_mergeable(experiment.process)
     _describe(experiment)

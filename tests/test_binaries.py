@@ -321,11 +321,9 @@ def _one_line_error(result, *needles):
 def test_bad_inputs_are_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _one_line_error(
-        _binary("run_digits.py", "--noprogress", f"--root_output_dir={blocker}/out"),
-        "--root_output_dir: cannot create or write",
-        "not a directory",
-    )
+    result = _binary("run_digits.py", "--noprogress", f"--root_output_dir={blocker}/out")
+    _one_line_error(result, "--root_output_dir: cannot create or write", "not a directory")
+    assert "Per client per round" not in result.stdout  # refused before the build
     _one_line_error(
         _binary("run_digits.py", "--noprogress", "--frozen_seed=99999999999999999999"),
         "--frozen_seed must fit in a signed 64-bit integer",

@@ -417,9 +417,13 @@ def test_fork_run_continues_a_finished_run_under_another_name(tmp_path, task):
         outputs.fork_run(str(tmp_path), "absent", "x")
 
 
-def test_resume_refuses_other_task_settings_and_fewer_rounds(tmp_path, task):
+def test_resume_refuses_other_task_settings_and_fewer_rounds(tmp_path, task, monkeypatch):
     cfg = _config(tmp_path)
     training.run_experiment(cfg, task)
+    # Every refusal below comes before a learning process is built (check_outputs).
+    built = []
+    build = experiment_module._build
+    monkeypatch.setattr(experiment_module, "_build", lambda *a: built.append(a) or build(*a))
     with pytest.raises(training.ConfigError, match="task:num_clients: saved '20', now '21'"):
         training.run_experiment(cfg, load_task("digits", num_clients=21))
     with pytest.raises(training.ConfigError, match="task:alpha: saved '0.5', now '0.9'"):
@@ -440,6 +444,7 @@ def test_resume_refuses_other_task_settings_and_fewer_rounds(tmp_path, task):
         training.ConfigError, match="--frozen_generator: saved None, now 'portable'"
     ):
         training.run_experiment(cfg.replace(frozen_generator="portable"), task)
+    assert built == []
 
 
 def test_frozen_generator_flag_draws_the_portable_reference_values(tmp_path, task):

@@ -27,13 +27,16 @@ from tff_fedpt.training.loop import (
     ExperimentResult,
     RoundFailedError,
     RunInterrupted,
+    check_outputs,
     run,
 )
 from tff_fedpt.training.outputs import output_dirs
 
 
 def run_experiment(config: ExperimentConfig, task, *, model_aggregator=None, **callbacks):
-    """`run(build_experiment(config, task))`: builds once, then trains (see `loop.run`)."""
+    """`run(build_experiment(config, task))`: builds once, then trains (see `loop.run`);
+    what the run would refuse about its outputs is refused first (`check_outputs`)."""
+    check_outputs(config, task)
     return run(build_experiment(config, task, model_aggregator=model_aggregator), **callbacks)
 
 
@@ -62,6 +65,7 @@ __all__ = [
     "RunInterrupted",
     "algorithms",
     "build_experiment",
+    "check_outputs",
     "load_latest_state",
     "output_dirs",
     "run",

@@ -313,6 +313,34 @@ def _build(config, task, algorithm, setting, delta, model_aggregator) -> Experim
     )
 
 
+def _resolve(config: ExperimentConfig, task: Task):
+    """(validated config, algorithm, privacy setting or None, delta): all that the build
+    and the run record need before anything is built."""
+    config = validate(config, task)
+    population = len(task.train_data.client_ids)
+    delta = config.target_delta if config.target_delta is not None else 1.0 / population
+    return (
+        config,
+        algorithms.get(config.algorithm),
+        _privacy_setting(config, population, delta),
+        delta,
+    )
+
+
+def run_record(config: ExperimentConfig, task: Task) -> tuple[ExperimentConfig, dict[str, str]]:
+    """(validated config, the settings a resume must match), without building anything:
+    what `Experiment.run_record` gives for the experiment `build_experiment` would build."""
+    config, _, setting, _ = _resolve(config, task)
+    pretrained = algorithms.pretrained_weights(config)
+    record = outputs.run_record(
+        config,
+        task,
+        setting and setting.noise_multiplier,
+        pretrained_fingerprint=pretrained and pretrained.fingerprint(),
+    )
+    return config, record
+
+
 def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=None) -> Experiment:
     """Validates `config` and builds everything a run needs, once.
 
@@ -333,11 +361,7 @@ def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=N
     Raises:
       ConfigError: for invalid settings, naming the flag.
     """
-    config = validate(config, task)
-    algorithm = algorithms.get(config.algorithm)
-    population = len(task.train_data.client_ids)
-    delta = config.target_delta if config.target_delta is not None else 1.0 / population
-    setting = _privacy_setting(config, population, delta)
+    config, algorithm, setting, delta = _resolve(config, task)
     if model_aggregator is not None:
         built = _build(config, task, algorithm, setting, delta, model_aggregator)
     else:

@@ -20,9 +20,10 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt import communication, freezing
+from tff_fedpt.training import experiment as experiment_lib
 from tff_fedpt.training import outputs
 from tff_fedpt.training.checkpoints import CheckpointStore, Skipped
-from tff_fedpt.training.config import ConfigError
+from tff_fedpt.training.config import ConfigError, ExperimentConfig, LoopOptions
 from tff_fedpt.training.experiment import Experiment
 from tff_fedpt.training.sampling import ClientDatasets, sample_clients
 
@@ -90,6 +91,37 @@ def explain(error: BaseException) -> Optional[str]:
     return None
 
 
+def _check_resume(options, dirs, record, versions, *, write) -> None:
+    outputs.check_and_write_record(dirs["checkpoints"], record, bool(versions), write=write)
+    if versions and max(versions) > options.total_rounds:
+        raise ConfigError(
+            f"--total_rounds={options.total_rounds}: experiment "
+            f"{options.experiment_name!r} already has {max(versions)} rounds checkpointed "
+            f"in {dirs['checkpoints']}. Use --total_rounds={max(versions)} to see its "
+            "results, a larger value to continue, or another --experiment_name."
+        )
+
+
+def check_outputs(config: ExperimentConfig, task) -> None:
+    """Refuses, before anything is built, what `run` would refuse about the outputs of
+    `build_experiment(config, task)`: an output directory that cannot be used, another
+    run of the experiment in progress, checkpoints made with other settings, or more
+    rounds checkpointed than --total_rounds. A binary calls it before the build (seconds
+    on the digits task, minutes on the larger ones); `run` checks it all again.
+
+    Raises:
+      ConfigError: as `run` would raise it (creating the output directories is the one
+        thing it does).
+    """
+    config, record = experiment_lib.run_record(config, task)
+    options = config.group(LoopOptions)
+    dirs = outputs.output_dirs(options)
+    outputs.make_dirs(dirs)
+    with outputs.RunLock(dirs["results"]):
+        versions = CheckpointStore(dirs["checkpoints"]).versions()
+        _check_resume(options, dirs, record, versions, write=False)
+
+
 def run(
     experiment: Experiment,
     *,
@@ -131,18 +163,7 @@ def run(
         for entry in store.remove_partial_saves():
             warn(f"removed {entry}: a checkpoint save that was interrupted")
         versions = store.versions()
-        outputs.check_and_write_record(
-            dirs["checkpoints"],
-            experiment.run_record(),
-            bool(versions),
-        )
-        if versions and max(versions) > options.total_rounds:
-            raise ConfigError(
-                f"--total_rounds={options.total_rounds}: experiment "
-                f"{options.experiment_name!r} already has {max(versions)} rounds checkpointed "
-                f"in {dirs['checkpoints']}. Use --total_rounds={max(versions)} to see its "
-                "results, a larger value to continue, or another --experiment_name."
-            )
+        _check_resume(options, dirs, experiment.run_record(), versions, write=True)
         state, version, skipped = store.load_latest(experiment.initial_state())
         for s in skipped:
             warn(

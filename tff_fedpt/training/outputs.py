@@ -268,9 +268,9 @@ def run_record(
 
 
 def check_and_write_record(
-    checkpoint_dir: str, record: Mapping[str, str], has_checkpoints: bool
+    checkpoint_dir: str, record: Mapping[str, str], has_checkpoints: bool, *, write: bool = True
 ) -> None:
-    """Compares `record` with the saved one, then saves it.
+    """Compares `record` with the saved one, then (`write`) saves it.
 
     Raises:
       ConfigError: naming every setting that differs, or when checkpoints exist without
@@ -302,6 +302,8 @@ def check_and_write_record(
             "they were made with), so a resume cannot be checked. Use another "
             "--experiment_name, or remove that directory to start over."
         )
+    if not write:
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(dict(record), f, indent=1, sort_keys=True)
