@@ -1,5 +1,6 @@
 """Federated Shakespeare: the parse, TFF's format read by TFF's own loader, the task."""
 
+import json
 import os
 
 import numpy as np
@@ -126,3 +127,49 @@ def test_task_public_plays_words_and_bad_input(tmp_path):
         load_task("shakespeare", unit="bytes", cache_dir=cache)
     with pytest.raises(DatasetNotFoundError, match="make data"):
         load_task("shakespeare", cache_dir=str(tmp_path / "nowhere"))
+
+
+def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
+    from experiments import grid
+    from experiments import shakespeare as experiment
+
+    _build(tmp_path)
+    p = experiment.Params(
+        output_dir=str(tmp_path / "out"),
+        docs_dir=str(tmp_path / "docs"),
+        cache_dir=str(tmp_path / "cache"),
+        public_plays=("ALPHA",),
+        clients_per_round=2,
+        rounds=2,
+        rounds_per_eval=1,
+        only=("fedavg", "fedpt_recurrent"),
+        max_rates=1,
+        seeds=(1,),
+        last_evals=2,
+    )
+    p.check()
+    store, tasks = grid.Store(p.output_dir), grid.Tasks()
+    for section in experiment.SECTIONS:
+        grid.run_section(section, p, store, tasks=tasks)
+    grid.write_report(experiment.report(p, store), p.docs_dir, p.output_dir)
+    with open(tmp_path / "docs" / "results.json") as f:
+        result = json.load(f)
+    rows = result["sections"]["runs"]
+    assert [(r["run"], r["seed"]) for r in rows] == [
+        ("FedAvg", 0),
+        ("FedPT, every LSTM frozen", 0),
+        ("FedAvg", 1),
+        ("FedPT, every LSTM frozen", 1),
+    ]
+    # Every LSTM frozen: 720 + 23,130 of 820,522 parameters travel, each way.
+    assert rows[1]["bytes/client/round"] < rows[0]["bytes/client/round"] / 30
+    assert [r["seeds"] for r in result["sections"]["seeds"]] == [2, 2]
+    for kind in ("rounds", "megabytes"):
+        assert os.path.getsize(tmp_path / "docs" / f"accuracy_vs_{kind}.png") > 0
+    with open(tmp_path / "docs" / "results.md") as f:
+        first = f.read()
+    grid.write_report(experiment.report(p, store), p.docs_dir, p.output_dir)
+    with open(tmp_path / "docs" / "results.md") as f:
+        assert f.read() == first  # regenerated from the stored runs alone
+    with pytest.raises(grid.ExperimentError, match="only: unknown"):
+        experiment.Params(only=("fedsgd",)).check()

@@ -1,0 +1,268 @@
+"""FedPT on federated Shakespeare (docs/shakespeare.md): FedAvg against FedPT with each
+seeded freeze preset, at equal rounds and at equal megabytes, in TFF's baseline setup
+(10 clients per round, 1 epoch, batch 4).
+
+Sections (each resumable):
+
+  runs   every setting of `GRID` at each of its client learning rates, `rounds` rounds
+  seeds  the pair that decides the headline (`SEED_SETTINGS`) at its best rate, `seeds`
+
+`report(params, store)` writes the tables and the accuracy plots (against rounds and
+against megabytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+from typing import Optional
+
+from experiments import grid
+from experiments.grid import ExperimentError, Run, Section, Store
+from tff_fedpt import reporting
+from tff_fedpt.options import option
+from tff_fedpt.tasks import shakespeare
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """The experiment's parameters (scripts/shakespeare_experiments.py: one flag each)."""
+
+    output_dir: str = option("output/shakespeare", "Checkpoints and metrics.")
+    docs_dir: str = option("docs/shakespeare", "Where the report goes.")
+    cache_dir: Optional[str] = option(None, "Directory of shakespeare.sqlite (default: found).")
+    unit: str = option("chars", "The task's unit (its model).", choices=("chars", "words"))
+    public_plays: tuple[str, ...] = option(
+        shakespeare.PUBLIC_PLAYS, "Plays held by the server (not clients)."
+    )
+    clients_per_round: int = option(10, "Clients per round (TFF's baseline: 10).")
+    rounds: int = option(300, "Rounds of each run.")
+    rounds_per_eval: int = option(10, "Rounds between evaluations.")
+    only: tuple[str, ...] = option((), "Run only the grid entries with these names (default: all).")
+    max_rates: int = option(
+        0, "Use only the first N rates of each setting's grid (0: all; the first is TFF's)."
+    )
+    seeds: tuple[int, ...] = option((1, 2), "Extra seeds of the seeds section.")
+    last_evals: int = option(5, "Evaluations averaged next to the final one.")
+
+    def check(self) -> None:
+        unknown = set(self.only) - {s.name for s in GRID}
+        if unknown:
+            raise ExperimentError(
+                f"only: unknown {sorted(unknown)}; valid: {[s.name for s in GRID]}."
+            )
+        if 0 in self.seeds:
+            raise ExperimentError("seeds: seed 0 is the grid's own run; name the extra seeds.")
+        for field in ("rounds", "rounds_per_eval", "last_evals"):
+            if getattr(self, field) < 1:
+                raise ExperimentError(f"{field}: must be >= 1; received {getattr(self, field)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One algorithm setting, run at each of `rates` (the first: TFF's baseline rate)."""
+
+    name: str
+    label: str
+    rates: tuple[float, ...]
+    options: tuple[tuple[str, object], ...] = ()
+
+
+def _fedpt(preset: str) -> tuple[tuple[str, object], ...]:
+    return (("algorithm", "fedpt"), ("freeze", preset))
+
+
+# Client SGD rates: TFF's Shakespeare baseline uses 1 (server SGD 1); each grid brackets it.
+GRID = (
+    Setting("fedavg", "FedAvg", (1.0, 0.5, 2.0), (("algorithm", "fedavg"), ("freeze", "none"))),
+    Setting("fedpt_embedding", "FedPT, embedding frozen", (1.0, 0.5, 2.0), _fedpt("embedding")),
+    Setting("fedpt_lstm1", "FedPT, first LSTM frozen", (1.0, 0.5, 2.0), _fedpt("lstm1")),
+    Setting("fedpt_recurrent", "FedPT, every LSTM frozen", (1.0, 0.5, 2.0), _fedpt("recurrent")),
+    Setting(
+        "fedpt_all_but_output",
+        "FedPT, all but the output layer frozen",
+        (1.0, 0.5, 2.0),
+        _fedpt("all_but_output"),
+    ),
+)
+SEED_SETTINGS = ("fedavg", "fedpt_recurrent")
+COMMON = dict(
+    task="shakespeare",
+    client_epochs_per_round=1,
+    client_batch_size=4,
+    client_optimizer="sgd",
+    server_optimizer="sgd",
+    server_learning_rate=1.0,
+)
+
+
+def name(p: Params, setting: Setting, rate: float, seed: int = 0) -> str:
+    return f"{p.unit}_{setting.name}_lr{rate:g}" + (f"_seed{seed}" if seed else "")
+
+
+def rates(p: Params, setting: Setting) -> tuple[float, ...]:
+    return setting.rates[: p.max_rates] if p.max_rates > 0 else setting.rates
+
+
+def selected(p: Params, among=None) -> list[Setting]:
+    return [
+        s for s in GRID if (not p.only or s.name in p.only) and (among is None or s.name in among)
+    ]
+
+
+def best_rate(p: Params, store: Store, setting: Setting) -> float:
+    candidates = {rate: name(p, setting, rate) for rate in rates(p, setting)}
+    return store.best(candidates, setting.rates[0])
+
+
+def _run(p: Params, setting: Setting, rate: float, seed: int = 0) -> Run:
+    values = {
+        **COMMON,
+        **dict(setting.options),
+        "client_learning_rate": rate,
+        "clients_per_round": p.clients_per_round,
+        "total_rounds": p.rounds,
+        "rounds_per_eval": p.rounds_per_eval,
+        "rounds_per_checkpoint": max(1, min(10, p.rounds // 4)),
+        "seed": seed,
+    }
+    task = dict(name="shakespeare", unit=p.unit, public_plays=p.public_plays, cache_dir=p.cache_dir)
+    settings = dict(setting=setting.name, label=setting.label, rate=rate, seed=seed)
+    return Run(name(p, setting, rate, seed), values, task, settings)
+
+
+def _runs(p, store):
+    return [_run(p, s, rate) for s in selected(p) for rate in rates(p, s)]
+
+
+def _seeds(p, store):
+    return [
+        _run(p, s, best_rate(p, store, s), seed)
+        for s in selected(p, SEED_SETTINGS)
+        for seed in p.seeds
+    ]
+
+
+SECTIONS = (Section("runs", (_runs,)), Section("seeds", (_seeds,)))
+
+
+# ---------------------------------------------------------------------------
+# The report.
+
+
+def _evals(rows) -> list[float]:
+    return [float(r["eval/accuracy"]) for r in rows if r.get("eval/accuracy", "") != ""]
+
+
+def _best_within(rows, megabytes: float) -> Optional[float]:
+    points = [
+        float(r["eval/accuracy"])
+        for r in rows
+        if r.get("eval/accuracy", "") != "" and float(r["cumulative_megabytes"]) <= megabytes
+    ]
+    return round(max(points), 4) if points else None
+
+
+def _row(p: Params, run: Run, rows, fedavg_bytes: Optional[int]) -> dict:
+    summary = reporting.summarize(run.settings["label"], rows)
+    evals = _evals(rows)
+    per_client = summary["bytes_per_client_round"]
+    return {
+        "run": run.settings["label"],
+        "client lr": run.settings["rate"],
+        "seed": run.settings["seed"],
+        "rounds": summary["rounds"],
+        "test acc": round(evals[-1], 4),
+        f"mean of last {p.last_evals}": round(statistics.mean(evals[-p.last_evals :]), 4),
+        "bytes/client/round": per_client,
+        "less per round": f"{fedavg_bytes / per_client:.1f}x" if fedavg_bytes else "",
+        "total MB": round(summary["total_megabytes"], 1),
+        "median s/round": round(summary["median_round_seconds"], 2),
+    }
+
+
+def _finished(runs, store: Store):
+    out = []
+    for run in runs:
+        rows = store.rows(run.name)
+        if rows and _evals(rows):
+            out.append((run, rows))
+    return out
+
+
+def report(p: Params, store: Store) -> grid.Report:
+    """The grid's table (every rate), the seeds' spread, accuracy at FedPT's megabytes,
+    and the plots, from the stored runs."""
+    runs = _finished(_runs(p, store), store)
+    seeds = _finished(_seeds(p, store), store)
+    fedavg = [rows for run, rows in runs if run.settings["setting"] == "fedavg"]
+    fedavg_bytes = (
+        int(fedavg[0][-1]["broadcast_bytes_per_client"])
+        + int(fedavg[0][-1]["upload_bytes_per_client"])
+        if fedavg
+        else None
+    )
+    table = [_row(p, run, rows, fedavg_bytes) for run, rows in runs + seeds]
+    lines = [f"# Shakespeare ({p.unit}): FedAvg and FedPT", ""]
+    result = {"params": dataclasses.asdict(p), "sections": {"runs": table}}
+    if table:
+        lines += ["Every run (client learning rate, seed):", "", reporting.table(table), ""]
+    best = {s.name: best_rate(p, store, s) for s in selected(p)}
+    chosen = {
+        run.settings["label"]: rows
+        for run, rows in runs
+        if run.settings["rate"] == best[run.settings["setting"]]
+    }
+    if fedavg:
+        budget_rows = []
+        fedavg_best = [rows for run, rows in runs if run.name == name(p, GRID[0], best["fedavg"])]
+        for label, rows in chosen.items():
+            budget = float(rows[-1]["cumulative_megabytes"])
+            budget_rows.append(
+                {
+                    "run": label,
+                    "its total MB": round(budget, 1),
+                    "its best acc": _best_within(rows, budget),
+                    "FedAvg's best acc within those MB": _best_within(fedavg_best[0], budget)
+                    if fedavg_best
+                    else None,
+                }
+            )
+        result["sections"]["equal_megabytes"] = budget_rows
+        lines += ["At equal megabytes (each run's total):", "", reporting.table(budget_rows), ""]
+    spread = _over_seeds(p, runs + seeds)
+    if spread:
+        result["sections"]["seeds"] = spread
+        lines += ["Over seeds:", "", reporting.table(spread), ""]
+    plots = []
+    if chosen:
+        for kind, plot in (
+            ("rounds", reporting.plot_accuracy_vs_rounds),
+            ("megabytes", reporting.plot_accuracy_vs_megabytes),
+        ):
+            path = os.path.join(p.docs_dir, f"accuracy_vs_{kind}.png")
+            plots.append(lambda plot=plot, path=path: plot(chosen, path, f"Shakespeare ({p.unit})"))
+    return grid.Report(lines, result, plots, not_runs=("equal_megabytes", "seeds"))
+
+
+def _over_seeds(p: Params, finished) -> list[dict]:
+    groups: dict[tuple, list] = {}
+    for run, rows in finished:
+        if int(rows[-1]["round"]) >= run.values["total_rounds"]:
+            groups.setdefault((run.settings["label"], run.settings["rate"]), []).append(rows)
+    out = []
+    for (label, rate), group in groups.items():
+        if len(group) > 1:
+            finals = [_evals(rows)[-1] for rows in group]
+            lasts = [statistics.mean(_evals(rows)[-p.last_evals :]) for rows in group]
+            out.append(
+                {
+                    "run": f"{label}, lr {rate:g}",
+                    "seeds": len(group),
+                    "mean test acc": round(statistics.mean(finals), 4),
+                    "std": round(statistics.stdev(finals), 4),
+                    f"mean of last {p.last_evals}, over seeds": round(statistics.mean(lasts), 4),
+                }
+            )
+    return out
