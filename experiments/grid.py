@@ -119,15 +119,21 @@ def train_minutes(rows: Sequence[Mapping[str, str]]) -> float:
     return sum(float(r["round_seconds"]) for r in rows) / 60
 
 
-def run_row_count(report: Mapping[str, Any], not_runs: Iterable[str] = ()) -> dict[str, int]:
-    """{section: number of run rows} of a report's "sections" (a section is a list of
-    rows or a dict with "rows"); `not_runs` names sections that describe no runs."""
+def run_row_count(report: Mapping[str, Any], not_runs: Iterable[str] = ()) -> dict[str, tuple]:
+    """{section: (run rows, rounds)} of a report's "sections" (a section is a list of rows
+    or a dict with "rows"; rounds: the sum of the rows' "rounds", 0 where a row has none);
+    `not_runs` names sections that describe no runs."""
     counts = {}
     for key, value in report.get("sections", {}).items():
         if key in not_runs:
             continue
         rows = value.get("rows", []) if isinstance(value, dict) else value
-        counts[key] = len(rows)
+        rounds = sum(
+            row["rounds"]
+            for row in rows
+            if isinstance(row, Mapping) and isinstance(row.get("rounds"), int)
+        )
+        counts[key] = (len(rows), rounds)
     return counts
 
 

@@ -182,3 +182,17 @@ def test_report_tables_write_numbers_for_people():
     assert reporting.table(rows).splitlines()[-1] == "| a | 28,797 | 0.8624 | 9,599,060 | inf |"
     plain = reporting.table(rows, ["run", "MB"], markdown=False).splitlines()
     assert plain == ["run      MB", "---  ------", "a    28,797"]
+
+
+def test_write_report_refuses_a_short_grid_over_a_long_one(tmp_path):
+    # The same runs, each 4 rounds instead of 100: as many rows, far fewer rounds.
+    docs = str(tmp_path / "docs")
+    long = [{"run": "a", "rounds": 100}, {"run": "b", "rounds": 100}]
+    grid.write_report(grid.Report(["# long"], {"sections": {"x": long}}), docs, "runs")
+    short = [{"run": "a", "rounds": 4}, {"run": "b", "rounds": 4}]
+    with pytest.raises(reporting.FewerRunsError, match=r"8 rounds in all \(saved: 200\)"):
+        grid.write_report(grid.Report(["# short"], {"sections": {"x": short}}), docs, "runs")
+    assert _read(os.path.join(docs, "results.md")) == "# long\n"
+    longer = [{"run": "a", "rounds": 300}, {"run": "b", "rounds": 100}]
+    grid.write_report(grid.Report(["# longer"], {"sections": {"x": longer}}), docs, "runs")
+    assert _read(os.path.join(docs, "results.md")) == "# longer\n"

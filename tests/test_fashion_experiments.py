@@ -101,6 +101,6 @@ def test_every_section_on_tiny_runs_and_the_report_regenerates(tmp_path):
     # Fewer runs (no frozen width): refused, nothing replaced (the binary's one line for
     # it: test_fashion_mnist.py).
     fewer = dataclasses.replace(params, widths=())
-    with pytest.raises(reporting.FewerRunsError, match="fewer runs than"):
+    with pytest.raises(reporting.FewerRunsError, match="fewer runs or rounds than"):
         grid.write_report(fashion.report(fewer, store), params.docs_dir, params.output_dir)
     assert {p: (docs / p).read_bytes() for p in before} == before

@@ -378,3 +378,53 @@ def test_pretrained_fedpt_runs_in_tff_train_model_and_resumes_only_on_the_same_v
     # Resumed with the same values it carries on from round 2 to 3.
     released, rounds = _train_model(process, data, tmp_path / "state", rounds=3)
     assert rounds == [3] and len(released.values) == 1
+
+
+def test_non_finite_values_are_refused_where_they_enter(tmp_path):
+    good = {"dense": {"kernel": np.ones((2, 2), np.float32)}}
+    for bad in (np.inf, np.nan):
+        values = {"dense": {"kernel": np.array([[1.0, bad], [0.0, 1.0]], np.float32)}}
+        with pytest.raises(ValueError, match=r"tensor dense/kernel holds 1 non-finite value"):
+            pretrained.PretrainedWeights(values)
+    # A file written by another tool (np.savez directly) is checked when loaded.
+    path = str(tmp_path / "w.npz")
+    pretrained.PretrainedWeights(good).save(path)
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["dense/kernel"] = np.full((2, 2), np.nan, np.float32)
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"w.npz: tensor dense/kernel holds 4 non-finite"):
+        pretrained.PretrainedWeights.load(path)
+    # A truncated file is one ValueError naming it, not a BadZipFile traceback.
+    with open(path, "rb") as f:
+        head = f.read(60)
+    with open(path, "wb") as f:
+        f.write(head)
+    with pytest.raises(ValueError, match="is not a pretrained-weights file"):
+        pretrained.PretrainedWeights.load(path)
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--dense_units=0", "--dense_units must be >= 1; received 0"),
+        ("--learning_rate=inf", "--learning_rate must be a finite number > 0; received inf"),
+        ("--output={tmp}", "is a directory; name a file"),
+        ("--output=/proc/x/w.npz", "cannot create its directory"),
+    ],
+)
+def test_pretrain_bad_flags_are_one_line(tmp_path, flag, message):
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = launcher.run(
+        [sys.executable, os.path.join(root, "scripts", "pretrain.py"), flag.format(tmp=tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=120,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert message in lines[0]

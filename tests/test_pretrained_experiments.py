@@ -115,7 +115,7 @@ def test_grid_report_and_refusal(tmp_path):
     # Fewer runs (one setting only): refused, nothing written (the binary's one line for
     # a refusal: test_fashion_mnist.py).
     fewer = dataclasses.replace(params, only=("fedpt_head",))
-    with pytest.raises(reporting.FewerRunsError, match="fewer runs than"):
+    with pytest.raises(reporting.FewerRunsError, match="fewer runs or rounds than"):
         grid.write_report(experiment.report(fewer, store), params.docs_dir, params.output_dir)
     assert {p: (tmp_path / "docs" / p).read_bytes() for p in before} == before
 

@@ -173,3 +173,48 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
         assert f.read() == first  # regenerated from the stored runs alone
     with pytest.raises(grid.ExperimentError, match="only: unknown"):
         experiment.Params(only=("fedsgd",)).check()
+
+
+def _script(name, *args):
+    import sys
+
+    from . import launcher
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return launcher.run(
+        [sys.executable, os.path.join(root, "scripts", name), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=600,
+    )
+
+
+def test_pretrain_on_public_plays_then_the_binary_trains_from_it(tmp_path):
+    _build(tmp_path)
+    data = [f"--cache_dir={tmp_path}/cache", "--public_plays=ALPHA"]
+    weights = f"{tmp_path}/pre/chars.npz"
+    result = _script(
+        "pretrain.py", "--task=shakespeare", *data, "--epochs=1", f"--output={weights}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(weights + ".json") as f:
+        summary = json.load(f)
+    assert summary["public_pieces"] == 8 and 0 <= summary["test_accuracy_client_roles"] <= 1
+    result = _script(
+        "run_shakespeare.py",
+        *data,
+        f"--pretrained_weights={weights}",
+        "--freeze=recurrent",
+        "--total_rounds=2",
+        "--clients_per_round=2",
+        "--rounds_per_eval=1",
+        "--noprogress",
+        f"--root_output_dir={tmp_path}/out",
+        "--experiment_name=pre",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Done: 2 rounds" in result.stdout
+    result = _script("run_shakespeare.py", *data[:1], "--public_plays=GAMMA", "--noprogress")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "GAMMA" in lines[0], result.stderr

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -129,6 +130,19 @@ def _short(variable) -> str:
     return variable.name.split("/")[-1].split(":")[0]
 
 
+def _check_finite(layers: Mapping[str, Mapping[str, np.ndarray]], source: str) -> None:
+    """Raises ValueError naming the first tensor with an inf or NaN: such a value would
+    train (every update zeroed as non-finite) and end with a useless model, silently."""
+    for layer, weights in layers.items():
+        for weight, value in weights.items():
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+                raise ValueError(
+                    f"{source}: tensor {layer}/{weight} holds {bad} non-finite value(s) (inf or "
+                    f"NaN) of {np.size(value)}; pretrained values must be finite."
+                )
+
+
 class PretrainedWeights(Mapping):
     """Pretrained values by layer name, then weight name (`"kernel"`, `"bias"`, ...).
 
@@ -149,6 +163,7 @@ class PretrainedWeights(Mapping):
             for layer, weights in layers.items()
         }
         self.source = source or "pretrained weights"
+        _check_finite(self._layers, self.source)
         self.store = store
         self._digests: dict[str, tuple[int, ...]] = {}
 
@@ -232,7 +247,7 @@ class PretrainedWeights(Mapping):
             with np.load(path, allow_pickle=False) as data:
                 order = json.loads(str(data[_ORDER]))
                 arrays = {key: data[key] for key in order}
-        except (OSError, KeyError, ValueError, EOFError) as e:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(
                 f"{path} is not a pretrained-weights file from PretrainedWeights.save "
                 f"({type(e).__name__}: {e})."

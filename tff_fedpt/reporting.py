@@ -197,14 +197,20 @@ def plot_accuracy_vs_noise(
 
 
 class FewerRunsError(ValueError):
-    """A report would replace saved results that hold more runs than it found."""
+    """A report would replace saved results that hold more runs, or more rounds, than it
+    found."""
 
 
-def refuse_fewer_runs(path: str, found: Mapping[str, int], count, runs_dir: str = "") -> None:
-    """Raises FewerRunsError when the report saved at `path` (JSON) holds more runs in a
-    section than `found` ({section: runs}, read from `runs_dir`); `count(saved_json) ->
-    {section: runs}`. A missing file is fine; an unreadable one is refused (nothing is
-    overwritten)."""
+def _as_counts(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, 0)
+
+
+def refuse_fewer_runs(path: str, found: Mapping[str, Any], count, runs_dir: str = "") -> None:
+    """Raises FewerRunsError when the report saved at `path` (JSON) holds, in a section,
+    more runs or more rounds than `found` ({section: (runs, rounds)} or {section: runs},
+    read from `runs_dir`); `count(saved_json)` gives the same for the saved report. A
+    short grid (every run a few rounds) therefore never replaces a long one. A missing
+    file is fine; an unreadable one is refused (nothing is overwritten)."""
     import json
 
     try:
@@ -216,13 +222,16 @@ def refuse_fewer_runs(path: str, found: Mapping[str, int], count, runs_dir: str 
         raise FewerRunsError(
             f"{path} exists but cannot be read ({e}); move it away to write a new report."
         ) from None
-    fewer = {k: (found.get(k, 0), n) for k, n in saved.items() if found.get(k, 0) < n}
+    fewer = {}
+    for key, value in saved.items():
+        (runs, rounds), (had_runs, had_rounds) = _as_counts(found.get(key, 0)), _as_counts(value)
+        if runs < had_runs or rounds < had_rounds:
+            fewer[key] = f"section {key}: {runs} run rows (saved: {had_runs})" + (
+                f", {rounds:,} rounds in all (saved: {had_rounds:,})" if had_rounds else ""
+            )
     if fewer:
-        details = ", ".join(
-            f"section {k}: {a} run rows (saved: {b})" for k, (a, b) in fewer.items()
-        )
         raise FewerRunsError(
-            f"the report from {runs_dir or 'these runs'} has fewer runs than {path} holds "
-            f"({details}); nothing was written. Point it at the runs behind {path}, or "
-            "write this report elsewhere."
+            f"the report from {runs_dir or 'these runs'} has fewer runs or rounds than {path} "
+            f"holds ({'; '.join(fewer.values())}); nothing was written. Point it at the runs "
+            f"behind {path}, or write this report elsewhere."
         )

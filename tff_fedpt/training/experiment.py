@@ -172,8 +172,11 @@ def _check_pretrained_and_adapters(config: ExperimentConfig, task: Task, algorit
     algorithms.pretrained_weights(config)  # a ConfigError naming the file
     names = "--pretrained_weights / --adapter_layers"
     try:
+        # Built eagerly (the task's input spec maps its data, whose lookup tables are
+        # eager), called in a graph of its own (nothing is kept).
+        model_fn = algorithm.model_fn(config, task, algorithm.keras_model_fn(config, task))
         with tf.Graph().as_default():
-            algorithm.model_fn(config, task, algorithm.keras_model_fn(config, task))()
+            model_fn()
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{names}: {e}") from None
 
