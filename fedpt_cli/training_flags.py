@@ -18,7 +18,7 @@ from absl import flags
 
 from tff_fedpt import remote, runtime, training
 from tff_fedpt.options import value_type
-from tff_fedpt.tasks import load_task, task_module
+from tff_fedpt.tasks import load_task, task_module, task_names
 from tff_fedpt.training import algorithms, config
 
 _NOT_FLAGS = ("task",)  # set by the binary
@@ -222,12 +222,47 @@ def train(task_name: str, task_kwargs: dict) -> None:
     )
 
 
-def main(task_name: str) -> None:
+_BINARY_FLAGS = ("progress", "workers", "worker_timeout")
+HELP_ARGS = ("--help", "-h", "-help", "--helpshort", "-?")
+
+
+def _flag_line(name: str) -> str:
+    flag = FLAGS[name]
+    default = "" if flag.default is None else flag.default
+    return f"  --{name}={default}".ljust(34) + f" {flag.help}"  # absl's help names choices
+
+
+def help_text(task_name: str, doc: str = "") -> str:
+    """The binary's --help: its own flags grouped (task, each option group, the binary's),
+    then the task's models and their freeze presets (absl's --helpfull lists them all)."""
+    module = task_module(task_name)
+    options = [f.name for f in dataclasses.fields(module.DataOptions)]
+    lines = [doc.strip(), "", f"Flags of the {task_name} task:", *map(_flag_line, options)]
+    groups: dict[type, list[str]] = {}
+    for field in config.fields():
+        if field.name not in _NOT_FLAGS:
+            groups.setdefault(field.metadata["group"], []).append(field.name)
+    for group, names in groups.items():
+        title = (group.__doc__ or group.__name__).strip().splitlines()[0].rstrip(".")
+        lines += ["", f"{title} ({group.__name__}):", *map(_flag_line, names)]
+    lines += ["", "Progress and workers:", *map(_flag_line, _BINARY_FLAGS), "", "Models:"]
+    for model, spec in module.CATALOG.items():
+        presets = ", ".join(["none", *spec.presets])
+        lines.append(f"  --model={model}: --freeze presets {presets} (or layer-name patterns)")
+    lines += ["", "--helpfull lists absl's and TensorFlow's flags too."]
+    return "\n".join(lines)
+
+
+def main(task_name: str, doc: str = "") -> None:
     """The binary's main: the task's flags come from its `DataOptions`, and its module's
-    `RECOMMENDED` settings (if any) replace the training flags' defaults."""
+    `RECOMMENDED` settings (if any) replace the training flags' defaults. `doc`: the
+    binary's docstring, the head of its --help."""
     options = define_task_flags(task_name)
     for name, value in getattr(task_module(task_name), "RECOMMENDED", {}).items():
         FLAGS.set_default(name, value)
+    if any(arg in HELP_ARGS for arg in sys.argv[1:]):
+        print(help_text(task_name, doc))
+        sys.exit(0)
 
     def task_kwargs():
         values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(options)}
@@ -257,7 +292,22 @@ def flags_table() -> str:
                 "meaning": field.metadata["help"],
             }
         )
-    return reporting.table(rows)
+    overrides = [
+        {
+            "binary": f"`scripts/run_{task}.py`",
+            "its defaults instead": ", ".join(
+                f"`--{k}={v}`" for k, v in task_module(task).RECOMMENDED.items()
+            ),
+        }
+        for task in task_names()
+        if getattr(task_module(task), "RECOMMENDED", None)
+    ]
+    return (
+        reporting.table(rows)
+        + "\n\nA binary whose task has tuned settings (its module's `RECOMMENDED`) starts "
+        "from them instead (`--help` shows each binary's own defaults):\n\n"
+        + reporting.table(overrides)
+    )
 
 
 if __name__ == "__main__":  # prints the table for docs/training.md

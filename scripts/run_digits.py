@@ -4,4 +4,4 @@
 from fedpt_cli import training_flags
 
 if __name__ == "__main__":
-    training_flags.main("digits")
+    training_flags.main("digits", __doc__)

@@ -4,4 +4,4 @@ Task flags: `emnist.DataOptions`."""
 from fedpt_cli import training_flags
 
 if __name__ == "__main__":
-    training_flags.main("emnist")
+    training_flags.main("emnist", __doc__)

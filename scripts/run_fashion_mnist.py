@@ -4,4 +4,4 @@ the four IDX files are on disk: `make data`). Task flags: `fashion_mnist.DataOpt
 from fedpt_cli import training_flags
 
 if __name__ == "__main__":
-    training_flags.main("fashion_mnist")
+    training_flags.main("fashion_mnist", __doc__)

@@ -6,4 +6,4 @@ training defaults: `shakespeare.RECOMMENDED` (TFF's Shakespeare baseline)."""
 from fedpt_cli import training_flags
 
 if __name__ == "__main__":
-    training_flags.main("shakespeare")
+    training_flags.main("shakespeare", __doc__)

@@ -4,4 +4,4 @@ Task flags: `stackoverflow.DataOptions`."""
 from fedpt_cli import training_flags
 
 if __name__ == "__main__":
-    training_flags.main("stackoverflow")
+    training_flags.main("stackoverflow", __doc__)

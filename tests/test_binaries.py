@@ -416,3 +416,22 @@ def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
     assert proc.returncode == 130 and len(lines) == 1, stderr
     assert "Interrupted" in lines[0] and "rerun the same command to resume" in lines[0]
     assert processes.leaked_workers() <= before
+
+
+def test_help_lists_the_binarys_own_flags_grouped_and_exits_0():
+    result = _binary("run_digits.py", "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert out.startswith("Trains FedPT or a baseline on the embedded digits task")
+    for expected in (
+        "Flags of the digits task:",
+        "  --num_clients=100",
+        "  --total_rounds=80",  # the task's RECOMMENDED default, as the binary runs it
+        "(DPOptions):",
+        "  --dp=False",
+        "  --freeze=",
+        "--model=cnn: --freeze presets none, dense, convs, all_but_output",
+        "  --progress=True",
+    ):
+        assert expected in out, expected
+    assert "Try --helpfull" not in out and "--logtostderr" not in out  # absl's own: --helpfull

@@ -63,7 +63,7 @@ class LoopOptions:
         "/tmp/tff_fedpt", "Root of checkpoints/results/logdir.", resumable=True
     )
     experiment_name: Optional[str] = option(
-        None, "Experiment name (default: <task>_<algorithm>_<freeze>)."
+        None, "Experiment name (default: <task>_<algorithm>_<freeze>, and _dp with --dp)."
     )
     seed: int = option(0, "Seed of client sampling, shuffling and model init.")
     sampling: str = option("uniform", "Client sampling per round.", choices=privacy.SAMPLINGS)
@@ -180,7 +180,9 @@ def resolve(config: ExperimentConfig, task) -> ExperimentConfig:
     """`config` with the task's defaults filled in (model, freeze, experiment_name)."""
     model = config.model or task.default_model
     freeze = config.freeze or task.default_freeze
-    name = config.experiment_name or f"{config.task}_{config.algorithm}_{freeze}"
+    # A DP run's default name says so: it would otherwise share a non-DP run's outputs.
+    dp = "_dp" if config.dp else ""
+    name = config.experiment_name or f"{config.task}_{config.algorithm}_{freeze}{dp}"
     return config.replace(model=model, freeze=freeze, experiment_name=name)
 
 
