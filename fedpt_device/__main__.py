@@ -9,30 +9,64 @@ updates.npz receives each client's upload (`delta_000_000`.., `weight_000`,
 """
 
 import argparse
+import os
 import sys
+import zipfile
 
 import numpy as np
 
 from fedpt_device.client import FINGERPRINT_SIGNATURE, SEED, DeviceError, SlimDeviceClient
 
 
+def _fail(message: str) -> int:
+    print(f"fedpt_device: {message}", file=sys.stderr)
+    return 2
+
+
+def _read_round(path: str) -> dict:
+    """The round file's arrays, with every key a round needs (DeviceError otherwise)."""
+    try:
+        with np.load(path) as f:
+            data = dict(f)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DeviceError(f"cannot read --round={path}: {type(e).__name__}: {e}") from None
+    missing = [k for k in (SEED, "batch_size") if k not in data]
+    if not any(k.startswith("trainable_") for k in data):
+        missing.append("trainable_000...")
+    clients = sorted(k[2:] for k in data if k.startswith("x_"))
+    if not clients:
+        missing.append("x_000...")
+    missing += [f"y_{c}" for c in clients if f"y_{c}" not in data]
+    if missing:
+        raise DeviceError(
+            f"--round={path} lacks {', '.join(missing)} (it holds {sorted(data)}); see "
+            "`python -m fedpt_device --help` for its keys."
+        )
+    return data
+
+
+def _write_updates(path: str, arrays: dict) -> None:
+    """Writes exactly `path` (np.savez would add .npz to another name), whole or not."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedpt_device", description=__doc__)
     parser.add_argument("--model", required=True, help="the builtin-only .tflite file")
     parser.add_argument("--round", required=True, help="the broadcast and the clients' data")
-    parser.add_argument("--updates", required=True, help="where the uploads go (.npz)")
+    parser.add_argument("--updates", required=True, help="where the uploads go (this path)")
     parser.add_argument("--check_no_tensorflow", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        with np.load(args.round) as f:
-            data = dict(f)
-    except (OSError, ValueError) as e:
-        print(f"fedpt_device: cannot read --round={args.round}: {e}", file=sys.stderr)
-        return 2
-    trainable = [data[k] for k in sorted(k for k in data if k.startswith("trainable_"))]
-    clients = sorted(k[2:] for k in data if k.startswith("x_"))
+    if os.path.isdir(args.updates):
+        return _fail(f"--updates={args.updates} is a directory; name the file to write.")
     out = {}
     try:
+        data = _read_round(args.round)
+        trainable = [data[k] for k in sorted(k for k in data if k.startswith("trainable_"))]
+        clients = sorted(k[2:] for k in data if k.startswith("x_"))
         for c in clients:
             client = SlimDeviceClient(args.model)
             client.start_round(trainable, data[SEED], data.get(FINGERPRINT_SIGNATURE))
@@ -44,9 +78,11 @@ def main(argv=None) -> int:
             out[f"weight_{c}"] = np.float32(update.weight)
             out[f"num_examples_{c}"] = np.int64(update.num_examples)
     except DeviceError as e:
-        print(f"fedpt_device: {e}", file=sys.stderr)
-        return 2
-    np.savez(args.updates, **out)
+        return _fail(str(e))
+    try:
+        _write_updates(args.updates, out)
+    except OSError as e:
+        return _fail(f"cannot write --updates={args.updates}: {e}")
     if args.check_no_tensorflow and "tensorflow" in sys.modules:
         print("fedpt_device: TensorFlow was imported", file=sys.stderr)
         return 1

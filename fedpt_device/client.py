@@ -107,6 +107,9 @@ class Client:
             self.fingerprint = fingerprint_hex(words)
         self._trained = False
         self._started = False
+        predictions = self._runners["evaluate"].get_output_details().get("predictions")
+        classes = int(predictions["shape_signature"][-1]) if predictions is not None else -1
+        self.num_classes = classes if classes > 0 else None
 
     @property
     def num_trainable(self) -> int:
@@ -128,6 +131,19 @@ class Client:
             raise DeviceError(
                 f"{signature}: argument {name!r} has shape {array.shape}; expected {shape}."
             )
+        if (
+            name == "y"
+            and self.num_classes
+            and array.size
+            and np.issubdtype(array.dtype, np.integer)
+        ):
+            low, high = int(array.min()), int(array.max())
+            if low < 0 or high >= self.num_classes:
+                raise DeviceError(
+                    f"{signature}: argument 'y' holds labels from {low} to {high}; the model "
+                    f"has {self.num_classes} classes, so labels must be in [0, "
+                    f"{self.num_classes - 1}]."
+                )
         return array
 
     def _check_fingerprint(self, frozen_fingerprint) -> None:
@@ -264,6 +280,90 @@ def _slim_interpreter(content: bytes):
     )
 
 
+def allocate_signatures(interpreter) -> None:
+    """Allocates every signature's subgraph now (an op the runtime cannot register fails
+    here, when the file is loaded)."""
+    for key in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner(key)
+        wrapper = getattr(runner, "_interpreter_wrapper", None)  # tflite_runtime, ai_edge_litert
+        if wrapper is None:
+            continue
+        wrapper.AllocateTensors(runner._subgraph_index)
+
+
+# The runtime reads the flatbuffer without verifying it: a corrupted file can crash the
+# process. Each file is therefore first loaded and run once (`dry_round`) in a child.
+_PROBE = """
+import sys
+from fedpt_device.client import _slim_interpreter, dry_round
+dry_round(_slim_interpreter(sys.stdin.buffer.read()))
+"""
+
+
+def dry_round(interpreter) -> None:
+    """Calls every signature once on zeros, in the order of a round: the runtime prepares
+    some ops (Flex ops among them) only when they first run."""
+    signatures = interpreter.get_signature_list()
+    for key in (*SIGNATURES, *(k for k in signatures if k not in SIGNATURES)):
+        if key not in signatures:
+            continue
+        runner = interpreter.get_signature_runner(key)
+        runner(
+            **{
+                name: np.zeros(
+                    np.where(d["shape_signature"] < 0, 2, d["shape_signature"]), d["dtype"]
+                )
+                for name, d in runner.get_input_details().items()
+            }
+        )
+
+
+_PROBED: set[str] = set()  # sha256 of the files that loaded in a child
+
+
+def _runtime_message(text: str) -> str:
+    import re
+
+    flex = re.search(r"\((Flex\w+)\)", text)
+    if flex or "Select TensorFlow op" in text:
+        op = f" ({flex.group(1)})" if flex else ""
+        return (
+            f"it needs the Flex delegate{op}, which the slim runtime lacks; export it with "
+            "export_tflite(..., builtins_only=True)"
+        )
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def probe_file(content: bytes, where: str) -> None:
+    """Loads `content` in a child process first (once per file and process).
+
+    Raises:
+      DeviceError: when the runtime cannot load it or crashes on it (a corrupted file).
+    """
+    import hashlib
+    import subprocess
+    import sys
+
+    digest = hashlib.sha256(content).hexdigest()
+    if digest in _PROBED:
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], input=content, capture_output=True, timeout=300, env=env
+    )
+    if done.returncode < 0:
+        raise DeviceError(
+            f"{where}: the slim runtime crashed loading it (signal {-done.returncode}); the "
+            "file is corrupted or truncated. Export it again."
+        )
+    if done.returncode != 0:
+        message = _runtime_message(done.stderr.decode(errors="replace"))
+        raise DeviceError(f"{where}: the slim runtime cannot load it: {message}.")
+    _PROBED.add(digest)
+
+
 _IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of every .tflite file, at byte 4
 
 
@@ -297,8 +397,9 @@ def read_file_header(tflite_model) -> tuple[bytes, str]:
 class SlimDeviceClient(Client):
     """A device on the slim runtime (`tflite_runtime`, else `ai_edge_litert`), with the
     builtin op resolver only: it runs files from `export_tflite(..., builtins_only=True)`
-    in a process that never imports TensorFlow. A file that needs Flex is refused when
-    loaded (the runtime names the op).
+    in a process that never imports TensorFlow. The file is first loaded in a child
+    process (a corrupted file can crash the runtime), and every signature is prepared when
+    it is loaded, so a file that needs Flex is refused then, naming the op.
 
     Args:
       tflite_model: The file's bytes or path.
@@ -311,13 +412,15 @@ class SlimDeviceClient(Client):
 
     def __init__(self, tflite_model: bytes | str | os.PathLike):
         content, where = read_file_header(tflite_model)
+        probe_file(content, where)
         try:
             interpreter = _slim_interpreter(content)
+            allocate_signatures(interpreter)
         except DeviceError:
             raise
         except Exception as e:  # the runtime's own errors (RuntimeError, ValueError)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DeviceError(f"{where}: the slim runtime cannot load it: {first}") from None
+            message = _runtime_message(str(e)) if str(e).strip() else type(e).__name__
+            raise DeviceError(f"{where}: the slim runtime cannot load it: {message}") from None
         missing = set(SIGNATURES) - set(interpreter.get_signature_list())
         if missing:
             raise DeviceError(f"{where} lacks the FedPT signatures {sorted(missing)}.")
