@@ -323,11 +323,23 @@ def test_device_updates_are_untrusted_a_nan_device_is_zeroed_as_tff_zeroes_a_nan
             device.apply_device_updates(process, state, updates)
         assert "\n" not in str(error.value) and len(str(error.value)) < 300, str(error.value)
 
-    refused(
-        [good, device.DeviceUpdate(good.delta, -6.0, 6)],
-        "update 1: weight must be finite and >= 0; received -6.0",
-    )
-    refused([device.DeviceUpdate(good.delta, float("inf"), 6)], "update 0: weight must be finite")
+    # A weight or delta that one device sends wrongly (negative, non-finite, finite in
+    # float64 but not float32, two weights that overflow together, a huge delta) zeroes
+    # that update alone: the round is the good device's, and the metrics say why.
+    huge = [np.full_like(d, 1e38) for d in good.delta]
+    for bad, reason in (
+        ([device.DeviceUpdate(good.delta, -6.0, 6)], "bad_weight"),
+        ([device.DeviceUpdate(good.delta, float("inf"), 6)], "bad_weight"),
+        ([device.DeviceUpdate(good.delta, 1e39, 6)], "bad_weight"),
+        ([device.DeviceUpdate(good.delta, 3e38, 6)] * 2, "bad_weight"),
+        ([device.DeviceUpdate(huge, 6.0, 6)], "delta_too_large"),
+    ):
+        out = device.apply_device_updates(process, state, [good, *bad])
+        alone = device.apply_device_updates(process, state, [good])
+        assert out.metrics["finalizer"]["update_non_finite"] == 0
+        assert out.metrics["devices"][f"{reason}_updates"] == len(bad), reason
+        got, want = out.state.global_model_weights, alone.state.global_model_weights
+        assert _max_diff(got.trainable, want.trainable) < 1e-6, reason
     refused(
         [device.DeviceUpdate(good.delta[:-1], 6.0, 6)],
         "update 0 has 5 delta tensors; the process uploads 6",

@@ -481,9 +481,17 @@ def _upload_specs(parts) -> list[tuple[tuple[int, ...], np.dtype]]:
 
 
 class _Delta(list):
-    """A checked delta; `zeroed` when the device sent a non-finite value."""
+    """A checked delta; `zeroed` names why it was zeroed ("" when it was not)."""
 
-    zeroed = False
+    zeroed = ""
+
+
+# Bounds on what one device may upload. Within them, any number of devices sums to a
+# finite float32 aggregate (2**24 * 1e9 = 1.7e16 per device; float32 reaches 3.4e38), so
+# one device cannot make the round non-finite and lose the others' work. 2**24 is also
+# the largest example count a float32 weight holds exactly.
+MAX_UPDATE_WEIGHT = float(2**24)
+MAX_ABS_DELTA = 1e9
 
 
 def _untrusted_update(index: int, update, expected) -> tuple[_Delta, np.float32]:
@@ -491,8 +499,9 @@ def _untrusted_update(index: int, update, expected) -> tuple[_Delta, np.float32]
 
     As TFF's own client step does (`build_model_delta_update_with_tff_optimizer`), a
     delta holding a non-finite value is zeroed and given weight 0, so the round keeps
-    the other devices' work; a structure that is not the process's upload type, or a
-    negative or non-finite weight, is refused.
+    the other devices' work; so is an update whose weight is negative, non-finite or above
+    `MAX_UPDATE_WEIGHT`, or whose delta exceeds `MAX_ABS_DELTA` (`_Delta.zeroed` says
+    why). A structure that is not the process's upload type is refused.
     """
     where = f"apply_device_updates: update {index}"
     delta = getattr(update, "delta", None)
@@ -519,32 +528,40 @@ def _untrusted_update(index: int, update, expected) -> tuple[_Delta, np.float32]
                 f"{where}: delta {i} has shape {array.shape} and dtype {array.dtype}; "
                 f"expected shape {shape} and dtype {dtype}."
             )
-        out.append(array.astype(dtype, copy=False))
+        out.append(array)
     try:
         weight = float(weight)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: weight must be a number; received {weight!r}.") from None
-    if not np.isfinite(weight) or weight < 0:
-        raise ValueError(f"{where}: weight must be finite and >= 0; received {weight}.")
     if not all(np.all(np.isfinite(a)) for a in out):
-        zeroed = _Delta(np.zeros_like(a) for a in out)
-        zeroed.zeroed = True
-        return zeroed, np.float32(0.0)
-    return out, np.float32(weight)
+        reason = "non_finite"
+    elif not 0 <= weight <= MAX_UPDATE_WEIGHT:  # NaN fails too
+        reason = "bad_weight"
+    elif any(a.size and float(np.max(np.abs(a))) > MAX_ABS_DELTA for a in out):
+        reason = "delta_too_large"
+    else:
+        return _Delta(a.astype(dtype, copy=False) for a, (_, dtype) in zip(out, expected)), (
+            np.float32(weight)
+        )
+    zeroed = _Delta(np.zeros(shape, dtype) for shape, dtype in expected)
+    zeroed.zeroed = reason
+    return zeroed, np.float32(0.0)
 
 
 def apply_device_updates(learning_process, state, updates: Sequence[DeviceUpdate]):
     """The next state from device updates, through the process's aggregator and finalizer.
 
-    Each update is untrusted input: a delta with a non-finite value is zeroed with weight
-    0 (as TFF's client step treats a client whose training diverged), so the others'
-    work is kept; an update of the wrong structure, or a negative or non-finite weight,
-    is refused.
+    Each update is untrusted input: one whose delta holds a non-finite value or exceeds
+    `MAX_ABS_DELTA`, or whose weight is negative, non-finite or above `MAX_UPDATE_WEIGHT`,
+    is zeroed with weight 0 (as TFF's client step treats a client whose training
+    diverged), so no device can lose the others' work; an update of the wrong structure is
+    refused.
 
     Returns:
       `tff.learning.templates.LearningProcessOutput(state, metrics)` with the
       aggregator's and finalizer's measurements, the round's communication and
-      `devices/non_finite_updates` (how many updates were zeroed).
+      `devices/non_finite_updates`, `devices/bad_weight_updates` and
+      `devices/delta_too_large_updates` (how many updates were zeroed, and why).
 
     Raises:
       ValueError: naming the update and what is wrong with it.
@@ -571,7 +588,8 @@ def apply_device_updates(learning_process, state, updates: Sequence[DeviceUpdate
             (k, int(v)) for k, v in server_metrics["communication"].items()
         ),
         devices=collections.OrderedDict(
-            non_finite_updates=sum(delta.zeroed for delta, _ in checked)
+            (f"{reason}_updates", sum(delta.zeroed == reason for delta, _ in checked))
+            for reason in ("non_finite", "bad_weight", "delta_too_large")
         ),
     )
     return tff.learning.templates.LearningProcessOutput(new_state, metrics)
