@@ -298,8 +298,26 @@ def test_what_cannot_be_exported_builtin_only_is_one_line():
             freeze=tff_fedpt.FreezeSpec(layers=("frozen",), generator="portable"),
         )
 
+    def odd_pool_fn():
+        keras_model = tf.keras.Sequential(
+            [
+                tf.keras.layers.InputLayer(input_shape=(7, 7, 1)),
+                tf.keras.layers.Conv2D(2, 1, name="conv"),
+                tf.keras.layers.MaxPool2D(2, padding="same"),
+                tf.keras.layers.Flatten(),
+                tf.keras.layers.Dense(3, name="frozen"),
+            ]
+        )
+        return tff_fedpt.from_keras_model(
+            keras_model,
+            loss=_loss(),
+            input_spec=(tf.TensorSpec([None, 7, 7, 1]), tf.TensorSpec([None], tf.int32)),
+            freeze=tff_fedpt.FreezeSpec(layers=("frozen",), generator="portable"),
+        )
+
     cases = (
         (softsign_fn, 2, r"no builtin formulation of Softsign \(in soft\)"),
+        (odd_pool_fn, 2, r"padding 'same' needs an input divisible by the window; got input 7x7"),
         (_portable_fn(), None, "needs a fixed batch_size"),
         (
             lambda: tff_fedpt.from_keras_model(
@@ -330,3 +348,34 @@ def test_export_binary_builtins_only_needs_a_batch_size():
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert "--builtins_only needs --batch_size" in lines[0]
+
+
+def test_builtin_max_pool_gradient_follows_tensorflows_tie_rule():
+    """Tied maxima (a zero background through a conv without activation): TensorFlow sends
+    the gradient to the first maximum of each window in row-major order; so must the
+    builtin gradient, or a device round drifts from `process.next`."""
+    from tff_fedpt import builtin_ops
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((2, 6, 6, 1), np.float32)
+    x[:, 2:4, 1:5, :] = rng.integers(0, 3, (2, 2, 4, 1))  # small integers: ties inside too
+    model = tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(6, 6, 1)),
+            tf.keras.layers.Conv2D(3, 1, kernel_initializer="ones", bias_initializer="zeros"),
+            tf.keras.layers.MaxPool2D(2),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(4, kernel_initializer=tf.keras.initializers.GlorotUniform(1)),
+        ]
+    )
+
+    def grads(builtin):
+        with tf.GradientTape() as tape:
+            out = tf.reduce_sum(model(x) ** 2)
+        if builtin:
+            with builtin_ops.gradients():
+                return tape.gradient(out, model.trainable_variables)
+        return tape.gradient(out, model.trainable_variables)
+
+    for ours, theirs in zip(tf.function(lambda: grads(True))(), grads(False)):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-6)

@@ -39,8 +39,9 @@ def _attr(op, name):
 @tf.RegisterGradient(_PREFIX + "MaxPool")
 def _max_pool_grad(op, dy):
     """Non-overlapping windows (stride == window, NHWC): the gradient goes to the
-    window's maximum (to each of tied maxima; after ReLU ties are zeros, which the ReLU
-    gradient drops)."""
+    window's maximum and, among tied maxima, to the first in row-major window order, as
+    TensorFlow's `MaxPoolGrad` sends it (ties are common: the zero background of an image
+    before a convolution without activation)."""
     x, y = op.inputs[0], op.outputs[0]
     ksize, strides = list(op.get_attr("ksize")), list(op.get_attr("strides"))
     if ksize != strides or _attr(op, "data_format") != "NHWC" or ksize[0] != 1 or ksize[3] != 1:
@@ -49,15 +50,25 @@ def _max_pool_grad(op, dy):
             f"window {ksize}, strides {strides}"
         )
     kh, kw = ksize[1], ksize[2]
+    if _attr(op, "padding") == "SAME" and (x.shape[1] % kh or x.shape[2] % kw):
+        raise NotImplementedError(
+            f"builtin max-pool gradient: padding 'same' needs an input divisible by the "
+            f"window; got input {x.shape[1]}x{x.shape[2]}, window {kh}x{kw} (use "
+            "padding='valid', or an input size divisible by the window)"
+        )
     b, h, w, c = y.shape
     height, width = h * kh, w * kw
-
-    def up(t):
-        t = tf.reshape(t, [b, h, 1, w, 1, c])
-        return tf.reshape(tf.broadcast_to(t, [b, h, kh, w, kw, c]), [b, height, width, c])
-
-    covered = x[:, :height, :width, :]
-    dx = up(dy) * tf.cast(tf.equal(covered, up(y)), dy.dtype)
+    taken = tf.zeros_like(dy)  # 1 where a window's maximum has had the gradient
+    rows = []
+    for i in range(kh):
+        pieces = []
+        for j in range(kw):
+            at_max = tf.cast(tf.equal(x[:, i:height:kh, j:width:kw, :], y), dy.dtype)
+            first = at_max * (1.0 - taken)
+            taken = taken + first
+            pieces.append(tf.reshape(dy * first, [b, h, 1, w, 1, c]))
+        rows.append(tf.concat(pieces, axis=4))
+    dx = tf.reshape(tf.concat(rows, axis=2), [b, height, width, c])
     pad = [[0, 0], [0, x.shape[1] - height], [0, x.shape[2] - width], [0, 0]]
     return tf.pad(dx, pad) if pad[1][1] or pad[2][1] else dx
 

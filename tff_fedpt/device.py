@@ -330,8 +330,12 @@ def export_tflite(
         try:
             signatures = {name: getattr(module, name).get_concrete_function() for name in names}
         except NotImplementedError as e:  # a builtin gradient's limits (builtin_ops)
+            # Raised while tracing, the message carries autograph's trace; its last line
+            # is the gradient's own.
+            detail = str(e).strip().splitlines()[-1].strip()
+            detail = detail.removeprefix("NotImplementedError:").strip()
             raise DeviceError(
-                f"the model cannot be exported with TensorFlow Lite builtins only: {e}."
+                f"the model cannot be exported with TensorFlow Lite builtins only: {detail}."
             ) from None
         # (the builtin gradients are part of the traced graphs; SavedModel need not
         # re-trace them as gradient functions of their own)
