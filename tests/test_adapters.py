@@ -145,3 +145,26 @@ def test_ffa_with_a_pretrained_base_a_device_round_equals_process_next():
     merged = adapters.merge_adapters(keras_model)
     x = data[0][0]
     np.testing.assert_allclose(merged(x).numpy(), keras_model(x).numpy(), atol=1e-5)
+
+
+def test_lora_a_differs_per_layer_is_reproducible_and_seeded(recwarn):
+    def model():
+        inputs = tf.keras.Input([6])
+        hidden = tf.keras.layers.Dense(6, name="d1")(inputs)
+        hidden = tf.keras.layers.Dense(6, name="d2")(hidden)
+        return tf.keras.Model(inputs, tf.keras.layers.Dense(2, name="out")(hidden))
+
+    def a_of(seed=0):
+        adapted = adapters.add_adapters(model(), ["d1", "d2"], rank=4, seed=seed)
+        return [adapted.get_layer(n).lora_a.numpy() for n in ("d1", "d2")]
+
+    first, again, other = a_of(), a_of(), a_of(seed=5)
+    assert not np.allclose(first[0], first[1])  # one A per layer
+    np.testing.assert_array_equal(first[0], again[0])  # the same on every call
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.allclose(first[0], other[0])
+    # The layer of index k draws with HeUniform(seed + k), as documented.
+    np.testing.assert_array_equal(first[1], tf.keras.initializers.HeUniform(seed=1)((6, 4)))
+    assert not [w for w in recwarn if "unseeded" in str(w.message)]
+    with pytest.raises(ValueError, match=r"adapter layers: '\(' is not a regular expression"):
+        adapters.add_adapters(model(), "(", rank=2)

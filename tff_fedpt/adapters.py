@@ -67,7 +67,7 @@ class _Adapter:
     #: Non-trainable weights that belong to the adapter's design (not Keras state).
     frozen_by_design = True
 
-    def _init_adapter(self, rank, alpha, mode):
+    def _init_adapter(self, rank, alpha, mode, a_seed=0):
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
             raise ValueError(f"rank must be an integer >= 1; received {rank!r}.")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
@@ -76,7 +76,8 @@ class _Adapter:
             raise ValueError(f"mode must be one of {MODES}; received {mode!r}.")
         self.rank, self.alpha, self.mode = int(rank), float(alpha), mode
         self.seeded_weights = ("lora_a",) if mode == "ffa" else ()
-        self.lora_a_initializer = _factor_initializer(0)
+        self.a_seed = int(a_seed)
+        self.lora_a_initializer = _factor_initializer(self.a_seed)
         self.lora_b_initializer = tf.keras.initializers.Zeros()
 
     @property
@@ -95,14 +96,22 @@ class _Adapter:
         )
 
     def _adapter_config(self):
-        return {"rank": self.rank, "alpha": self.alpha, "mode": self.mode}
+        return {"rank": self.rank, "alpha": self.alpha, "mode": self.mode, "a_seed": self.a_seed}
 
 
 class LoRADense(_Adapter, tf.keras.layers.Layer):
     """A Dense layer with a frozen kernel and bias plus a low-rank update."""
 
     def __init__(
-        self, units, rank=4, alpha=None, mode="lora", activation=None, use_bias=True, **kw
+        self,
+        units,
+        rank=4,
+        alpha=None,
+        mode="lora",
+        activation=None,
+        use_bias=True,
+        a_seed=0,
+        **kw,
     ):
         super().__init__(**kw)
         self.units = int(units)
@@ -110,7 +119,7 @@ class LoRADense(_Adapter, tf.keras.layers.Layer):
         self.use_bias = use_bias
         self.kernel_initializer = tf.keras.initializers.GlorotUniform()
         self.bias_initializer = tf.keras.initializers.Zeros()
-        self._init_adapter(rank, rank if alpha is None else alpha, mode)
+        self._init_adapter(rank, rank if alpha is None else alpha, mode, a_seed)
 
     def build(self, input_shape):
         n = int(input_shape[-1])
@@ -148,7 +157,7 @@ class LoRAConv2D(_Adapter, tf.keras.layers.Layer):
     """A Conv2D layer (channels last) with a frozen kernel and bias plus a low-rank update
     of the kernel seen as a (kh * kw * channels, filters) matrix."""
 
-    def __init__(self, conv_config, rank=4, alpha=None, mode="lora", **kw):
+    def __init__(self, conv_config, rank=4, alpha=None, mode="lora", a_seed=0, **kw):
         super().__init__(**kw)
         self.conv_config = dict(conv_config)
         if self.conv_config.get("data_format") not in (None, "channels_last"):
@@ -166,7 +175,7 @@ class LoRAConv2D(_Adapter, tf.keras.layers.Layer):
         self.use_bias = self.conv_config.get("use_bias", True)
         self.kernel_initializer = tf.keras.initializers.GlorotUniform()
         self.bias_initializer = tf.keras.initializers.Zeros()
-        self._init_adapter(rank, rank if alpha is None else alpha, mode)
+        self._init_adapter(rank, rank if alpha is None else alpha, mode, a_seed)
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
@@ -201,13 +210,21 @@ class LoRAEmbedding(_Adapter, tf.keras.layers.Layer):
     """An Embedding layer with a frozen table plus a low-rank update (rows of A, times B)."""
 
     def __init__(
-        self, input_dim, output_dim, rank=4, alpha=None, mode="lora", mask_zero=False, **kw
+        self,
+        input_dim,
+        output_dim,
+        rank=4,
+        alpha=None,
+        mode="lora",
+        mask_zero=False,
+        a_seed=0,
+        **kw,
     ):
         super().__init__(**kw)
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.mask_zero = mask_zero
         self.embeddings_initializer = tf.keras.initializers.RandomUniform(-0.05, 0.05)
-        self._init_adapter(rank, rank if alpha is None else alpha, mode)
+        self._init_adapter(rank, rank if alpha is None else alpha, mode, a_seed)
 
     def build(self, input_shape):
         self.embeddings = self.add_weight(
@@ -241,17 +258,19 @@ class LoRAEmbedding(_Adapter, tf.keras.layers.Layer):
 ADAPTER_TYPES = (LoRADense, LoRAConv2D, LoRAEmbedding)
 
 
-def _adapted(layer, rank, alpha, mode):
-    new = _adapted_layer(layer, rank, alpha, mode)
-    # The base keeps the original layer's initializers, so a seeded (not pretrained)
-    # frozen base is drawn as the original layer would have drawn it.
+def _adapted(layer, rank, alpha, mode, a_seed):
+    new = _adapted_layer(layer, rank, alpha, mode, a_seed)
+    # The base keeps the original layer's initializers (fresh instances of the same class
+    # and config: Keras warns when one unseeded instance draws twice), so a seeded (not
+    # pretrained) frozen base is drawn as the original layer would have drawn it.
     for attr in ("kernel_initializer", "bias_initializer", "embeddings_initializer"):
-        if getattr(layer, attr, None) is not None and hasattr(new, attr):
-            setattr(new, attr, layer.__getattribute__(attr))
+        initializer = getattr(layer, attr, None)
+        if initializer is not None and hasattr(new, attr):
+            setattr(new, attr, initializer.__class__.from_config(initializer.get_config()))
     return new
 
 
-def _adapted_layer(layer, rank, alpha, mode):
+def _adapted_layer(layer, rank, alpha, mode, a_seed=0):
     config = layer.get_config()
     name = layer.name
     if type(layer) is tf.keras.layers.Dense:
@@ -262,10 +281,11 @@ def _adapted_layer(layer, rank, alpha, mode):
             mode,
             activation=config["activation"],
             use_bias=config["use_bias"],
+            a_seed=a_seed,
             name=name,
         )
     if type(layer) is tf.keras.layers.Conv2D:
-        return LoRAConv2D(config, rank, alpha, mode, name=name)
+        return LoRAConv2D(config, rank, alpha, mode, a_seed=a_seed, name=name)
     if type(layer) is tf.keras.layers.Embedding:
         return LoRAEmbedding(
             config["input_dim"],
@@ -274,6 +294,7 @@ def _adapted_layer(layer, rank, alpha, mode):
             alpha,
             mode,
             mask_zero=config.get("mask_zero", False),
+            a_seed=a_seed,
             name=name,
         )
     raise ValueError(
@@ -304,6 +325,7 @@ def add_adapters(
     rank: int = 4,
     alpha: float | None = None,
     mode: str = "lora",
+    seed: int = 0,
 ) -> tf.keras.Model:
     """A copy of `keras_model` whose named layers carry low-rank adapters.
 
@@ -322,13 +344,16 @@ def add_adapters(
         a scale of 1).
       mode: "lora" (A and B trained) or "ffa" (A frozen and regenerated from the seed;
         only B trained).
+      seed: The k-th adapted layer (in the model's layer order, from 0) draws its A with
+        `HeUniform(seed=seed + k)`: different in every layer, the same on every call. (In
+        "ffa" mode inside FedPT, A is drawn from the frozen seed instead.)
 
     Returns:
       The adapted Keras model.
 
     Raises:
-      ValueError: for a pattern that matches no layer, a layer of another type, or an
-        invalid rank, alpha or mode.
+      ValueError: for a pattern that matches no layer or is not a regular expression, a
+        layer of another type, or an invalid rank, alpha or mode.
     """
     patterns = [layers] if isinstance(layers, str) else list(layers)
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
@@ -336,13 +361,25 @@ def add_adapters(
     names = [layer.name for layer in keras_model.layers]
     selected = set()
     for pattern in patterns:
-        hits = {n for n in names if re.fullmatch(pattern, n)}
+        try:
+            hits = {n for n in names if re.fullmatch(pattern, n)}
+        except re.error as e:
+            raise ValueError(
+                f"adapter layers: {pattern!r} is not a regular expression ({e}); name layers "
+                f"(a full match): {names}."
+            ) from None
         if not hits:
             raise ValueError(f"adapter layers: {pattern!r} matches no layer; layers: {names}.")
         selected |= hits
 
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer; received {seed!r}.")
+    order = {n: k for k, n in enumerate(n for n in names if n in selected)}
+
     def replace(layer):
-        return _adapted(layer, rank, alpha, mode) if layer.name in selected else None
+        if layer.name not in selected:
+            return None
+        return _adapted(layer, rank, alpha, mode, int(seed) + order[layer.name])
 
     clone, built = _clone(keras_model, replace)
     if not tf.executing_eagerly():
