@@ -168,3 +168,43 @@ def test_lora_a_differs_per_layer_is_reproducible_and_seeded(recwarn):
     assert not [w for w in recwarn if "unseeded" in str(w.message)]
     with pytest.raises(ValueError, match=r"adapter layers: '\(' is not a regular expression"):
         adapters.add_adapters(model(), "(", rank=2)
+
+
+@pytest.mark.parametrize("kind", ["seeded", "pretrained", "ffa", "lora"])
+def test_keras_model_from_state_predicts_as_the_tff_model(kind):
+    held = pretrained.PretrainedWeights.from_keras_model(digits.cnn(7, WIDTH))
+    if kind in ("ffa", "lora"):
+        model_fn = _adapted_fn(kind, held=held)
+    else:
+        spec = tff_fedpt.FreezeSpec(
+            layers=("conv1", "dense"), pretrained=held if kind == "pretrained" else None
+        )
+
+        def model_fn():
+            return tff_fedpt.from_keras_model(
+                digits.cnn(0, WIDTH), loss=_loss(), input_spec=SPEC, freeze=spec
+            )
+
+    process = tff_fedpt.build_fedpt_process(
+        model_fn, tff.learning.optimizers.build_sgdm(0.5), frozen_seed=3
+    )
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 12).astype(np.int32)
+    state = process.next(
+        process.initialize(), [tf.data.Dataset.from_tensor_slices((x, y)).batch(4)]
+    ).state
+    keras_model = tff_fedpt.keras_model_from_state(process, state, model_fn)
+    reference = model_fn()
+    process.get_model_weights(state).assign_weights_to(reference)
+    expected = reference.predict_on_batch(x, training=False).numpy()
+    np.testing.assert_allclose(keras_model(x).numpy(), expected, atol=1e-5)
+    assert all(layer.trainable for layer in keras_model.layers)
+    assert not any(isinstance(lyr, adapters.ADAPTER_TYPES) for lyr in keras_model.layers)
+    if kind == "pretrained":  # the frozen values in place
+        np.testing.assert_array_equal(
+            keras_model.get_layer("conv1").kernel.numpy(), held["conv1"]["kernel"]
+        )
+    kept = tff_fedpt.keras_model_from_state(process, state, model_fn, merge_adapters=False)
+    adapted = any(isinstance(lyr, adapters.ADAPTER_TYPES) for lyr in kept.layers)
+    assert adapted == (kind in ("ffa", "lora"))

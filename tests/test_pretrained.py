@@ -428,3 +428,31 @@ def test_pretrain_bad_flags_are_one_line(tmp_path, flag, message):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert message in lines[0]
+
+
+def test_initial_state_starts_trainable_layers_from_the_pretrained_weights():
+    base = digits.cnn(7, 32)
+    held = pretrained.PretrainedWeights.from_keras_model(base)
+    spec = tff_fedpt.FreezeSpec(layers=("conv1", "conv2"), pretrained=held)
+
+    def model_fn():
+        return tff_fedpt.from_keras_model(
+            digits.cnn(0, 32),
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=(tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32)),
+            freeze=spec,
+        )
+
+    process = tff_fedpt.build_fedpt_process(model_fn, tff.learning.optimizers.build_sgdm(0.1))
+    fresh = process.get_model_weights(process.initialize())
+    state = held.initial_state(process, model_fn)
+    weights = process.get_model_weights(state)
+    # Trainable: dense and logits (kernel, bias each), now the pretrained model's.
+    expected = [held[n][w] for n in ("dense", "logits") for w in ("kernel", "bias")]
+    for got, want in zip(weights.trainable, expected):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(fresh.trainable[0], expected[0])  # initialize() alone: fresh
+    process.next(state, [tf.data.Dataset.from_tensor_slices(
+        (np.zeros((4, 8, 8, 1), np.float32), np.zeros(4, np.int32))).batch(2)])  # fmt: skip
+    with pytest.raises(TypeError, match="must return a tff_fedpt.PartiallyTrainableModel"):
+        held.initial_state(process, lambda: None)

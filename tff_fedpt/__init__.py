@@ -20,7 +20,11 @@ from tff_fedpt.freezing import (
     generate_frozen_weights,
     resolve_freeze,
 )
-from tff_fedpt.keras_models import PartiallyTrainableModel, from_keras_model
+from tff_fedpt.keras_models import (
+    PartiallyTrainableModel,
+    from_keras_model,
+    keras_model_from_state,
+)
 from tff_fedpt.pretrained import PretrainedWeights
 from tff_fedpt.process import FedPTState, PretrainedFedPTState, build_fedpt_process
 
@@ -43,6 +47,7 @@ __all__ = [
     "fedavg_communication_cost",
     "from_keras_model",
     "generate_frozen_weights",
+    "keras_model_from_state",
     "merge_adapters",
     "resolve_freeze",
     "type_bytes",

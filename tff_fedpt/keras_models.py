@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import freezing, pretrained
+from tff_fedpt import adapters, freezing, pretrained
 
 
 class PartiallyTrainableModel(tff.learning.models.VariableModel):
@@ -219,3 +219,38 @@ def from_keras_model(
     ):
         raise AssertionError("TFF's non-trainable variables do not line up with the Keras model's.")
     return PartiallyTrainableModel(inner, keras_model, initializers, report, loss)
+
+
+def keras_model_from_state(
+    learning_process, state, model_fn, *, merge_adapters: bool = True
+) -> tf.keras.Model:
+    """A plain Keras model holding a state's weights: the trained part and the frozen
+    part in place (regenerated from the seed or pretrained), every layer trainable again,
+    for inference, export or fine-tuning outside TFF.
+
+    Args:
+      learning_process: The FedPT process (`build_fedpt_process`) that `state` is of.
+      state: A state of that process (`initialize()`, `next(...).state`, a checkpoint).
+      model_fn: The process's model function (a `PartiallyTrainableModel` each call).
+      merge_adapters: Fold low-rank adapters into their base layers (`merge_adapters`),
+        giving the original architecture; False keeps the adapter layers.
+
+    Returns:
+      A `tf.keras.Model` whose predictions equal the TFF model's on these weights.
+
+    Raises:
+      TypeError: if `model_fn` does not return a `PartiallyTrainableModel`.
+    """
+    model = model_fn()
+    if not isinstance(model, PartiallyTrainableModel):
+        raise TypeError(
+            "keras_model_from_state: model_fn must return a tff_fedpt.PartiallyTrainableModel "
+            f"(tff_fedpt.from_keras_model); it returned {type(model).__name__}."
+        )
+    learning_process.get_model_weights(state).assign_weights_to(model)
+    keras_model = model.keras_model
+    if merge_adapters and any(isinstance(x, adapters.ADAPTER_TYPES) for x in keras_model.layers):
+        keras_model = adapters.merge_adapters(keras_model)
+    for layer in keras_model.layers:
+        layer.trainable = True
+    return keras_model

@@ -329,6 +329,35 @@ class PretrainedWeights(Mapping):
             non_trainable=replaced(keras_model.non_trainable_weights, model_weights.non_trainable),
         )
 
+    def initial_state(self, learning_process, model_fn):
+        """`learning_process.initialize()` with every value held here put in place: the
+        trainable layers these weights hold start from them (the frozen ones are theirs
+        already, checked by fingerprint), so a run starts from the whole pretrained model,
+        as the binaries' `--pretrained_weights` does.
+
+        Args:
+          learning_process: A process built on `model_fn` (FedPT, or TFF's FedAvg on a
+            `tff_fedpt.from_keras_model` model).
+          model_fn: Its model function; each call returns a `PartiallyTrainableModel`.
+
+        Returns:
+          The state, through `learning_process.set_model_weights`.
+
+        Raises:
+          TypeError: if `model_fn` returns a model without a Keras model.
+        """
+        from tff_fedpt import keras_models  # imports this module
+
+        model = model_fn()
+        if not isinstance(model, keras_models.PartiallyTrainableModel):
+            raise TypeError(
+                "initial_state: model_fn must return a tff_fedpt.PartiallyTrainableModel "
+                f"(tff_fedpt.from_keras_model); it returned {type(model).__name__}."
+            )
+        state = learning_process.initialize()
+        weights = self.overwrite(learning_process.get_model_weights(state), model.keras_model)
+        return learning_process.set_model_weights(state, weights)
+
     def assign_to(self, keras_model: tf.keras.Model) -> int:
         """Assigns the held values to `keras_model`'s variables (eagerly); returns how many."""
         count = 0
