@@ -114,7 +114,9 @@ def test_epsilon_matches_dp_accounting():
         replace_one.get_epsilon(1e-5), rel=1e-9
     )
     assert privacy.compute_epsilon(setting, 0, 1e-5) == 0.0
-    assert privacy.compute_epsilon(privacy.PrivacySetting(0.0, 1, 100), 3, 1e-5) == math.inf
+    assert (
+        privacy.compute_epsilon(privacy.PrivacySetting(0.0, 1, 100, "poisson"), 3, 1e-5) == math.inf
+    )
 
 
 @pytest.mark.parametrize(
@@ -225,3 +227,24 @@ def test_resume_keeps_dp_state_and_epsilon(tmp_path):
     assert float(rows[-1]["privacy/epsilon"]) == float(full.rows[-1]["privacy/epsilon"])
     setting = privacy.PrivacySetting(0.5, 10, 20, "poisson")
     assert float(rows[-1]["privacy/epsilon"]) == privacy.compute_epsilon(setting, 4, 1 / 20)
+
+
+def test_accountant_steps_per_round_as_dp_accounting_and_sampling_is_explicit():
+    setting = privacy.PrivacySetting(0.5, 4, 8, "uniform")
+    accountant = privacy.PrivacyAccountant(setting, target_delta=1 / 8)  # delta 1/population
+    epsilons = [accountant.step() for _ in range(3)]
+    oracle = dp_accounting.rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    for epsilon in epsilons:
+        oracle.compose(
+            dp_accounting.SampledWithoutReplacementDpEvent(8, 4, dp_accounting.GaussianDpEvent(0.5))
+        )
+        assert epsilon == pytest.approx(oracle.get_epsilon(1 / 8), rel=1e-9)
+    poisson = privacy.PrivacyAccountant(privacy.PrivacySetting(0.5, 4, 8, "poisson"), 1 / 8)
+    # Fixed-size rounds accounted as Poisson ones would report about 37% too little.
+    assert (round(epsilons[-1], 2), round(poisson.step(3), 2)) == (10.72, 6.74)
+    with pytest.raises(TypeError, match="sampling"):
+        privacy.PrivacySetting(0.5, 4, 8)  # no default: the sampling used must be named
+    with pytest.raises(ValueError, match="does not support fixed-size"):
+        privacy.PrivacyAccountant(setting, 1e-5, accountant="pld")

@@ -278,13 +278,15 @@ class PrivacySetting:
       noise_multiplier: Noise standard deviation / clip.
       clients_per_round: Fixed sample size (uniform) or expected size (poisson).
       population: Number of clients that could be sampled.
-      sampling: "uniform" (fixed size, without replacement) or "poisson".
+      sampling: "uniform" (fixed size, without replacement) or "poisson": the sampling
+        the rounds really used, with no default (the two differ: z 0.5, 4 of 8 clients,
+        3 rounds at delta 1/8 give epsilon 10.7 for fixed-size rounds and 6.7 for Poisson ones).
     """
 
     noise_multiplier: float
     clients_per_round: int
     population: int
-    sampling: str = "poisson"
+    sampling: str
 
     def __post_init__(self):
         _check_positive_float(self.noise_multiplier, "noise_multiplier", allow_zero=True)
@@ -346,6 +348,44 @@ def compute_epsilon(
     acc = _accountant(accountant, setting.sampling)
     acc.compose(setting.event(rounds))
     return float(acc.get_epsilon(target_delta))
+
+
+class PrivacyAccountant:
+    """Epsilon as rounds go, for a library user's own loop: `step()` after each DP round.
+
+        accountant = privacy.PrivacyAccountant(setting, target_delta=1e-5)
+        for round_num in range(rounds):
+            state = process.next(state, sampled_client_data).state
+            epsilon = accountant.step()
+
+    Args:
+      setting: The mechanism each round applies (`PrivacySetting`; its sampling must be
+        the one the rounds use).
+      target_delta: Delta of the reported epsilon, in (0, 1).
+      accountant: "rdp" or "pld" (dp_accounting's RdpAccountant / PLDAccountant).
+
+    Raises:
+      ValueError: for a delta outside (0, 1) or an accountant the sampling does not allow.
+    """
+
+    def __init__(self, setting: PrivacySetting, target_delta: float, accountant: str = "rdp"):
+        if not 0 < target_delta < 1:
+            raise ValueError(f"target_delta must be in (0, 1); received {target_delta}.")
+        _accountant(accountant, setting.sampling)  # validates the combination
+        self.setting, self.target_delta, self.accountant = setting, target_delta, accountant
+        self.rounds = 0
+
+    def step(self, rounds: int = 1) -> float:
+        """Accounts for `rounds` more rounds; returns epsilon after all of them."""
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+            raise ValueError(f"rounds must be an integer >= 0; received {rounds!r}.")
+        self.rounds += rounds
+        return self.epsilon
+
+    @property
+    def epsilon(self) -> float:
+        """Epsilon after the rounds accounted so far."""
+        return compute_epsilon(self.setting, self.rounds, self.target_delta, self.accountant)
 
 
 @dataclasses.dataclass(frozen=True)
