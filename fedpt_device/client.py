@@ -59,7 +59,10 @@ def mismatch_message(where: str, expected: str, received: str) -> str:
     return (
         f"{where}: the pretrained frozen values have fingerprint {received}, but "
         f"{expected} was expected; these are other pretrained weights (another file, or "
-        "a changed tensor). Use the weights the run was started with."
+        "a changed tensor). Use the weights the run was started with. (These fingerprints "
+        "cover the frozen pretrained tensors only, as a state carries them; a file's "
+        "PretrainedWeights.fingerprint(), printed when it is saved, covers every tensor it "
+        "holds and differs when the model freezes only some.)"
     )
 
 

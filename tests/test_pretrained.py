@@ -456,3 +456,21 @@ def test_initial_state_starts_trainable_layers_from_the_pretrained_weights():
         (np.zeros((4, 8, 8, 1), np.float32), np.zeros(4, np.int32))).batch(2)])  # fmt: skip
     with pytest.raises(TypeError, match="must return a tff_fedpt.PartiallyTrainableModel"):
         held.initial_state(process, lambda: None)
+
+
+def test_set_model_weights_refuses_a_pretrained_value_off_by_one_ulp_in_one_line():
+    held = _weights(7)
+    process = tff_fedpt.build_fedpt_process(
+        _model_fn(held), tff.learning.optimizers.build_sgdm(0.1)
+    )
+    state = process.initialize()
+    weights = process.get_model_weights(state)
+    assert process.set_model_weights(state, weights) is not None  # the same values: taken
+    frozen = [np.array(v) for v in weights.non_trainable]
+    frozen[0].flat[0] = np.nextafter(frozen[0].flat[0], np.float32(np.inf))  # one ulp
+    nudged = tff.learning.models.ModelWeights(weights.trainable, frozen)
+    with pytest.raises(
+        ValueError, match=r"frozen weight 0 \(conv1/kernel:0\) is not the pretrained"
+    ) as e:
+        process.set_model_weights(state, nudged)
+    assert "\n" not in str(e.value) and "frozen_seed" not in str(e.value)

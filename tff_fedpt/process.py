@@ -479,6 +479,16 @@ def _set_model_weights_check(records):
                         f"set_model_weights: frozen weight {i} ({record.name}) has shape "
                         f"{value.shape}; expected {tuple(record.shape)}."
                     )
+                if isinstance(record, pretrained.PretrainedValue):
+                    # TFF's runtime compares pretrained values exactly; so does this check.
+                    if not np.array_equal(value, record.value):
+                        diff = float(np.max(np.abs(value - record.value)))
+                        raise ValueError(
+                            f"set_model_weights: frozen weight {i} ({record.name}) is not the "
+                            f"pretrained value this process holds (max difference {diff:.3g}); "
+                            "FedPT keeps pretrained frozen values as they are."
+                        )
+                    continue
                 # Tolerance: the QR behind orthogonal initializers differs by float32
                 # ulps between eager TensorFlow and TFF's runtime (which checks exactly).
                 if not np.allclose(value, np.asarray(want), rtol=0, atol=1e-6):
