@@ -90,10 +90,11 @@ def _progress(total_rounds: int):
         return {}
     from tqdm import tqdm
 
-    bar = tqdm(total=total_rounds, unit="round", file=sys.stderr)
+    bar = None
 
     def on_start(first_round):
-        bar.update(first_round - 1 - bar.n)
+        nonlocal bar  # counts its rate from the first round run here, not from round 1
+        bar = tqdm(total=total_rounds, initial=first_round - 1, unit="round", file=sys.stderr)
 
     def on_round_end(round_num, row):
         postfix = {
@@ -108,6 +109,23 @@ def _progress(total_rounds: int):
             bar.close()
 
     return dict(on_start=on_start, on_round_end=on_round_end)
+
+
+def _with_resume_note(hooks: dict, checkpoint_dir: str) -> dict:
+    """`hooks` whose on_start first says where a resumed run starts."""
+    progress_start = hooks.get("on_start")
+
+    def on_start(first_round):
+        if first_round > 1:
+            print(
+                f"Resuming from round {first_round}: rounds 1..{first_round - 1} are in "
+                f"{checkpoint_dir}.",
+                flush=True,
+            )
+        if progress_start is not None:
+            progress_start(first_round)
+
+    return {**hooks, "on_start": on_start}
 
 
 def _describe(experiment: training.Experiment) -> None:
@@ -187,7 +205,7 @@ def train(task_name: str, task_kwargs: dict) -> None:
             experiment,
             on_warning=_warn,
             should_stop=interrupt.requested,
-            **_progress(cfg.total_rounds),
+            **_with_resume_note(_progress(cfg.total_rounds), checkpoint_dir),
         )
     except training.RunInterrupted as e:
         raise entry.ScriptError(

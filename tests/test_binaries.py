@@ -435,3 +435,12 @@ def test_help_lists_the_binarys_own_flags_grouped_and_exits_0():
     ):
         assert expected in out, expected
     assert "Try --helpfull" not in out and "--logtostderr" not in out  # absl's own: --helpfull
+
+
+def test_a_resume_is_announced(tmp_path):
+    args = [*DIGITS_FLAGS, "--experiment_name=r", f"--root_output_dir={tmp_path}"]
+    first = _binary("run_digits.py", *args, "--total_rounds=2")
+    assert first.returncode == 0 and "Resuming" not in first.stdout, first.stderr[-2000:]
+    again = _binary("run_digits.py", *args, "--total_rounds=4")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"Resuming from round 3: rounds 1..2 are in {tmp_path}/checkpoints/r." in again.stdout
