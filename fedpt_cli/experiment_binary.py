@@ -12,7 +12,7 @@ from typing import Any, Optional
 from absl import flags
 
 from experiments import grid
-from tff_fedpt import reporting
+from tff_fedpt import reporting, training
 
 
 def section_names(experiment) -> tuple[str, ...]:
@@ -46,7 +46,16 @@ def main(experiment, before_section: Optional[Callable[[Any, Any], None]] = None
             entry.log(f"\n# section {section.name}")
             if before_section is not None:
                 before_section(params, section)
-            grid.run_section(section, params, store, entry.log, tasks)
+            try:
+                grid.run_section(section, params, store, entry.log, tasks)
+            except training.RunInterrupted as e:
+                raise entry.ScriptError(
+                    f"Interrupted in section {section.name}: the run in progress stopped after "
+                    f"round {e.round_num}, rounds 1..{e.checkpoint_round} are saved in "
+                    f"{e.checkpoint_dir}; rerun the same command to resume every run where "
+                    "it stopped.",
+                    code=130,
+                ) from None
     if "report" in flags.FLAGS.sections:
         entry.log("\n# section report")
         result = experiment.report(params, store)

@@ -218,3 +218,35 @@ def test_pretrain_on_public_plays_then_the_binary_trains_from_it(tmp_path):
     result = _script("run_shakespeare.py", *data[:1], "--public_plays=GAMMA", "--noprogress")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "GAMMA" in lines[0], result.stderr
+
+
+def test_experiment_driver_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _build(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    metrics = tmp_path / "out" / "results" / "chars_fedavg_lr1" / "metrics.csv"
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(root, "scripts", "shakespeare_experiments.py"),
+         "--sections=runs", f"--cache_dir={tmp_path}/cache", "--public_plays=ALPHA",
+         "--clients_per_round=2", "--rounds=500", "--max_rates=1", "--only=fedavg",
+         f"--output_dir={tmp_path}/out", f"--docs_dir={tmp_path}/docs"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (
+            metrics.exists() and metrics.read_text().count("\n") > 2
+        ):
+            time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 130 and len(lines) == 1, stderr[-2000:]
+    assert "Interrupted in section runs" in lines[0] and "rerun the same command" in lines[0]
