@@ -15,7 +15,8 @@ import zipfile
 
 import numpy as np
 
-from fedpt_device.client import FINGERPRINT_SIGNATURE, SEED, DeviceError, SlimDeviceClient
+from fedpt_device.client import SlimDeviceClient
+from fedpt_device.protocol import FINGERPRINT_SIGNATURE, SEED, DeviceError
 
 
 def _fail(message: str) -> int:

@@ -10,88 +10,25 @@ installed. `tff_fedpt.device.DeviceClient` is the same client on TensorFlow's in
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
-SIGNATURES = ("start_round", "train", "evaluate", "get_update", "frozen_weights")
-# Only in files whose frozen part is (in part) pretrained: the values ship inside the file,
-# once, with the app; this signature returns their fingerprint, checked each round.
-FINGERPRINT_SIGNATURE = "frozen_fingerprint"
-SEED = "frozen_seed"
-
-
-def _trainable_name(i: int) -> str:
-    return f"trainable_{i:03d}"
-
-
-def _delta_name(i: int) -> str:
-    return f"delta_{i:03d}"
-
-
-class DeviceError(ValueError):
-    """A bad value at the device boundary; the message names the signature and argument."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DeviceUpdate:
-    """What one device uploads: the trainable delta (initial - trained) and its weight."""
-
-    delta: list[np.ndarray]
-    weight: float
-    num_examples: int
-
-
-def fingerprint_words(hex_digest: str) -> np.ndarray:
-    """The 64-hex-digit fingerprint as int32[8] (big-endian words)."""
-    return np.frombuffer(bytes.fromhex(hex_digest), dtype=">i4").astype(np.int32)
-
-
-def fingerprint_hex(words) -> str:
-    """int32[8] back to the 64-hex-digit fingerprint."""
-    return np.asarray(words, dtype=np.int32).astype(">i4").tobytes().hex()
-
-
-def mismatch_message(where: str, expected: str, received: str) -> str:
-    return (
-        f"{where}: the pretrained frozen values have fingerprint {received}, but "
-        f"{expected} was expected; these are other pretrained weights (another file, or "
-        "a changed tensor). Use the weights the run was started with. (These fingerprints "
-        "cover the frozen pretrained tensors only, as a state carries them; a file's "
-        "PretrainedWeights.fingerprint(), printed when it is saved, covers every tensor it "
-        "holds and differs when the model freezes only some.)"
-    )
-
-
-def check_frozen_seed(frozen_seed: Any, name: str = "frozen_seed") -> np.int64:
-    """`frozen_seed` as an int64, or the error that names it.
-
-    Accepts a Python or numpy integer (or a 0-d integer array) within int64's range;
-    a float, a bool, or a value outside int64 (such as `np.uint64(2**64 - 1)`, which
-    would wrap to -1) is refused rather than converted.
-
-    Raises:
-      TypeError: for a value that is not an integer.
-      ValueError: for an integer outside [-2**63, 2**63 - 1].
-    """
-    value = frozen_seed
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"{name} must be an int64 scalar; received {type(frozen_seed).__name__} "
-            f"{frozen_seed!r}."
-        )
-    info = np.iinfo(np.int64)
-    if not info.min <= int(value) <= info.max:
-        raise ValueError(
-            f"{name} must fit in a signed 64-bit integer [{info.min}, {info.max}]; "
-            f"received {int(value)}."
-        )
-    return np.int64(int(value))
+from fedpt_device.protocol import (
+    FINGERPRINT_SIGNATURE,
+    SEED,
+    SIGNATURES,
+    DeviceError,
+    DeviceUpdate,
+    check_frozen_seed,
+    delta_name,
+    fingerprint_hex,
+    mismatch_message,
+    read_file_header,
+    trainable_name,
+)
 
 
 class Client:
@@ -189,7 +126,7 @@ class Client:
         except (TypeError, ValueError) as e:
             raise DeviceError(f"start_round: {e}") from None
         kwargs = {
-            _trainable_name(i): self._check("start_round", _trainable_name(i), t)
+            trainable_name(i): self._check("start_round", trainable_name(i), t)
             for i, t in enumerate(trainable)
         }
         kwargs[SEED] = self._check("start_round", SEED, np.asarray(seed))
@@ -226,7 +163,7 @@ class Client:
                 "then train)."
             )
         out = self._runners["get_update"]()
-        delta = [out[_delta_name(i)] for i in range(self.num_trainable)]
+        delta = [out[delta_name(i)] for i in range(self.num_trainable)]
         return DeviceUpdate(delta, float(out["weight"]), int(out["num_examples"]))
 
     def train(
@@ -264,7 +201,7 @@ class Client:
         return self.get_update()
 
 
-def _slim_interpreter(content: bytes):
+def slim_interpreter(content: bytes):
     """The slim runtime's interpreter with builtin ops only (no delegate, no Flex)."""
     try:
         from tflite_runtime import interpreter as runtime
@@ -298,8 +235,8 @@ def allocate_signatures(interpreter) -> None:
 # process. Each file is therefore first loaded and run once (`dry_round`) in a child.
 _PROBE = """
 import sys
-from fedpt_device.client import _slim_interpreter, dry_round
-dry_round(_slim_interpreter(sys.stdin.buffer.read()))
+from fedpt_device.client import slim_interpreter, dry_round
+dry_round(slim_interpreter(sys.stdin.buffer.read()))
 """
 
 
@@ -367,36 +304,6 @@ def probe_file(content: bytes, where: str) -> None:
     _PROBED.add(digest)
 
 
-_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier of every .tflite file, at byte 4
-
-
-def read_file_header(tflite_model) -> tuple[bytes, str]:
-    """(the file's bytes, how to name it) after the checks that need no flatbuffer
-    schema: readable, not empty, the `TFL3` identifier at byte 4."""
-    if isinstance(tflite_model, (bytes, bytearray, memoryview)):
-        data, source = bytes(tflite_model), "the model bytes"
-    elif isinstance(tflite_model, (str, os.PathLike)):
-        source = os.fspath(tflite_model)
-        try:
-            with open(source, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise DeviceError(f"{source}: cannot be read ({e.strerror}).") from None
-    else:
-        raise DeviceError(
-            "the model must be a .tflite file's path or its bytes; received "
-            f"{type(tflite_model).__name__}."
-        )
-    if not data:
-        raise DeviceError(f"{source} is empty (0 bytes); expected a file from export_tflite.")
-    if data[4:8] != _IDENTIFIER:
-        raise DeviceError(
-            f"{source} is not a TensorFlow Lite file ({len(data):,} bytes starting "
-            f"{data[:8]!r}; a .tflite file has {_IDENTIFIER!r} at byte 4)."
-        )
-    return data, source
-
-
 class SlimDeviceClient(Client):
     """A device on the slim runtime (`tflite_runtime`, else `ai_edge_litert`), with the
     builtin op resolver only: it runs files from `export_tflite(..., builtins_only=True)`
@@ -417,7 +324,7 @@ class SlimDeviceClient(Client):
         content, where = read_file_header(tflite_model)
         probe_file(content, where)
         try:
-            interpreter = _slim_interpreter(content)
+            interpreter = slim_interpreter(content)
             allocate_signatures(interpreter)
         except DeviceError:
             raise

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.runtime == "slim":
-        from fedpt_device.client import _slim_interpreter as make
+        from fedpt_device.client import slim_interpreter as make
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_fedpt
+from fedpt_device import protocol
 from tff_fedpt import device, freezing, pretrained
 from tff_fedpt.tasks import digits
 
@@ -58,9 +59,9 @@ def test_fingerprint_is_sha256_over_dtype_shape_and_bytes_as_documented():
     assert pretrained.fingerprint([np.zeros((1,), np.float32)]) == (
         hashlib.sha256(b"float32(1,)\n" + b"\0\0\0\0").hexdigest()
     )
-    words = pretrained.fingerprint_words(digest.hexdigest())
+    words = protocol.fingerprint_words(digest.hexdigest())
     assert words.dtype == np.int32 and words.shape == (8,)
-    assert pretrained.fingerprint_hex(words) == digest.hexdigest()
+    assert protocol.fingerprint_hex(words) == digest.hexdigest()
 
 
 def test_pretrained_values_never_travel_and_are_used_exactly():

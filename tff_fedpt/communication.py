@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedpt_device.client import SEED
+from fedpt_device.protocol import SEED
 from tff_fedpt._tff_internals import building_blocks, tree_analysis
 
 

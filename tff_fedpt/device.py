@@ -37,16 +37,17 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedpt_device.client import (  # noqa: F401  (the device names, without TensorFlow)
+from fedpt_device import protocol
+from fedpt_device import Client
+from fedpt_device.protocol import (
     FINGERPRINT_SIGNATURE,
     SEED,
     SIGNATURES,
-    Client,
     DeviceError,
     DeviceUpdate,
-    _delta_name,
-    _trainable_name,
+    delta_name,
     read_file_header,
+    trainable_name,
 )
 from tff_fedpt import (
     builtin_ops,
@@ -122,7 +123,7 @@ class _ClientModule(tf.Module):
         self._started = tf.Variable(tf.constant(False))
         x_spec, y_spec = batch_spec
         trainable_specs = [
-            tf.TensorSpec(v.shape, v.dtype, name=_trainable_name(i))
+            tf.TensorSpec(v.shape, v.dtype, name=trainable_name(i))
             for i, v in enumerate(self._trainable)
         ]
         self.start_round = tf.function(
@@ -135,7 +136,7 @@ class _ClientModule(tf.Module):
         self.frozen_weights = tf.function(self._frozen_weights, input_signature=[])
         self.fingerprint = pretrained.sources_fingerprint(self._frozen_records)
         if self.fingerprint is not None:
-            words = pretrained.fingerprint_words(self.fingerprint)
+            words = protocol.fingerprint_words(self.fingerprint)
             self.frozen_fingerprint = tf.function(
                 lambda: {"fingerprint": tf.constant(words)}, input_signature=[]
             )
@@ -239,7 +240,7 @@ class _ClientModule(tf.Module):
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
         delta = [tf.where(finite, d, tf.constant(0, d.dtype)) for d in delta]  # no big zeros
         weight = tf.constant(1.0) if self._uniform else tf.cast(self._num_examples, tf.float32)
-        result = {_delta_name(i): d for i, d in enumerate(delta)}
+        result = {delta_name(i): d for i, d in enumerate(delta)}
         result["weight"] = tf.where(finite, weight, 0.0)
         result["num_examples"] = self._num_examples.read_value()
         return result

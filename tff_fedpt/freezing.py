@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 from fedpt_device import generator
-from fedpt_device.client import check_frozen_seed  # noqa: F401  (shared with the device)
 from tff_fedpt import portable
 from tff_fedpt.options import option
 

@@ -35,11 +35,6 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
-from fedpt_device.client import (  # noqa: F401  (shared with the TensorFlow-free client)
-    fingerprint_hex,
-    fingerprint_words,
-    mismatch_message,
-)
 from tff_fedpt.options import option
 
 FINGERPRINT_WORDS = 8

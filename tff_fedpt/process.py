@@ -10,8 +10,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedpt_device.client import FINGERPRINT_SIGNATURE as FINGERPRINT
-from fedpt_device.client import SEED
+from fedpt_device import protocol
+from fedpt_device.protocol import FINGERPRINT_SIGNATURE as FINGERPRINT
+from fedpt_device.protocol import SEED
 from tff_fedpt import composer, compression, freezing, keras_models, pretrained
 from tff_fedpt._tff_internals import factory_utils, model_delta_client_work
 
@@ -119,8 +120,8 @@ def _build_client_work(
             checks.append(
                 tf.debugging.assert_equal(
                     broadcast[FINGERPRINT],
-                    tf.constant(pretrained.fingerprint_words(expected)),
-                    message=pretrained.mismatch_message(
+                    tf.constant(protocol.fingerprint_words(expected)),
+                    message=protocol.mismatch_message(
                         "FedPT client", "the broadcast fingerprint", expected
                     ),
                 )
@@ -236,7 +237,7 @@ def _checked(
             "server_optimizer_fn must be a tff.learning.optimizers.Optimizer or None; "
             f"received {type(server_optimizer_fn).__name__}."
         )
-    freezing.check_frozen_seed(frozen_seed)
+    protocol.check_frozen_seed(frozen_seed)
     if broadcast_bits is not None:
         compression.check_broadcast_bits(broadcast_bits)
     if model_aggregator is None:
@@ -381,7 +382,7 @@ def build_fedpt_process(
         broadcast_fields.append(
             (FINGERPRINT, tff.TensorType(np.int32, [pretrained.FINGERPRINT_WORDS]))
         )
-        constants[FINGERPRINT] = pretrained.fingerprint_words(fingerprint)
+        constants[FINGERPRINT] = protocol.fingerprint_words(fingerprint)
     broadcast_type = tff.StructWithPythonType(broadcast_fields, collections.OrderedDict)
 
     if broadcast_bits is None:
@@ -440,7 +441,7 @@ def build_fedpt_process(
 def state_fingerprint(state) -> str | None:
     """The pretrained fingerprint a FedPT state carries (hex), or None."""
     words = getattr(state, FINGERPRINT, None)
-    return None if words is None else pretrained.fingerprint_hex(words)
+    return None if words is None else protocol.fingerprint_hex(words)
 
 
 def _next_check(fingerprint):
@@ -452,7 +453,7 @@ def _next_check(fingerprint):
         held = state_fingerprint(state)
         if held is not None and held != fingerprint:
             raise pretrained.FingerprintMismatchError(
-                pretrained.mismatch_message("next", held, fingerprint)
+                protocol.mismatch_message("next", held, fingerprint)
             )
 
     return check
