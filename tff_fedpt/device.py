@@ -37,8 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedpt_device import protocol
-from fedpt_device import Client
+from fedpt_device import Client, protocol
 from fedpt_device.protocol import (
     FINGERPRINT_SIGNATURE,
     SEED,
