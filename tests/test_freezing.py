@@ -297,3 +297,41 @@ def test_lstm_and_embedding_initializers():
     np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(7), atol=1e-5)
     np.testing.assert_array_equal(bias, np.concatenate([np.zeros(7), np.ones(7), np.zeros(14)]))
     assert kernel.shape == (6, 28)
+
+
+def test_every_frozen_source_implements_the_declared_interface():
+    """Seeded by Philox, seeded portable and pretrained: the process, the device export
+    and the run record ask each the same questions, never its kind."""
+    from tff_fedpt import freezing as frozen
+    from tff_fedpt import pretrained
+    from tff_fedpt.tasks import digits
+
+    held = pretrained.PretrainedWeights.from_keras_model(digits.cnn(7, 16))
+    spec = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    sources = {}
+    for kind, freeze in (
+        ("philox", tff_fedpt.FreezeSpec(layers=("dense",))),
+        ("portable", tff_fedpt.FreezeSpec(layers=("dense",), generator="portable")),
+        ("pretrained", tff_fedpt.FreezeSpec(layers=("dense",), pretrained=held)),
+    ):
+        model = tff_fedpt.from_keras_model(
+            digits.cnn(0, 16), loss=loss, input_spec=spec, freeze=freeze
+        )
+        sources[kind] = model.frozen_initializers
+    for kind, records in sources.items():
+        for record in records:
+            assert isinstance(record, frozen.FrozenSource), (kind, record)
+            assert record.for_device() is not None
+    kernel, bias = sources["philox"]
+    assert (kernel.builtins_only, kernel.constant_fill, kernel.pretrained_value) == (
+        False,
+        None,
+        None,
+    )
+    assert (bias.builtins_only, bias.constant_fill) == (True, 0.0)  # zeros: filled at run time
+    assert all(r.builtins_only for r in sources["portable"])
+    kernel, bias = sources["pretrained"]
+    np.testing.assert_array_equal(kernel.pretrained_value, held["dense"]["kernel"])
+    assert kernel.builtins_only and kernel.constant_fill is None
+    assert kernel.for_device().path is None  # embedded in the file, no worker store

@@ -85,9 +85,7 @@ class _ClientModule(tf.Module):
         self._trainable = list(model.trainable_variables)
         frozen = list(model.non_trainable_variables)
         # Pretrained values ship inside the file (a device reads no worker store).
-        self._frozen_records = [
-            r.in_memory() if hasattr(r, "in_memory") else r for r in model.frozen_initializers
-        ]
+        self._frozen_records = [r.for_device() for r in model.frozen_initializers]
         # Each frozen variable: an empty store of undefined shape, filled by start_round,
         # read by its layer through the attribute that held the original variable.
         self._frozen_stores = [
@@ -170,11 +168,8 @@ class _ClientModule(tf.Module):
         seed = frozen_seed
         generated = freezing.generate_frozen_weights(self._frozen_records, seed)
         for store, value, record in zip(self._frozen_stores, generated, self._frozen_records):
-            config = dict(record.config)
-            constant = {"Zeros": 0, "Ones": 1, "Constant": config.get("value")}
-            if record.class_name in constant and record.forget_bias_units is None:
-                # made at run time, not stored in the file
-                value = _runtime_fill(record.shape, constant[record.class_name], value.dtype, seed)
+            if record.constant_fill is not None:  # made at run time, not stored in the file
+                value = _runtime_fill(record.shape, record.constant_fill, value.dtype, seed)
             store.assign(tf.reshape(value, [-1]))
         for i, (variable, value) in enumerate(zip(self._trainable, trainable)):
             variable.assign(value)
@@ -363,12 +358,7 @@ def _check_builtins_only(model, batch_size) -> None:
             "export_tflite(builtins_only=True) needs a fixed batch_size (a dynamic batch "
             "dimension leaves BroadcastGradientArgs, which has no builtin); received None."
         )
-    seeded = [
-        r.name
-        for r in model.frozen_initializers
-        if getattr(r, "generator", None) == "philox"
-        and r.class_name not in ("Zeros", "Ones", "Constant", "Identity")
-    ]
+    seeded = [r.name for r in model.frozen_initializers if not r.builtins_only]
     if seeded:
         raise DeviceError(
             f"export_tflite(builtins_only=True): frozen tensors {seeded} are drawn by "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -399,6 +400,35 @@ _SUPPORTED_INITIALIZERS = (
 )
 
 
+@typing.runtime_checkable
+class FrozenSource(typing.Protocol):
+    """Where one frozen tensor's value comes from: drawn from the seed
+    (`FrozenInitializer`, by TensorFlow's Philox or the portable generator) or held
+    pretrained (`pretrained.PretrainedValue`). Callers ask these, never the kind."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def generate(self, seed: tf.Tensor) -> tf.Tensor:
+        """The value, for the seed pair (frozen seed, tensor index)."""
+
+    def for_device(self) -> FrozenSource:
+        """The source a device file embeds or draws."""
+
+    @property
+    def pretrained_value(self) -> np.ndarray | None:
+        """The held value (fingerprinted, compared exactly), or None when drawn."""
+
+    @property
+    def constant_fill(self) -> float | None:
+        """The one value of every element, or None."""
+
+    @property
+    def builtins_only(self) -> bool:
+        """Whether a builtin-only device file can produce it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FrozenInitializer:
     """How one frozen variable is drawn from the seed: a Keras initializer config.
@@ -421,6 +451,35 @@ class FrozenInitializer:
     config: tuple[tuple[str, Any], ...]
     forget_bias_units: int | None = None
     generator: str = "philox"
+
+    # The frozen-source interface (`FrozenSource`), which `pretrained.PretrainedValue`
+    # implements too: what the process, the device export and the run record ask.
+    pretrained_value = None  # a seeded value is drawn, not held
+
+    def for_device(self) -> FrozenInitializer:
+        """The source a device file uses: this one (the device draws it from the seed)."""
+        return self
+
+    @property
+    def constant_fill(self) -> float | None:
+        """The value every element has (Zeros, Ones, Constant), else None: a device file
+        fills such a tensor at run time instead of storing it."""
+        if self.forget_bias_units is not None:
+            return None
+        return {"Zeros": 0.0, "Ones": 1.0, "Constant": dict(self.config).get("value")}.get(
+            self.class_name
+        )
+
+    @property
+    def builtins_only(self) -> bool:
+        """Whether TensorFlow Lite builtins draw it: the portable generator does, and a
+        constant or identity needs no random op; TensorFlow's Philox ops are no builtins."""
+        return self.generator == "portable" or self.class_name in (
+            "Zeros",
+            "Ones",
+            "Constant",
+            "Identity",
+        )
 
     def generate(self, seed: tf.Tensor) -> tf.Tensor:
         """Draws the value with stateless ops; `seed` is an int64 tensor of shape [2]:

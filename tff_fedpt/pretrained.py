@@ -68,9 +68,12 @@ class PretrainedValue:
     value: np.ndarray
     path: str | None = None
     file_digest: tuple[int, ...] | None = None
-    class_name = "Pretrained"
-    config: tuple = ()
-    forget_bias_units = None
+    constant_fill = None  # (the frozen-source interface, `freezing.FrozenSource`)
+    builtins_only = True  # a constant in the file
+
+    @property
+    def pretrained_value(self) -> np.ndarray:
+        return self.value
 
     def generate(self, seed) -> tf.Tensor:
         """The value: a constant, or (with `path`) read where the computation runs, from
@@ -92,8 +95,8 @@ class PretrainedValue:
             value = tf.io.parse_tensor(data, tf.as_dtype(self.dtype))
         return tf.reshape(value, self.shape)
 
-    def in_memory(self) -> PretrainedValue:
-        """This value as a constant (what a device file embeds)."""
+    def for_device(self) -> PretrainedValue:
+        """This value as a constant (what a device file embeds; it reads no store)."""
         return dataclasses.replace(self, path=None, file_digest=None)
 
 
@@ -117,7 +120,7 @@ def fingerprint(values: Sequence[np.ndarray]) -> str:
 
 def sources_fingerprint(sources: Sequence[Any]) -> str | None:
     """The fingerprint of the pretrained sources among `sources` (None: there are none)."""
-    values = [s.value for s in sources if isinstance(s, PretrainedValue)]
+    values = [s.pretrained_value for s in sources if s.pretrained_value is not None]
     return fingerprint(values) if values else None
 
 

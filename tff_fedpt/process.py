@@ -480,10 +480,11 @@ def _set_model_weights_check(records):
                         f"set_model_weights: frozen weight {i} ({record.name}) has shape "
                         f"{value.shape}; expected {tuple(record.shape)}."
                     )
-                if isinstance(record, pretrained.PretrainedValue):
+                held = record.pretrained_value
+                if held is not None:
                     # TFF's runtime compares pretrained values exactly; so does this check.
-                    if not np.array_equal(value, record.value):
-                        diff = float(np.max(np.abs(value - record.value)))
+                    if not np.array_equal(value, held):
+                        diff = float(np.max(np.abs(value - held)))
                         raise ValueError(
                             f"set_model_weights: frozen weight {i} ({record.name}) is not the "
                             f"pretrained value this process holds (max difference {diff:.3g}); "
