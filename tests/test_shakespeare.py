@@ -286,3 +286,25 @@ def test_char_model_device_round_equals_process_next():
         out.state.global_model_weights.trainable, ref.state.global_model_weights.trainable
     ):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_words_binary_trains_fedpt_with_adapters_on_its_dense_layers(tmp_path):
+    _build(tmp_path)
+    result = _script(
+        "run_shakespeare.py",
+        f"--cache_dir={tmp_path}/cache",
+        "--public_plays=ALPHA",
+        "--unit=words",
+        "--vocab_size=12",
+        "--freeze=all_but_output",
+        "--adapter_layers=projection",
+        "--adapter_rank=2",
+        "--total_rounds=2",
+        "--clients_per_round=2",
+        "--rounds_per_eval=1",
+        "--noprogress",
+        f"--root_output_dir={tmp_path}/out",
+        "--experiment_name=w",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LoRADense" in result.stdout and "Done: 2 rounds" in result.stdout
