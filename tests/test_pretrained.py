@@ -137,6 +137,9 @@ def test_another_pretrained_file_is_refused_with_both_fingerprints(tmp_path):
         ours.next(state, _datasets(_data()))
     message = str(error.value)
     assert theirs in message and mine in message and "\n" not in message
+    # It says which tensors it covers: a file's own fingerprint (printed when saved) covers
+    # every tensor the file holds.
+    assert "cover the frozen pretrained tensors only" in message
     # The clients check it too, inside the computation (past the Python check).
     with pytest.raises(Exception, match="FedPT client: the pretrained frozen values"):
         ours.next._computation(state, _datasets(_data()))

@@ -108,6 +108,9 @@ def test_resolve_fills_the_task_defaults(task):
         "dense",
         "digits_fedpt_dense",
     )
+    # A DP run's default name differs from the non-DP run's, so their outputs do not mix.
+    dp = config.resolve(training.ExperimentConfig(dp=True, noise_multiplier=1.0), task)
+    assert dp.experiment_name == "digits_fedpt_dense_dp"
 
 
 @pytest.mark.parametrize(
