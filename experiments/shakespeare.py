@@ -207,7 +207,14 @@ def report(p: Params, store: Store) -> grid.Report:
     lines = [f"# Shakespeare ({p.unit}): FedAvg and FedPT", ""]
     result = {"params": dataclasses.asdict(p), "sections": {"runs": table}}
     if table:
+        short = [r for r in table if r["rounds"] < p.rounds]
         lines += ["Every run (client learning rate, seed):", "", reporting.table(table), ""]
+        if short:
+            lines += [
+                f"{len(short)} of these runs are still short of {p.rounds} rounds (in "
+                "progress: the driver resumes them).",
+                "",
+            ]
     best = {s.name: best_rate(p, store, s) for s in selected(p)}
     chosen = {
         run.settings["label"]: rows
@@ -224,9 +231,11 @@ def report(p: Params, store: Store) -> grid.Report:
                     "run": label,
                     "its total MB": round(budget, 1),
                     "its best acc": _best_within(rows, budget),
-                    "FedAvg's best acc within those MB": _best_within(fedavg_best[0], budget)
-                    if fedavg_best
-                    else None,
+                    # "—": FedAvg had no evaluation within those megabytes
+                    "FedAvg's best acc within those MB": (
+                        _best_within(fedavg_best[0], budget) if fedavg_best else None
+                    )
+                    or "—",
                 }
             )
         result["sections"]["equal_megabytes"] = budget_rows
