@@ -1,6 +1,8 @@
-"""FedPT on federated Shakespeare (docs/shakespeare.md): FedAvg against FedPT with each
-seeded freeze preset, at equal rounds and at equal megabytes, in TFF's baseline setup
-(10 clients per round, 1 epoch, batch 4).
+"""FedPT on federated Shakespeare (docs/shakespeare.md), at equal rounds and at equal
+megabytes, in TFF's baseline setup (10 clients per round, 1 epoch, batch 4): FedAvg from
+scratch against FedPT with each seeded freeze preset (`GRID`), and, from the public plays'
+model (`scripts/pretrain.py --task=shakespeare`), FedAvg fine-tuning against FedPT with the
+pretrained part frozen, head only and with LoRA on the head (`PRETRAINED_GRID`).
 
 Sections (each resumable):
 
@@ -44,6 +46,11 @@ class Params:
         0, "Use only the first N rates of each setting's grid (0: all; the first is TFF's)."
     )
     seeds: tuple[int, ...] = option((1, 2), "Extra seeds of the seeds section.")
+    pretrained: str = option(
+        "output/pretrained/shakespeare_chars.npz",
+        "The public plays' model (scripts/pretrain.py --task=shakespeare) of the pretrained "
+        "settings.",
+    )
     last_evals: int = option(5, "Evaluations averaged next to the final one.")
 
     def check(self) -> None:
@@ -57,6 +64,13 @@ class Params:
         for field in ("rounds", "rounds_per_eval", "last_evals"):
             if getattr(self, field) < 1:
                 raise ExperimentError(f"{field}: must be >= 1; received {getattr(self, field)}.")
+        needing = [s.name for s in selected(self) if s.pretrained]
+        if needing and not os.path.exists(self.pretrained):
+            raise ExperimentError(
+                f"pretrained: {self.pretrained} does not exist, and {needing} start from it; "
+                f"make it with scripts/pretrain.py --task=shakespeare --unit={self.unit} "
+                f"--output={self.pretrained}, or leave those settings out (--only)."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +81,7 @@ class Setting:
     label: str
     rates: tuple[float, ...]
     options: tuple[tuple[str, object], ...] = ()
+    pretrained: bool = False  # starts from the public plays' model (every layer it holds)
 
 
 def _fedpt(preset: str) -> tuple[tuple[str, object], ...]:
@@ -86,6 +101,42 @@ GRID = (
         _fedpt("all_but_output"),
     ),
 )
+PRETRAINED_GRID = (
+    Setting(
+        "fedavg_finetune",
+        "FedAvg fine-tuning every weight from the public plays' model",
+        (0.5, 1.0, 0.2),
+        (("algorithm", "fedavg"), ("freeze", "none")),
+        pretrained=True,
+    ),
+    Setting(
+        "fedpt_pre_recurrent",
+        "FedPT, the pretrained LSTMs frozen",
+        (1.0, 0.5, 2.0),
+        _fedpt("recurrent"),
+        pretrained=True,
+    ),
+    Setting(
+        "fedpt_pre_head",
+        "FedPT, all but the output layer pretrained and frozen",
+        (1.0, 0.5, 2.0),
+        _fedpt("all_but_output"),
+        pretrained=True,
+    ),
+    Setting(
+        "fedpt_pre_lora8",
+        "FedPT, all pretrained and frozen + LoRA r8 on the output layer",
+        (1.0, 0.5, 2.0),
+        (
+            *_fedpt("all_but_output"),
+            ("adapter_layers", "logits"),
+            ("adapter_rank", 8),
+            ("adapter_mode", "lora"),
+        ),
+        pretrained=True,
+    ),
+)
+GRID = GRID + PRETRAINED_GRID
 SEED_SETTINGS = ("fedavg", "fedpt_recurrent")
 COMMON = dict(
     task="shakespeare",
@@ -127,6 +178,8 @@ def _run(p: Params, setting: Setting, rate: float, seed: int = 0) -> Run:
         "rounds_per_checkpoint": max(1, min(10, p.rounds // 4)),
         "seed": seed,
     }
+    if setting.pretrained:
+        values["pretrained_weights"] = p.pretrained
     task = dict(name="shakespeare", unit=p.unit, public_plays=p.public_plays, cache_dir=p.cache_dir)
     settings = dict(setting=setting.name, label=setting.label, rate=rate, seed=seed)
     return Run(name(p, setting, rate, seed), values, task, settings)
@@ -196,7 +249,9 @@ def report(p: Params, store: Store) -> grid.Report:
     and the plots, from the stored runs."""
     runs = _finished(_runs(p, store), store)
     seeds = _finished(_seeds(p, store), store)
-    fedavg = [rows for run, rows in runs if run.settings["setting"] == "fedavg"]
+    fedavg = [
+        rows for run, rows in runs if run.settings["setting"] in ("fedavg", "fedavg_finetune")
+    ]
     fedavg_bytes = (
         int(fedavg[0][-1]["broadcast_bytes_per_client"])
         + int(fedavg[0][-1]["upload_bytes_per_client"])
@@ -221,23 +276,31 @@ def report(p: Params, store: Store) -> grid.Report:
         for run, rows in runs
         if run.settings["rate"] == best[run.settings["setting"]]
     }
-    if fedavg:
+    # The references at equal megabytes: FedAvg from scratch and, for the runs from the
+    # public plays' model, fine-tuning (each at its best rate).
+    references = {
+        label: rows
+        for setting, label in (("fedavg", "FedAvg"), ("fedavg_finetune", "FedAvg fine-tuning"))
+        for s in selected(p)
+        if s.name == setting
+        for run, rows in runs
+        if run.name == name(p, s, best[s.name])
+    }
+    if references:
         budget_rows = []
-        fedavg_best = [rows for run, rows in runs if run.name == name(p, GRID[0], best["fedavg"])]
         for label, rows in chosen.items():
             budget = float(rows[-1]["cumulative_megabytes"])
-            budget_rows.append(
-                {
-                    "run": label,
-                    "its total MB": round(budget, 1),
-                    "its best acc": _best_within(rows, budget),
-                    # "—": FedAvg had no evaluation within those megabytes
-                    "FedAvg's best acc within those MB": (
-                        _best_within(fedavg_best[0], budget) if fedavg_best else None
-                    )
-                    or "—",
-                }
-            )
+            row = {
+                "run": label,
+                "its total MB": round(budget, 1),
+                "its best acc": _best_within(rows, budget),
+            }
+            for reference, ref_rows in references.items():
+                # "—": the reference had no evaluation within those megabytes
+                row[f"{reference}: best acc within those MB"] = (
+                    _best_within(ref_rows, budget) or "—"
+                )
+            budget_rows.append(row)
         result["sections"]["equal_megabytes"] = budget_rows
         lines += ["At equal megabytes (each run's total):", "", reporting.table(budget_rows), ""]
     spread = _over_seeds(p, runs + seeds)

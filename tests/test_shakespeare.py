@@ -132,8 +132,10 @@ def test_task_public_plays_words_and_bad_input(tmp_path):
 def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
     from experiments import grid
     from experiments import shakespeare as experiment
+    from tff_fedpt import pretrained
 
     _build(tmp_path)
+    weights = str(tmp_path / "chars.npz")  # the "public plays' model" (pretrain.py: tested)
     p = experiment.Params(
         output_dir=str(tmp_path / "out"),
         docs_dir=str(tmp_path / "docs"),
@@ -142,11 +144,17 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
         clients_per_round=2,
         rounds=2,
         rounds_per_eval=1,
-        only=("fedavg", "fedpt_recurrent"),
+        only=("fedavg", "fedpt_recurrent", "fedpt_pre_head"),
         max_rates=1,
         seeds=(1,),
         last_evals=2,
+        pretrained=weights,
     )
+    with pytest.raises(
+        grid.ExperimentError, match=r"chars.npz does not exist, and \['fedpt_pre_head'\]"
+    ):
+        p.check()
+    pretrained.PretrainedWeights.from_keras_model(shakespeare.char_lstm(3)).save(weights)
     p.check()
     store, tasks = grid.Store(p.output_dir), grid.Tasks()
     for section in experiment.SECTIONS:
@@ -158,9 +166,12 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
     assert [(r["run"], r["seed"]) for r in rows] == [
         ("FedAvg", 0),
         ("FedPT, every LSTM frozen", 0),
+        ("FedPT, all but the output layer pretrained and frozen", 0),
         ("FedAvg", 1),
         ("FedPT, every LSTM frozen", 1),
     ]
+    hparams = grid.Store(p.output_dir).hparams("chars_fedpt_pre_head_lr1")
+    assert hparams["pretrained_weights"] == weights and hparams["freeze"] == "all_but_output"
     # Every LSTM frozen: 720 + 23,130 of 820,522 parameters travel, each way.
     assert rows[1]["bytes/client/round"] < rows[0]["bytes/client/round"] / 30
     assert [r["seeds"] for r in result["sections"]["seeds"]] == [2, 2]
