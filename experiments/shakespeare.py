@@ -124,6 +124,18 @@ PRETRAINED_GRID = (
         pretrained=True,
     ),
     Setting(
+        "fedpt_pre_lstm_lora8",
+        "FedPT, the pretrained LSTMs frozen + LoRA r8 on both",
+        (1.0, 0.5, 2.0),
+        (
+            *_fedpt("none"),
+            ("adapter_layers", "lstm1,lstm2"),
+            ("adapter_rank", 8),
+            ("adapter_mode", "lora"),
+        ),
+        pretrained=True,
+    ),
+    Setting(
         "fedpt_pre_lora8",
         "FedPT, all pretrained and frozen + LoRA r8 on the output layer",
         (1.0, 0.5, 2.0),

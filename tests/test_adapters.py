@@ -208,3 +208,56 @@ def test_keras_model_from_state_predicts_as_the_tff_model(kind):
     kept = tff_fedpt.keras_model_from_state(process, state, model_fn, merge_adapters=False)
     adapted = any(isinstance(lyr, adapters.ADAPTER_TYPES) for lyr in kept.layers)
     assert adapted == (kind in ("ffa", "lora"))
+
+
+def test_lstm_adapters_compute_keras_lstm_merge_exactly_and_train_in_fedpt():
+    from tff_fedpt.tasks import shakespeare
+
+    model = shakespeare.char_lstm(0, units=16)
+    x = np.random.default_rng(0).integers(1, 90, (3, 80)).astype(np.int32)
+    x[:, 50:] = 0  # padding: Keras' LSTM keeps its state over masked steps
+    adapted = adapters.add_adapters(model, ["lstm1", "lstm2"], rank=2, alpha=4.0)
+    assert [type(layer).__name__ for layer in adapted.layers[1:3]] == ["LoRALSTM"] * 2
+    np.testing.assert_array_equal(adapted(x).numpy(), model(x).numpy())  # B = 0
+    for layer in adapted.layers[1:3]:
+        layer.lora_b.assign(tf.random.stateless_normal(layer.lora_b.shape, [1, 2]) * 0.1)
+    moved = adapted(x).numpy()
+    assert np.max(np.abs(moved - model(x).numpy())) > 1e-3
+    merged = adapters.merge_adapters(adapted)
+    assert [type(layer).__name__ for layer in merged.layers] == [
+        "Embedding",
+        "LSTM",
+        "LSTM",
+        "Dense",
+    ]
+    np.testing.assert_allclose(merged(x).numpy(), moved, atol=1e-6)
+    with pytest.raises(ValueError, match="LSTM adapters cover Keras' default LSTM"):
+        bare = tf.keras.Sequential(
+            [tf.keras.layers.InputLayer(input_shape=(5, 3)), tf.keras.layers.LSTM(4, dropout=0.1)]
+        )
+        adapters.add_adapters(bare, ".*")
+    # In FedPT over a pretrained base: A and B travel (lora), or B only (ffa).
+    held = pretrained.PretrainedWeights.from_keras_model(shakespeare.char_lstm(5, units=16))
+    for mode, factors in (("lora", (24 + 32) * 2 + 2 * 2 * 64), ("ffa", 2 * 2 * 64)):
+
+        def model_fn(mode=mode):
+            keras_model = adapters.add_adapters(
+                shakespeare.char_lstm(0, units=16), ["lstm1", "lstm2"], rank=2, mode=mode
+            )
+            return tff_fedpt.from_keras_model(
+                keras_model,
+                loss=_loss(),
+                input_spec=shakespeare.CATALOG["chars"].input_spec,
+                freeze=tff_fedpt.FreezeSpec(layers=("embedding",), pretrained=held),
+            )
+
+        process = tff_fedpt.build_fedpt_process(model_fn, tff.learning.optimizers.build_sgdm(0.5))
+        logits = 16 * 90 + 90
+        assert (
+            tff_fedpt.communication_cost(process).upload_bytes_per_client
+            == 4 * (factors + logits) + 4
+        ), mode
+        data = [tf.data.Dataset.from_tensor_slices((x, x)).batch(2)]
+        state = process.next(process.initialize(), data).state
+        frozen = process.get_model_weights(state).non_trainable
+        np.testing.assert_array_equal(frozen[1], held["lstm1"]["kernel"])  # the pretrained base

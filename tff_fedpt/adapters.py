@@ -12,7 +12,8 @@ table, and the bias) is the base layer's, frozen; `A` and `B` are low-rank facto
 The frozen base can be pretrained (`tff_fedpt.PretrainedWeights`) or seeded; FedPT never
 sends it. For a Dense kernel of shape (n, m), A is (n, r) and B is (r, m); a Conv2D kernel
 (kh, kw, c, m) is adapted as the matrix (kh * kw * c, m); an Embedding table (v, d) has
-A (v, r) and B (r, d).
+A (v, r) and B (r, d); an LSTM's kernel (n, 4u) and recurrent kernel (u, 4u) are adapted
+stacked, as the (n + u, 4u) matrix its gates see.
 
 `add_adapters(model, layers, rank=, alpha=, mode=)` returns a copy of a Keras model with
 the named layers adapted (base weights copied); `merge_adapters(model)` folds every
@@ -32,7 +33,7 @@ import tensorflow as tf
 from tff_fedpt.options import option
 
 MODES = ("lora", "ffa")
-ADAPTABLE = ("Dense", "Conv2D", "Embedding")
+ADAPTABLE = ("Dense", "Conv2D", "Embedding", "LSTM")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +256,97 @@ class LoRAEmbedding(_Adapter, tf.keras.layers.Layer):
         }
 
 
-ADAPTER_TYPES = (LoRADense, LoRAConv2D, LoRAEmbedding)
+class LoRALSTM(_Adapter, tf.keras.layers.Layer):
+    """An LSTM (tanh, sigmoid gates, Keras' gate order i, f, c, o) whose kernel and
+    recurrent kernel are frozen, plus one low-rank update of the two stacked, the matrix
+    the gates see: [x, h] @ [[kernel], [recurrent_kernel]] (A: (inputs + units, r),
+    B: (r, 4 * units)). It computes what Keras' LSTM computes, masks included."""
+
+    def __init__(
+        self,
+        units,
+        rank=4,
+        alpha=None,
+        mode="lora",
+        return_sequences=False,
+        unit_forget_bias=True,
+        a_seed=0,
+        **kw,
+    ):
+        super().__init__(**kw)
+        self.units = int(units)
+        self.return_sequences = bool(return_sequences)
+        self.unit_forget_bias = bool(unit_forget_bias)
+        self.kernel_initializer = tf.keras.initializers.GlorotUniform()
+        self.recurrent_initializer = tf.keras.initializers.Orthogonal()
+        self.bias_initializer = tf.keras.initializers.Zeros()
+        self.supports_masking = True
+        self._init_adapter(rank, rank if alpha is None else alpha, mode, a_seed)
+
+    def build(self, input_shape):
+        n, u = int(input_shape[-1]), self.units
+        self.kernel = self.add_weight(
+            "kernel", shape=(n, 4 * u), initializer=self.kernel_initializer, trainable=False
+        )
+        self.recurrent_kernel = self.add_weight(
+            "recurrent_kernel",
+            shape=(u, 4 * u),
+            initializer=self.recurrent_initializer,
+            trainable=False,
+        )
+        bias_initializer = self.bias_initializer
+        if self.unit_forget_bias:  # as Keras builds it: the forget gate's bias starts at 1
+
+            def bias_initializer(shape, *args, **kwargs):
+                return tf.concat(
+                    [
+                        self.bias_initializer((u,), *args, **kwargs),
+                        tf.ones((u,)),
+                        self.bias_initializer((2 * u,), *args, **kwargs),
+                    ],
+                    axis=0,
+                )
+
+        self.bias = self.add_weight(
+            "bias", shape=(4 * u,), initializer=bias_initializer, trainable=False
+        )
+        self._add_factors(n + u, 4 * u)
+        super().build(input_shape)
+
+    def _kernels(self):
+        delta = self.scale * tf.matmul(self.lora_a, self.lora_b)
+        n = self.kernel.shape[0]
+        return self.kernel + delta[:n], self.recurrent_kernel + delta[n:]
+
+    def call(self, inputs, mask=None):
+        kernel, recurrent = self._kernels()
+
+        def step(x, states):
+            h, c = states
+            z = tf.matmul(x, kernel) + tf.matmul(h, recurrent) + self.bias
+            i, f, g, o = tf.split(z, 4, axis=-1)
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            return h, [h, c]
+
+        zeros = tf.zeros([tf.shape(inputs)[0], self.units], inputs.dtype)
+        last, outputs, _ = tf.keras.backend.rnn(step, inputs, [zeros, zeros], mask=mask)
+        return outputs if self.return_sequences else last
+
+    def compute_mask(self, inputs, mask=None):
+        return mask if self.return_sequences else None
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "return_sequences": self.return_sequences,
+            "unit_forget_bias": self.unit_forget_bias,
+            **self._adapter_config(),
+        }
+
+
+ADAPTER_TYPES = (LoRADense, LoRAConv2D, LoRAEmbedding, LoRALSTM)
 
 
 def _adapted(layer, rank, alpha, mode, a_seed):
@@ -263,7 +354,12 @@ def _adapted(layer, rank, alpha, mode, a_seed):
     # The base keeps the original layer's initializers (fresh instances of the same class
     # and config: Keras warns when one unseeded instance draws twice), so a seeded (not
     # pretrained) frozen base is drawn as the original layer would have drawn it.
-    for attr in ("kernel_initializer", "bias_initializer", "embeddings_initializer"):
+    for attr in (
+        "kernel_initializer",
+        "recurrent_initializer",
+        "bias_initializer",
+        "embeddings_initializer",
+    ):
         initializer = getattr(layer, attr, None)
         if initializer is not None and hasattr(new, attr):
             setattr(new, attr, initializer.__class__.from_config(initializer.get_config()))
@@ -294,6 +390,30 @@ def _adapted_layer(layer, rank, alpha, mode, a_seed=0):
             alpha,
             mode,
             mask_zero=config.get("mask_zero", False),
+            a_seed=a_seed,
+            name=name,
+        )
+    if type(layer) is tf.keras.layers.LSTM:
+        plain = (
+            config["activation"] == "tanh"
+            and config["recurrent_activation"] == "sigmoid"
+            and config["use_bias"]
+            and not config["dropout"]
+            and not config["recurrent_dropout"]
+            and not (config["return_state"] or config["go_backwards"] or config["stateful"])
+        )
+        if not plain:
+            raise ValueError(
+                f"layer {layer.name!r}: LSTM adapters cover Keras' default LSTM (tanh, sigmoid "
+                "gates, a bias, no dropout, no returned state, forwards, not stateful)."
+            )
+        return LoRALSTM(
+            config["units"],
+            rank,
+            alpha,
+            mode,
+            return_sequences=config["return_sequences"],
+            unit_forget_bias=config["unit_forget_bias"],
             a_seed=a_seed,
             name=name,
         )
@@ -414,11 +534,18 @@ def merge_adapters(keras_model: tf.keras.Model) -> tf.keras.Model:
             return tf.keras.layers.Embedding(
                 layer.input_dim, layer.output_dim, mask_zero=layer.mask_zero, name=layer.name
             )
+        if isinstance(layer, LoRALSTM):
+            return tf.keras.layers.LSTM(
+                layer.units, return_sequences=layer.return_sequences, name=layer.name
+            )
         return None
 
     clone, built = _clone(keras_model, replace)
     for old, new in built.values():
-        if isinstance(old, ADAPTER_TYPES):
+        if isinstance(old, LoRALSTM):
+            kernel, recurrent = old._kernels()
+            new.set_weights([kernel.numpy(), recurrent.numpy(), old.bias.numpy()])
+        elif isinstance(old, ADAPTER_TYPES):
             base = old.embeddings if isinstance(old, LoRAEmbedding) else old.kernel
             merged = base + old.scale * tf.reshape(tf.matmul(old.lora_a, old.lora_b), base.shape)
             values = [merged.numpy()]
