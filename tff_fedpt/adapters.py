@@ -42,7 +42,7 @@ class AdapterOptions:
 
     adapter_layers: Optional[str] = option(
         None,
-        "Comma-separated layer names/regexes given low-rank adapters (Dense, Conv2D, Embedding).",
+        "Comma-separated layer names/regexes given low-rank adapters (Dense, Conv2D, Embedding, LSTM).",
     )
     adapter_rank: int = option(4, "Rank r of the adapters.")
     adapter_alpha: Optional[float] = option(None, "Adapter scale numerator alpha (default: rank).")
@@ -457,8 +457,8 @@ def add_adapters(
 
     Args:
       keras_model: A built Sequential or functional Keras model.
-      layers: Layer names or regular expressions (full match) of Dense, Conv2D or
-        Embedding layers.
+      layers: Layer names or regular expressions (full match) of Dense, Conv2D,
+        Embedding or LSTM layers.
       rank: The adapters' rank r (>= 1).
       alpha: The scale numerator: the update is (alpha / rank) * A @ B (default: rank,
         a scale of 1).
