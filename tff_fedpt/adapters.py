@@ -42,7 +42,8 @@ class AdapterOptions:
 
     adapter_layers: Optional[str] = option(
         None,
-        "Comma-separated layer names/regexes given low-rank adapters (Dense, Conv2D, Embedding, LSTM).",
+        "Comma-separated layer names/regexes given low-rank adapters "
+        "(Dense, Conv2D, Embedding, LSTM).",
     )
     adapter_rank: int = option(4, "Rank r of the adapters.")
     adapter_alpha: Optional[float] = option(None, "Adapter scale numerator alpha (default: rank).")
