@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from benchmarks import device, training
 from tff_fedpt.options import option
+from tff_fedpt.tasks import shakespeare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,12 @@ class Params:
     fashion_data_dir: Optional[str] = option(None, "Fashion-MNIST IDX files (default: Debian's).")
     fashion_rounds: int = option(20, "Rounds of each Fashion-MNIST peak-memory run.")
     fashion_num_clients: int = option(1000, "Clients of the Fashion-MNIST split.")
+    shakespeare_cache_dir: Optional[str] = option(
+        None, "Directory of shakespeare.sqlite (default: TFF's, then `make data`'s)."
+    )
+    shakespeare_public_plays: tuple[str, ...] = option(
+        shakespeare.PUBLIC_PLAYS, "The Shakespeare task's public plays (its default)."
+    )
     communication_models: tuple[str, ...] = option(
         tuple(training.MODELS), "Catalog models of the communication section."
     )
@@ -39,6 +46,7 @@ SECTIONS: dict[str, Callable[[Params, Callable[[str], None]], Any]] = {
     "device": device.device_client,
     "device_slim": device.device_slim,
     "fashion": training.fashion,
+    "shakespeare": training.shakespeare_rounds,
 }
 
 

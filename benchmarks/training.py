@@ -22,8 +22,8 @@ from benchmarks.common import (
     synthetic_clients,
     tff_model_fn,
 )
-from tff_fedpt import freezing, remote, runtime
-from tff_fedpt.tasks import catalog, emnist, fashion_mnist, load_task
+from tff_fedpt import adapters, freezing, remote, runtime
+from tff_fedpt.tasks import catalog, emnist, fashion_mnist, load_task, shakespeare
 
 # catalog key -> the label of its rows
 MODELS = {
@@ -320,4 +320,53 @@ def fashion(params, log):
                 vs_fedavg=round(peaks[algorithm] / peaks["fedavg"], 3),
             )
         )
+    return rows
+
+
+def shakespeare_rounds(params, log):
+    """Round time of TFF's Shakespeare setup (`make data`'s file): the first 10 client
+    roles, batch 4, one epoch, the character model, for TFF's own FedAvg against FedPT with
+    both LSTMs frozen and with LoRA r8 on both frozen LSTMs (each process built and timed
+    in turn, in one invocation: medians of `repeats` rounds after a warm-up)."""
+    task = load_task(
+        "shakespeare",
+        cache_dir=params.shakespeare_cache_dir,
+        public_plays=params.shakespeare_public_plays,
+    )
+    ids = task.train_data.client_ids[:10]
+    data = [
+        task.to_model_input(task.train_data.create_tf_dataset_for_client(c)).batch(4) for c in ids
+    ]
+    pieces = sum(int(d.unbatch().reduce(0, lambda n, _: n + 1)) for d in data)
+    spec = data[0].element_spec
+    sgd = tff.learning.optimizers.build_sgdm(1.0)
+
+    def lora_lstms():
+        return adapters.add_adapters(shakespeare.char_lstm(0), ["lstm1", "lstm2"], rank=8)
+
+    rows, fedavg_s = [], None
+    for label, build, freeze in (
+        ("FedAvg (TFF)", shakespeare.char_lstm, None),
+        (
+            "FedPT, both LSTMs frozen",
+            shakespeare.char_lstm,
+            shakespeare.PRESETS["chars"]["recurrent"],
+        ),
+        ("FedPT, both LSTMs frozen + LoRA r8 on each", lora_lstms, freezing.FreezeSpec()),
+    ):
+        if freeze is None:
+            process = tff.learning.algorithms.build_weighted_fed_avg(tff_model_fn(build, spec), sgd)
+        else:
+            process = tff_fedpt.build_fedpt_process(fedpt_model_fn(build, spec, freeze), sgd)
+        seconds = median_round_seconds(process, data, params.repeats)
+        fedavg_s = fedavg_s or seconds
+        rows.append(
+            collections.OrderedDict(
+                measure=f"round time, 10 roles ({pieces} pieces of 80 characters): {label}",
+                value=round(seconds, 2),
+                unit="s",
+                vs_fedavg=round(seconds / fedavg_s, 3),
+            )
+        )
+        log(f"  {label}: {seconds:.2f} s per round")
     return rows

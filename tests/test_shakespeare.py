@@ -319,3 +319,21 @@ def test_words_binary_trains_fedpt_with_adapters_on_its_dense_layers(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LoRADense" in result.stdout and "Done: 2 rounds" in result.stdout
+
+
+def test_round_time_benchmark_section_on_tiny_files(tmp_path):
+    from benchmarks import suite
+
+    _build(tmp_path)
+    params = suite.Params(
+        repeats=1,
+        shakespeare_cache_dir=str(tmp_path / "cache"),
+        shakespeare_public_plays=("ALPHA",),
+    )
+    rows = suite.run(params, ["shakespeare"])["shakespeare"]
+    assert [r["measure"].split(": ")[-1] for r in rows] == [
+        "FedAvg (TFF)",
+        "FedPT, both LSTMs frozen",
+        "FedPT, both LSTMs frozen + LoRA r8 on each",
+    ]
+    assert rows[0]["vs_fedavg"] == 1.0 and all(r["value"] > 0 for r in rows)
