@@ -74,12 +74,22 @@ def median_round_seconds(process, data, repeats):
     return statistics.median(times)
 
 
-def peak_memory(algorithm, rounds, out, task="digits", task_kwargs=None):
+# The configurations the memory measurements compare, by name: FedAvg, and FedPT with the
+# model's dense layer frozen (digits, Fashion-MNIST).
+CONFIGS = {
+    "fedavg": {"algorithm": "fedavg", "freeze": "none"},
+    "fedpt": {"algorithm": "fedpt", "freeze": "dense"},
+}
+
+
+def peak_memory(name, rounds, out, task="digits", task_kwargs=None, config=None):
     """Peak RSS (KiB) of a training run's Python plus its TFF worker, sampled from outside
-    (`python -m tff_fedpt.training.memory_probe`), and its per-round samples."""
+    (`python -m tff_fedpt.training.memory_probe`), and its per-round samples. `config`:
+    its `ExperimentConfig` fields (default: `CONFIGS[name]`)."""
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    args = [algorithm, str(rounds), out, task, json.dumps(task_kwargs or {})]
+    config = CONFIGS[name] if config is None else config
+    args = [name, str(rounds), out, task, json.dumps(task_kwargs or {}), json.dumps(config)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tff_fedpt.training.memory_probe", *args],
         stdout=subprocess.DEVNULL,
@@ -90,8 +100,8 @@ def peak_memory(algorithm, rounds, out, task="digits", task_kwargs=None):
         peak = max(peak, memory_probe.rss_kib([proc.pid, *child_pids(proc.pid)]))
         time.sleep(0.05)
     if proc.returncode != 0:
-        raise RuntimeError(f"memory run {algorithm} x {rounds} failed ({proc.returncode})")
-    with open(os.path.join(out, algorithm + "_rss.json")) as f:
+        raise RuntimeError(f"memory run {name} x {rounds} failed ({proc.returncode})")
+    with open(os.path.join(out, name + "_rss.json")) as f:
         samples = json.load(f)
     return peak, {int(k): v for k, v in samples.items()}
 

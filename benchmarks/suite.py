@@ -28,6 +28,7 @@ class Params:
     shakespeare_cache_dir: Optional[str] = option(
         None, "Directory of shakespeare.sqlite (default: TFF's, then `make data`'s)."
     )
+    shakespeare_rounds: int = option(5, "Rounds of each Shakespeare peak-memory run.")
     shakespeare_public_plays: tuple[str, ...] = option(
         shakespeare.PUBLIC_PLAYS, "The Shakespeare task's public plays (its default)."
     )

@@ -369,4 +369,31 @@ def shakespeare_rounds(params, log):
             )
         )
         log(f"  {label}: {seconds:.2f} s per round")
+    data_kwargs = {
+        "cache_dir": params.shakespeare_cache_dir,
+        "public_plays": list(params.shakespeare_public_plays),
+    }
+    common = {
+        "client_batch_size": 4,
+        "client_learning_rate": 1.0,
+        "clients_per_round": min(10, len(task.train_data.client_ids)),
+    }
+    peaks = {}
+    for name, label, config in (
+        ("fedavg", "FedAvg", {"algorithm": "fedavg", "freeze": "none"}),
+        ("fedpt", "FedPT, both LSTMs frozen", {"algorithm": "fedpt", "freeze": "recurrent"}),
+    ):
+        out = os.path.join(params.output_dir, "mem_shakespeare")
+        rounds = params.shakespeare_rounds
+        peak, _ = peak_memory(name, rounds, out, "shakespeare", data_kwargs, {**common, **config})
+        peaks[name] = peak / 1024
+        log(f"  {label}: peak {peaks[name]:.0f} MiB")
+        rows.append(
+            collections.OrderedDict(
+                measure=f"peak RSS of a {rounds}-round run (Python + TFF worker): {label}",
+                value=round(peaks[name]),
+                unit="MiB",
+                vs_fedavg=round(peaks[name] / peaks["fedavg"], 3),
+            )
+        )
     return rows

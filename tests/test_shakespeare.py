@@ -329,11 +329,16 @@ def test_round_time_benchmark_section_on_tiny_files(tmp_path):
         repeats=1,
         shakespeare_cache_dir=str(tmp_path / "cache"),
         shakespeare_public_plays=("ALPHA",),
+        shakespeare_rounds=1,
+        output_dir=str(tmp_path / "bench"),
     )
     rows = suite.run(params, ["shakespeare"])["shakespeare"]
     assert [r["measure"].split(": ")[-1] for r in rows] == [
         "FedAvg (TFF)",
         "FedPT, both LSTMs frozen",
         "FedPT, both LSTMs frozen + LoRA r8 on each",
+        "FedAvg",
+        "FedPT, both LSTMs frozen",
     ]
-    assert rows[0]["vs_fedavg"] == 1.0 and all(r["value"] > 0 for r in rows)
+    assert rows[0]["vs_fedavg"] == rows[3]["vs_fedavg"] == 1.0
+    assert all(r["value"] > 0 for r in rows)
