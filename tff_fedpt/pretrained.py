@@ -14,8 +14,9 @@ The fingerprint (`fingerprint`) is SHA-256, as 64 hex digits, over the pretraine
 tensors in model order (the order of the model's non-trainable variables); for each
 tensor the bytes of `f"{dtype}{shape}\\n"` (dtype as numpy names it, e.g. `float32`;
 shape as a Python tuple, e.g. `(9216, 128)`), then its values in C order, little-endian.
-In the state and the broadcast it travels as int32[8] (`fingerprint_words`: the digest's
-32 bytes as 8 big-endian words), 32 bytes per client per round.
+In the state and the broadcast it travels as int32[8]
+(`fedpt_device.protocol.fingerprint_words`: the digest's 32 bytes as 8 big-endian words),
+32 bytes per client per round.
 
 `PretrainedWeights` holds a pretrained Keras model's values by layer and weight name
 (taken eagerly from a Keras model, or loaded from the `.npz` file `save` writes) and is
