@@ -256,6 +256,20 @@ def workers(params, log):
     return rows
 
 
+def _round_time_row(process, data, params, what, label, fedavg_s, log):
+    """The row of one process's median round time (against FedAvg's `fedavg_s`, or
+    itself when it is FedAvg); returns (row, seconds)."""
+    seconds = median_round_seconds(process, data, params.repeats)
+    log(f"  {label}: {seconds:.2f} s per round")
+    row = collections.OrderedDict(
+        measure=f"round time, {what}: {label}",
+        value=round(seconds, 3),
+        unit="s",
+        vs_fedavg=round(seconds / (fedavg_s or seconds), 3),
+    )
+    return row, seconds
+
+
 def fashion(params, log):
     """The Fashion-MNIST workload of docs/fashion_mnist.md: round time of 10 real clients
     (the first 10 of the 1,000-client Dirichlet(0.5) split, batch 20, one epoch) for FedPT
@@ -294,17 +308,10 @@ def fashion(params, log):
             process = tff_fedpt.build_fedpt_process(fedpt_model_fn(build, spec, freeze), sgd)
         else:
             process = tff.learning.algorithms.build_weighted_fed_avg(tff_model_fn(build, spec), sgd)
-        seconds = median_round_seconds(process, data, params.repeats)
+        what = f"10 clients ({examples} examples)"
+        row, seconds = _round_time_row(process, data, params, what, label, fedavg_s, log)
+        rows.append(row)
         fedavg_s = fedavg_s or seconds
-        rows.append(
-            collections.OrderedDict(
-                measure=f"round time, 10 clients ({examples} examples): {label}",
-                value=round(seconds, 3),
-                unit="s",
-                vs_fedavg=round(seconds / fedavg_s, 3),
-            )
-        )
-        log(f"  {label}: {seconds:.2f} s per round")
     peaks = {}
     rounds, out = params.fashion_rounds, os.path.join(params.output_dir, "mem_fashion")
     for algorithm in ("fedavg", "fedpt"):
@@ -358,17 +365,10 @@ def shakespeare_rounds(params, log):
             process = tff.learning.algorithms.build_weighted_fed_avg(tff_model_fn(build, spec), sgd)
         else:
             process = tff_fedpt.build_fedpt_process(fedpt_model_fn(build, spec, freeze), sgd)
-        seconds = median_round_seconds(process, data, params.repeats)
+        what = f"10 roles ({pieces} pieces of 80 characters)"
+        row, seconds = _round_time_row(process, data, params, what, label, fedavg_s, log)
+        rows.append(row)
         fedavg_s = fedavg_s or seconds
-        rows.append(
-            collections.OrderedDict(
-                measure=f"round time, 10 roles ({pieces} pieces of 80 characters): {label}",
-                value=round(seconds, 2),
-                unit="s",
-                vs_fedavg=round(seconds / fedavg_s, 3),
-            )
-        )
-        log(f"  {label}: {seconds:.2f} s per round")
     data_kwargs = {
         "cache_dir": params.shakespeare_cache_dir,
         "public_plays": list(params.shakespeare_public_plays),
