@@ -1,3 +1,5 @@
 """Baselines to compare FedPT against: the training algorithms `fedavg`, `small_model` and
-`pvt`. `tff_fedpt.training.algorithms.get(name)` imports a baseline's module (which
-registers it) on first use; `options.py` declares their options for `ExperimentConfig`."""
+`pvt`. Importing this package registers them (and PVT's options group) with
+`tff_fedpt.training.algorithms`; the binaries import it, the library never does."""
+
+from baselines import fedavg, pvt, small_model  # noqa: F401  (registers the algorithms)

@@ -1,6 +1,5 @@
-"""The baselines' options (a group of `ExperimentConfig`, named in
-`tff_fedpt.training.config.EXTERNAL_GROUPS`). This module imports only `tff_fedpt.options`,
-so the configuration can compose it without importing the baselines themselves."""
+"""The baselines' options: a group of `ExperimentConfig`, registered with PVT
+(`pvt.PVT.options`)."""
 
 from __future__ import annotations
 

@@ -217,11 +217,15 @@ class PVT(algorithms.Algorithm):
     """Partial variable training; its upload changes every round (see the metrics)."""
 
     name = "pvt"
+    options = PVTOptions
 
     def check(self, config, task):
         fraction = config.group(PVTOptions).pvt_trainable_fraction
         if not 0 < fraction <= 1:
-            raise ConfigError(f"--pvt_trainable_fraction must be in (0, 1]; received {fraction}.")
+            raise ConfigError(
+                f"pvt_trainable_fraction must be in (0, 1]; received {fraction}.",
+                ["pvt_trainable_fraction"],
+            )
 
     def build_process(self, model_fn, config, parts):
         return build_pvt_process(

@@ -67,8 +67,9 @@ class SmallModel(fedavg.FedAvg):
         super().check(config, task)
         if config.model not in task.narrow_models:
             raise ConfigError(
-                f"--algorithm=small_model has no narrow variant of model {config.model} for "
-                f"task {task.name}; models with one: {sorted(task.narrow_models)}."
+                f"algorithm=small_model has no narrow variant of model {config.model} for "
+                f"task {task.name}; models with one: {sorted(task.narrow_models)}.",
+                ["algorithm"],
             )
 
     def keras_model_fn(self, config, task):

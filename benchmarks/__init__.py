@@ -2,4 +2,4 @@
 TFLite device clients and the Fashion-MNIST workload, each both sides in one invocation
 with medians and ratios (`suite.SECTIONS`). No flags: scripts/benchmark.py maps one flag
 to each field of `suite.Params`. The child processes they measure are modules
-(`python -m tff_fedpt.training.memory_probe`, `python -m fedpt_device.measure`)."""
+(`python -m benchmarks.memory_probe`, `python -m fedpt_device.measure`)."""

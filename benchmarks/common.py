@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_fedpt
-from tff_fedpt.training import memory_probe
+from benchmarks import memory_probe
 
 LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -84,14 +84,14 @@ CONFIGS = {
 
 def peak_memory(name, rounds, out, task="digits", task_kwargs=None, config=None):
     """Peak RSS (KiB) of a training run's Python plus its TFF worker, sampled from outside
-    (`python -m tff_fedpt.training.memory_probe`), and its per-round samples. `config`:
+    (`python -m benchmarks.memory_probe`), and its per-round samples. `config`:
     its `ExperimentConfig` fields (default: `CONFIGS[name]`)."""
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     config = CONFIGS[name] if config is None else config
     args = [name, str(rounds), out, task, json.dumps(task_kwargs or {}), json.dumps(config)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tff_fedpt.training.memory_probe", *args],
+        [sys.executable, "-m", "benchmarks.memory_probe", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

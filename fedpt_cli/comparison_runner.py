@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 
+import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
 from tff_fedpt import reporting, training
 from tff_fedpt.tasks import digits
 

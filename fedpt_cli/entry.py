@@ -53,6 +53,8 @@ def run(body, *, local_runtime: bool = True, errors: tuple = ()) -> None:
             if local_runtime:
                 runtime.use_local_runtime()
             code = body()
+        except ConfigError as e:
+            error = (e.flag_message(), 2)
         except known as e:
             error = (str(e), getattr(e, "code", 2))
         except KeyboardInterrupt:

@@ -16,6 +16,7 @@ import typing
 
 from absl import flags
 
+import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
 from tff_fedpt import remote, runtime, training
 from tff_fedpt.options import value_type
 from tff_fedpt.tasks import load_task, task_module, task_names

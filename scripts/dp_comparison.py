@@ -13,6 +13,7 @@ import sys
 
 from absl import flags
 
+import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
 from tff_fedpt import reporting, training
 from tff_fedpt.tasks import digits, load_task
 

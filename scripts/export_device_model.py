@@ -92,7 +92,7 @@ def main():
     try:
         spec = catalog.model_spec(FLAGS.task, FLAGS.model)
     except ValueError as e:
-        raise entry.ScriptError(str(e)) from None
+        raise entry.ScriptError(f"--task/--model: {e}") from None
     try:
         freeze = catalog.freeze_spec(spec, FLAGS.freeze)
         tff_fedpt.resolve_freeze(spec.build(0), freeze)

@@ -5,6 +5,8 @@ import dataclasses
 import importlib
 import json
 import os
+import pathlib
+import re
 import sys
 
 import numpy as np
@@ -75,7 +77,7 @@ def test_options_are_owned_by_their_groups():
     from tff_fedpt import compression, privacy, runtime
     from tff_fedpt.options import option
 
-    names = [f.name for g in config.GROUPS for f in dataclasses.fields(g)]
+    names = [f.name for g in config.groups() for f in dataclasses.fields(g)]
     assert names == [f.name for f in config.fields()] and len(set(names)) == len(names)
     assert config.fields()[names.index("clip")].metadata["group"] is privacy.DPOptions
     cfg = training.ExperimentConfig(dp=True, clip=0.5, upload_bits=8, worker_restart_rounds=0)
@@ -90,15 +92,50 @@ def test_options_are_owned_by_their_groups():
         clip: float = option(2.0, "another clip")
 
     with pytest.raises(TypeError, match="'clip' is declared by DPOptions and"):
-        config._compose((*config.GROUPS, Clash))
-    # A baseline's options are declared by the baseline's package, which the library
-    # names by path (and leaves out when that package is not installed).
+        config._compose((*config.groups(), Clash))
+    # A baseline's options are declared by the baseline's package and registered with its
+    # algorithm; once the configuration is composed, a new group is refused, not dropped.
     from baselines.options import PVTOptions
 
     assert config.fields()[names.index("pvt_trainable_fraction")].metadata["group"] is PVTOptions
-    assert config._external_group("not_installed_pkg.options.Group") is None
-    with pytest.raises(AttributeError):
-        config._external_group("baselines.options.NoSuchGroup")
+    assert config.register_group(PVTOptions) is PVTOptions  # again: nothing changes
+
+    @dataclasses.dataclass(frozen=True)
+    class Late:
+        late_option: int = option(1, "registered too late")
+
+    with pytest.raises(RuntimeError, match="Late registered after ExperimentConfig"):
+        config.register_group(Late)
+
+
+def test_the_library_never_imports_its_dependents():
+    """Importing the library (every module of it) imports neither `baselines` nor
+    `experiments`, and no library file names them in code: they register themselves."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import tff_fedpt
+
+    modules = [m.name for m in pkgutil.walk_packages(tff_fedpt.__path__, "tff_fedpt.")]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('baselines', 'experiments')))"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+    for path in pathlib.Path(ROOT, "tff_fedpt").rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code_part = line.split("#")[0]
+            assert not re.search(
+                r"\b(import|from) (baselines|experiments)\b", code_part
+            ), f"{path}:{n}"
+            assert '"baselines.' not in code_part, f"{path}:{n}"
 
 
 def test_resolve_fills_the_task_defaults(task):
@@ -116,25 +153,33 @@ def test_resolve_fills_the_task_defaults(task):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(algorithm="fedsgd"), r"--algorithm: unknown algorithm 'fedsgd'; valid: \['fedpt'"),
-        (dict(client_optimizer="rmsprop"), r"--client_optimizer: unknown value 'rmsprop'"),
-        (dict(sampling="stratified"), r"--sampling: unknown value 'stratified'"),
-        (dict(frozen_seed=2**64), "--frozen_seed must fit in a signed 64-bit integer"),
-        (dict(seed=-1), "--seed must be >= 0"),
-        (dict(pvt_trainable_fraction=0.0, algorithm="pvt"), "--pvt_trainable_fraction"),
-        (dict(upload_bits=8, algorithm="pvt"), "need --algorithm=fedpt"),
-        (dict(algorithm="small_model", model="cnn", freeze="x+"), "--freeze='x\\+' is neither"),
-        (dict(noise_multiplier=1.0), "--noise_multiplier / --target_epsilon need --dp"),
+        (dict(algorithm="fedsgd"), r"^algorithm: unknown algorithm 'fedsgd'; valid: \['fedpt'"),
+        (dict(client_optimizer="rmsprop"), r"^client_optimizer: unknown value 'rmsprop'"),
+        (dict(sampling="stratified"), r"^sampling: unknown value 'stratified'"),
+        (dict(frozen_seed=2**64), "^frozen_seed must fit in a signed 64-bit integer"),
+        (dict(seed=-1), "^seed must be >= 0"),
+        (dict(pvt_trainable_fraction=0.0, algorithm="pvt"), "^pvt_trainable_fraction"),
+        (dict(upload_bits=8, algorithm="pvt"), "need algorithm=fedpt"),
+        (dict(algorithm="small_model", model="cnn", freeze="x+"), "^freeze='x\\+' is neither"),
+        (dict(noise_multiplier=1.0), "^noise_multiplier / target_epsilon need dp"),
     ],
 )
-def test_validation_names_the_flag(task, kwargs, message):
-    with pytest.raises(training.ConfigError, match=message):
+def test_validation_names_the_field_and_a_binary_the_flag(task, kwargs, message):
+    """The library's messages name its fields; `flag_message` (what the binaries print)
+    writes each field it names as the flag, and nothing else."""
+    with pytest.raises(training.ConfigError, match=message) as raised:
         training.validate(training.ExperimentConfig(**kwargs), task)
+    error = raised.value
+    assert "--" not in str(error) and error.fields
+    flagged = error.flag_message()
+    names = "|".join(error.fields)
+    assert flagged == re.sub(rf"(?<![\w-])({names})(?!\w)", r"--\1", str(error))
+    assert flagged.startswith("--") or " --" in flagged
 
 
 def test_target_epsilon_out_of_reach_is_one_clear_error(task):
     cfg = training.ExperimentConfig(dp=True, target_epsilon=1e9, sampling="poisson")
-    with pytest.raises(training.ConfigError, match="--target_epsilon=1e\\+09 cannot be calibrated"):
+    with pytest.raises(training.ConfigError, match="^target_epsilon=1e\\+09 cannot be calibrated"):
         training.build_experiment(cfg, task)
 
 
@@ -144,7 +189,6 @@ def test_target_epsilon_out_of_reach_is_one_clear_error(task):
 
 def test_the_documented_new_algorithm_runs_through_the_loop(tmp_path, task):
     """docs/training.md's "Adding an algorithm" example, executed as written."""
-    import re
 
     with open(os.path.join(ROOT, "docs", "training.md")) as f:
         docs = f.read()
@@ -257,7 +301,7 @@ def test_output_dir_that_cannot_be_created_is_a_config_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     cfg = training.ExperimentConfig(root_output_dir=str(blocker / "out"), experiment_name="e")
-    with pytest.raises(training.ConfigError, match="--root_output_dir: cannot create or write"):
+    with pytest.raises(training.ConfigError, match="^root_output_dir: cannot create or write"):
         outputs.make_dirs(outputs.output_dirs(cfg))
 
 
@@ -431,7 +475,7 @@ def test_resume_refuses_other_task_settings_and_fewer_rounds(tmp_path, task, mon
         training.run_experiment(cfg, load_task("digits", num_clients=21))
     with pytest.raises(training.ConfigError, match="task:alpha: saved '0.5', now '0.9'"):
         training.run_experiment(cfg, load_task("digits", num_clients=20, alpha=0.9))
-    with pytest.raises(training.ConfigError, match="--total_rounds=1: experiment 'e' already has"):
+    with pytest.raises(training.ConfigError, match="^total_rounds=1: experiment 'e' already has"):
         training.run_experiment(cfg.replace(total_rounds=1), task)
     # Deleting hparams.csv no longer disables the check: the record sits with the checkpoints.
     os.remove(tmp_path / "results" / "e" / "hparams.csv")

@@ -48,27 +48,26 @@ class CompressionOptions:
     )
 
     def check(self, *, algorithm: str, compressible: bool, dp: bool) -> None:
-        """Checks these options as flags for `--algorithm=algorithm` (with or without DP).
+        """Checks these options for `algorithm` (with or without DP).
 
         Raises:
-          ValueError: naming the flag, the value received and what is valid.
+          ValueError: naming the option, the value received and what is valid.
         """
         if self.upload_bits is None and self.broadcast_bits is None:
             return
         if not compressible:
             raise ValueError(
-                "--upload_bits / --broadcast_bits compress FedPT's trainable part and "
-                f"need --algorithm=fedpt; received --algorithm={algorithm}."
+                "upload_bits / broadcast_bits compress FedPT's trainable part and "
+                f"need algorithm=fedpt; received algorithm={algorithm}."
             )
         if self.upload_bits is not None:
-            check_upload_bits(self.upload_bits, "--upload_bits")
+            check_upload_bits(self.upload_bits)
         if self.broadcast_bits is not None:
-            check_broadcast_bits(self.broadcast_bits, "--broadcast_bits")
+            check_broadcast_bits(self.broadcast_bits)
         if dp:
             check_dp_compatible(
                 upload_bits=self.upload_bits,
                 broadcast_bits=self.broadcast_bits,
-                name="--upload_bits",
             )
 
 

@@ -50,14 +50,14 @@ class DPOptions:
     accountant: str = option("rdp", "Privacy accountant.", choices=ACCOUNTANTS)
 
     def check(self, *, sampling: str, weighted: bool, clients_per_round: int) -> None:
-        """Checks these options as flags (messages name `--option`).
+        """Checks these options (messages name the options as fields: `noise_multiplier`).
 
         Raises:
-          ValueError: naming the flag, the value received and what is valid.
+          ValueError: naming the option, the value received and what is valid.
         """
         if not self.dp:
             if self.noise_multiplier is not None or self.target_epsilon is not None:
-                raise ValueError("--noise_multiplier / --target_epsilon need --dp.")
+                raise ValueError("noise_multiplier / target_epsilon need dp.")
             return
         check_dp_options(
             noise_multiplier=self.noise_multiplier,
@@ -69,10 +69,9 @@ class DPOptions:
             accountant=self.accountant,
             sampling=sampling,
             weighted=weighted,
-            prefix="--",
         )
         if self.adaptive_clip and self.noise_multiplier is not None:
-            check_adaptive_noise(self.noise_multiplier, clients_per_round, prefix="--")
+            check_adaptive_noise(self.noise_multiplier, clients_per_round)
 
 
 def _check_positive_float(value, name, allow_zero=False):
@@ -88,12 +87,12 @@ def _check_quantile(value, name):
         raise ValueError(f"{name} must be in (0, 1); received {value}.")
 
 
-def check_adaptive_noise(noise_multiplier: float, clients_per_round: int, prefix: str = ""):
+def check_adaptive_noise(noise_multiplier: float, clients_per_round: int):
     """Raises ValueError if TFF's adaptive clipping cannot run with this noise."""
     if noise_multiplier >= 0.1 * clients_per_round:
         raise ValueError(
-            f"{prefix}noise_multiplier={noise_multiplier:g} is too large for "
-            f"{prefix}adaptive_clip with {prefix}clients_per_round={clients_per_round}: "
+            f"noise_multiplier={noise_multiplier:g} is too large for "
+            f"adaptive_clip with clients_per_round={clients_per_round}: "
             "TFF's adaptive clipping spends part of the privacy budget on the clipped-count "
             "estimate and needs noise_multiplier < 0.1 * clients_per_round "
             f"= {0.1 * clients_per_round:g}. Use more clients per round or a fixed clip."
@@ -111,48 +110,40 @@ def check_dp_options(
     accountant: str,
     sampling: str,
     weighted: bool,
-    prefix: str = "",
 ) -> None:
     """Checks a DP training setting before anything is built.
-
-    Names in messages carry `prefix` ("--" when the values came from flags).
 
     Raises:
       ValueError: naming the option, the value received and what is valid.
     """
     if weighted:
         raise ValueError(
-            f"{prefix}client_weighting=num_examples cannot be used with {prefix}dp: "
+            "client_weighting=num_examples cannot be used with dp: "
             "DP-FedAvg averages clients uniformly (a weighted aggregate would leak the "
             "example counts and break the sensitivity bound). Use "
-            f"{prefix}client_weighting=uniform or leave it unset."
+            "client_weighting=uniform or leave it unset."
         )
     if (noise_multiplier is None) == (target_epsilon is None):
-        raise ValueError(
-            f"{prefix}dp needs exactly one of {prefix}noise_multiplier and "
-            f"{prefix}target_epsilon."
-        )
+        raise ValueError("dp needs exactly one of noise_multiplier and " "target_epsilon.")
     if noise_multiplier is not None:
-        _check_positive_float(noise_multiplier, f"{prefix}noise_multiplier", allow_zero=True)
+        _check_positive_float(noise_multiplier, "noise_multiplier", allow_zero=True)
     if target_epsilon is not None:
-        _check_positive_float(target_epsilon, f"{prefix}target_epsilon")
-    _check_positive_float(clip, f"{prefix}clip")
+        _check_positive_float(target_epsilon, "target_epsilon")
+    _check_positive_float(clip, "clip")
     if adaptive_clip:
-        _check_quantile(target_quantile, f"{prefix}target_quantile")
+        _check_quantile(target_quantile, "target_quantile")
     if target_delta is not None and not 0 < target_delta < 1:
-        raise ValueError(f"{prefix}target_delta must be in (0, 1); received {target_delta}.")
+        raise ValueError(f"target_delta must be in (0, 1); received {target_delta}.")
     if accountant not in ACCOUNTANTS:
         raise ValueError(
-            f"{prefix}accountant: unknown accountant {accountant!r}; valid: {list(ACCOUNTANTS)}."
+            f"accountant: unknown accountant {accountant!r}; valid: {list(ACCOUNTANTS)}."
         )
     if sampling not in SAMPLINGS:
-        raise ValueError(
-            f"{prefix}sampling: unknown sampling {sampling!r}; valid: {list(SAMPLINGS)}."
-        )
+        raise ValueError(f"sampling: unknown sampling {sampling!r}; valid: {list(SAMPLINGS)}.")
     if accountant == "pld" and sampling == "uniform":
         raise ValueError(
-            f"{prefix}accountant=pld does not support {prefix}sampling=uniform (fixed-size "
-            f"sampling); use {prefix}accountant=rdp or {prefix}sampling=poisson."
+            "accountant=pld does not support sampling=uniform (fixed-size "
+            "sampling); use accountant=rdp or sampling=poisson."
         )
 
 

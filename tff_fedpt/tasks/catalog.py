@@ -29,7 +29,7 @@ def model_spec(task: str, model: str) -> ModelSpec:
     known = models()
     key = f"{task}/{model}"
     if key not in known:
-        raise ValueError(f"--task/--model: unknown {key!r}; valid: {sorted(known)}.")
+        raise ValueError(f"unknown task/model {key!r}; valid: {sorted(known)}.")
     return known[key]
 
 

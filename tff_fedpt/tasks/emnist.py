@@ -107,7 +107,7 @@ def load(*, only_digits: bool = False, cache_dir: str | None = None) -> base.Tas
         raise base.DatasetNotFoundError(
             f"EMNIST data not found: looked for {path}. On a machine with network, "
             "run tff.simulation.datasets.emnist.load_data(cache_dir=...) once, or copy "
-            f"{DATABASE} into that directory (or pass --cache_dir)."
+            f"{DATABASE} into that directory (or pass cache_dir: --cache_dir in the binaries)."
         )
     prefix = "digits_only" if only_digits else "all"
     base.check_sqlite(path, ("examples", "client_metadata"), (f"{prefix}_train", f"{prefix}_test"))

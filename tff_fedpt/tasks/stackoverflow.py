@@ -256,7 +256,8 @@ def load(
         raise base.DatasetNotFoundError(
             f"StackOverflow data not found: looked for {database}. On a machine with "
             "network, run tff.simulation.datasets.stackoverflow.load_data(cache_dir=...) "
-            f"once, or copy {DATABASE} into that directory (or pass --cache_dir)."
+            f"once, or copy {DATABASE} into that directory (or pass cache_dir: --cache_dir "
+            "in the binaries)."
         )
     counts = _word_counts_path(cache_dir)
     if counts is None:

@@ -14,14 +14,12 @@ Typical use: `run(build_experiment(config, task))`, or `run_experiment(config, t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tff_fedpt.training import algorithms
+from tff_fedpt.training import config as _config
 from tff_fedpt.training.checkpoints import CheckpointStore
-from tff_fedpt.training.config import (
-    CLIENT_WEIGHTINGS,
-    OPTIMIZERS,
-    ConfigError,
-    ExperimentConfig,
-)
+from tff_fedpt.training.config import CLIENT_WEIGHTINGS, OPTIMIZERS, ConfigError
 from tff_fedpt.training.experiment import Experiment, build_experiment, validate
 from tff_fedpt.training.loop import (
     ExperimentResult,
@@ -31,6 +29,15 @@ from tff_fedpt.training.loop import (
     run,
 )
 from tff_fedpt.training.outputs import output_dirs
+
+if TYPE_CHECKING:
+    from tff_fedpt.training.config import ExperimentConfig
+
+
+def __getattr__(name: str):
+    if name == "ExperimentConfig":  # composed on first use (see config.register_group)
+        return _config.ExperimentConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_experiment(config: ExperimentConfig, task, *, model_aggregator=None, **callbacks):

@@ -5,9 +5,9 @@ learning process from the parts the experiment builds (optimizers, aggregator,
 weighting), its communication cost per round and the Keras model to evaluate. The
 training loop and the binaries only ever talk to this interface.
 
-FedPT is registered here. The baselines (`fedavg`, `small_model`, `pvt`) live in the
-top-level `baselines` package, which depends on `tff_fedpt` (never the other way round):
-their modules are named here (`register_module`) and imported on first use.
+FedPT is registered here. An algorithm defined elsewhere registers itself, with its
+options group, when its module is imported; the library never imports its dependents
+(the binaries import the packages whose algorithms they offer).
 
 Adding an algorithm: subclass `Algorithm` in one module, overriding `build_process`
 (and whatever else differs from the defaults), and call `register(MyAlgorithm())` at
@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 from collections.abc import Callable
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt import adapters, communication, freezing, keras_models, pretrained, process
 from tff_fedpt.tasks import Task
-from tff_fedpt.training.config import ConfigError, ExperimentConfig
+from tff_fedpt.training import config as config_lib
+from tff_fedpt.training.config import ConfigError
+
+if TYPE_CHECKING:
+    from tff_fedpt.training.config import ExperimentConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +50,14 @@ class Algorithm:
       name: The registry name (the value of --algorithm).
       uses_freeze: Whether --freeze means something to it (FedPT, small model).
       compressible: Whether --upload_bits / --broadcast_bits apply.
+      options: Its own options group (a frozen dataclass of `option` fields), added to
+        `ExperimentConfig` when the algorithm is registered; None: none.
     """
 
     name: str = ""
     uses_freeze: bool = False
     compressible: bool = False
+    options: Optional[type] = None
 
     def check(self, config: ExperimentConfig, task: Task) -> None:
         """Raises ConfigError for options this algorithm cannot run with."""
@@ -86,40 +92,31 @@ class Algorithm:
 
 
 _REGISTRY: dict[str, Algorithm] = {}
-# Algorithms whose module registers them when imported, imported on first use (the
-# baselines live in the top-level `baselines` package, which depends on tff_fedpt).
-_MODULES: dict[str, str] = {
-    "fedavg": "baselines.fedavg",
-    "small_model": "baselines.small_model",
-    "pvt": "baselines.pvt",
-}
 
 
 def register(algorithm: Algorithm) -> Algorithm:
-    """Adds `algorithm` under `algorithm.name` (replacing one of the same name)."""
+    """Adds `algorithm` under `algorithm.name` (replacing one of the same name), and its
+    options group to `ExperimentConfig` (see `config.register_group`)."""
     if not algorithm.name:
         raise ValueError(f"{type(algorithm).__name__} has no name.")
+    if algorithm.options is not None:
+        config_lib.register_group(algorithm.options)
     _REGISTRY[algorithm.name] = algorithm
     return algorithm
 
 
-def register_module(name: str, module: str) -> None:
-    """Declares that importing `module` (dotted path) registers the algorithm `name`;
-    the module is imported the first time `get(name)` asks for it."""
-    _MODULES[name] = module
-
-
 def names() -> tuple[str, ...]:
-    """Every algorithm: those registered directly (FedPT, then in registration order),
-    then those declared by module, in declaration order, whether imported yet or not."""
-    return tuple(dict.fromkeys([*(n for n in _REGISTRY if n not in _MODULES), *_MODULES]))
+    """Every registered algorithm, in registration order (FedPT first)."""
+    return tuple(_REGISTRY)
 
 
 def get(name: str) -> Algorithm:
-    if name not in _REGISTRY and name in _MODULES:
-        importlib.import_module(_MODULES[name])
     if name not in _REGISTRY:
-        raise ConfigError(f"--algorithm: unknown algorithm {name!r}; valid: {list(names())}.")
+        raise ConfigError(
+            f"algorithm: unknown algorithm {name!r}; valid: {list(names())} (an algorithm "
+            "outside tff_fedpt is registered when its module is imported).",
+            ["algorithm"],
+        )
     return _REGISTRY[name]
 
 
@@ -172,7 +169,7 @@ def pretrained_weights(config: ExperimentConfig) -> Optional[pretrained.Pretrain
     try:
         return _load_pretrained(config.pretrained_weights)
     except ValueError as e:
-        raise ConfigError(f"--pretrained_weights: {e}") from None
+        raise ConfigError(f"pretrained_weights: {e}", ["pretrained_weights"]) from None
 
 
 def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
@@ -188,8 +185,9 @@ def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
         freezing.resolve_freeze(task.models[config.model](config.seed), spec)
     except (ValueError, TypeError) as e:
         raise ConfigError(
-            f"--freeze={config.freeze!r} is neither a preset of model {config.model} "
-            f"({sorted([*presets, 'none'])}) nor a valid layer pattern: {e}"
+            f"freeze={config.freeze!r} is neither a preset of model {config.model} "
+            f"({sorted([*presets, 'none'])}) nor a valid layer pattern: {e}",
+            ["freeze"],
         ) from e
     return dataclasses.replace(spec, pretrained=held, generator=config.frozen_generator)
 

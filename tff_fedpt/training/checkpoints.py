@@ -98,7 +98,8 @@ class CheckpointStore:
             details = "; ".join(f"round {v}: {r}" for v, r in failures)
             raise ConfigError(
                 f"No checkpoint in {self.directory} can be loaded ({details}). Remove that "
-                "directory to start over, or use another --experiment_name."
+                "directory to start over, or use another experiment_name.",
+                ["experiment_name"],
             )
         return structure, 0, []
 

@@ -3,10 +3,12 @@
 A group is a frozen dataclass of `option(...)` fields (default, help, allowed values),
 declared in the module that uses it: `privacy.DPOptions`, `compression.CompressionOptions`,
 `runtime.RuntimeOptions`, `freezing.FreezeOptions`, `pretrained.PretrainedOptions`,
-`adapters.AdapterOptions`, `baselines.options.PVTOptions` (`EXTERNAL_GROUPS`), and here the
-task, loop and optimizer options.
-`ExperimentConfig` is composed from `GROUPS` (one flat field per option, the binaries'
-flag names); `config.group(privacy.DPOptions)` hands a module its own options back. The
+`adapters.AdapterOptions`, and here the task, loop and optimizer options. A package outside
+the library adds its own groups with `register_group` when it is imported (an algorithm's
+options: `algorithms.register` registers its `options` group).
+`ExperimentConfig` is composed from `groups()` (one flat field per option, the binaries'
+flag names) the first time it is asked for, so everything registered by then is in it;
+`config.group(privacy.DPOptions)` hands a module its own options back. The
 absl flags of the binaries are generated from the fields (`fedpt_cli/training_flags.py`),
 so a new option is one field in its owner's group. Rules that belong to a library module
 (DP, compression, an algorithm's own options) are checked by that module; `validate`
@@ -16,23 +18,41 @@ checks the rest and gathers their messages as `ConfigError`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
+import re
 import typing
 from collections.abc import Sequence
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from tff_fedpt import adapters, compression, freezing, pretrained, privacy, runtime
 from tff_fedpt.options import group_of, option, value_type
 
+if TYPE_CHECKING:  # the class is composed on first use (`__getattr__` below)
+    ExperimentConfig = Any
+
 OPTIMIZERS = ("sgd", "sgdm", "adam")
 CLIENT_WEIGHTINGS = ("num_examples", "uniform")
 
-__all__ = ["ConfigError", "ExperimentConfig", "GROUPS", "option"]
+__all__ = ["ConfigError", "ExperimentConfig", "groups", "option", "register_group"]
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field (flag)."""
+    """A configuration value is invalid.
+
+    The message names the library's fields (`total_rounds must be > 0`); `fields` lists
+    the names it uses, so that a binary can write them as its flags (`flag_message`).
+    """
+
+    def __init__(self, message: str, fields: Sequence[str] = ()):
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+    def flag_message(self) -> str:
+        """The message with each of `fields` written as a flag (`--total_rounds`)."""
+        message = str(self)
+        for name in sorted(set(self.fields), key=len, reverse=True):
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", "--" + name, message)
+        return message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +62,8 @@ class TaskOptions:
     task: str = option("digits", "Task name (set by the binary).")
     algorithm: str = option(
         "fedpt",
-        "Training algorithm (see tff_fedpt.training.algorithms; baselines register "
-        "fedavg, small_model and pvt).",
+        "Training algorithm: fedpt, or one that an imported package registered "
+        "(tff_fedpt.training.algorithms).",
     )
     model: Optional[str] = option(None, "Model name (default: the task's default model).")
 
@@ -87,35 +107,58 @@ class OptimizerOptions:
     )
 
 
-# Option groups declared outside the library, by dotted path: the owner's module imports
-# only `tff_fedpt.options`, so composing it here imports none of its package's other modules
-# (the baselines depend on tff_fedpt, never the other way round). A group whose package is
-# not installed is left out, with its algorithm.
-EXTERNAL_GROUPS: tuple[str, ...] = ("baselines.options.PVTOptions",)
-
-
-def _external_group(path: str) -> Optional[type]:
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as e:
-        if e.name and (module == e.name or module.startswith(e.name + ".")):  # not installed
-            return None
-        raise
-
-
-GROUPS: tuple[type, ...] = (
+_LIBRARY_GROUPS: tuple[type, ...] = (
     TaskOptions,
     freezing.FreezeOptions,
     LoopOptions,
     OptimizerOptions,
-    *filter(None, map(_external_group, EXTERNAL_GROUPS)),
     runtime.RuntimeOptions,
     privacy.DPOptions,
     compression.CompressionOptions,
     pretrained.PretrainedOptions,
     adapters.AdapterOptions,
 )
+_registered: list[type] = []
+_composed: Optional[type] = None
+
+
+def register_group(group: type) -> type:
+    """Adds an options group (a frozen dataclass of `option` fields) to `ExperimentConfig`.
+
+    Call it at import, before the first `ExperimentConfig` is asked for (a binary imports
+    its algorithms' packages first). Registering a group again does nothing.
+
+    Raises:
+      RuntimeError: once `ExperimentConfig` has been composed without this group.
+    """
+    if group in groups():
+        return group
+    if _composed is not None:
+        raise RuntimeError(
+            f"options group {group.__qualname__} registered after ExperimentConfig was "
+            f"composed; import {group.__module__} before using ExperimentConfig."
+        )
+    _registered.append(group)
+    return group
+
+
+def groups() -> tuple[type, ...]:
+    """Every options group, in flag order: the task, freeze, loop and optimizer groups,
+    then the registered ones, then the library's others."""
+    return (*_LIBRARY_GROUPS[:4], *_registered, *_LIBRARY_GROUPS[4:])
+
+
+def __getattr__(name: str):
+    # ExperimentConfig and what is derived from it are composed on first use, after the
+    # packages imported so far have registered their groups.
+    if name == "ExperimentConfig":
+        global _composed
+        if _composed is None:
+            _composed = _compose(groups())
+        return _composed
+    if name == "RESUMABLE_FIELDS":
+        return frozenset(f.name for f in fields() if f.metadata["resumable"])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _compose(groups: Sequence[type]) -> type:
@@ -161,19 +204,13 @@ def _compose(groups: Sequence[type]) -> type:
     return cls
 
 
-ExperimentConfig = _compose(GROUPS)
-
-
 def fields() -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(ExperimentConfig)
+    return dataclasses.fields(__getattr__("ExperimentConfig"))
 
 
 def field_type(field: dataclasses.Field) -> type:
     """The field's value type (bool, int, float or str), Optional stripped."""
     return value_type(field.type)  # a type, not a string: _compose resolved the hints
-
-
-RESUMABLE_FIELDS = frozenset(f.name for f in fields() if f.metadata["resumable"])
 
 
 def resolve(config: ExperimentConfig, task) -> ExperimentConfig:
@@ -190,9 +227,18 @@ def check_positive(config: ExperimentConfig, names: Sequence[str]) -> None:
     for name in names:
         value = getattr(config, name)
         if value is None or not (isinstance(value, (int, float)) and value > 0):
-            raise ConfigError(f"--{name} must be > 0; received {value!r}.")
+            raise ConfigError(f"{name} must be > 0; received {value!r}.", [name])
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"--{name} must be finite; received {value!r}.")
+            raise ConfigError(f"{name} must be finite; received {value!r}.", [name])
+
+
+def group_error(error: ValueError, *groups: type, also: Sequence[str] = ()) -> ConfigError:
+    """`error` (raised by an options group's own check) as a ConfigError naming the fields
+    of `groups` and `also`."""
+    if isinstance(error, ConfigError):
+        return error
+    names = [f.name for g in groups for f in dataclasses.fields(g)]
+    return ConfigError(str(error), [*names, *also])
 
 
 def check_choices(config: ExperimentConfig) -> None:
@@ -200,4 +246,6 @@ def check_choices(config: ExperimentConfig) -> None:
         choices = field.metadata["choices"]
         value = getattr(config, field.name)
         if choices and value is not None and value not in choices:
-            raise ConfigError(f"--{field.name}: unknown value {value!r}; valid: {list(choices)}.")
+            raise ConfigError(
+                f"{field.name}: unknown value {value!r}; valid: {list(choices)}.", [field.name]
+            )

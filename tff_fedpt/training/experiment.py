@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -20,15 +20,18 @@ from tff_fedpt import communication, compression, freezing, privacy, runtime
 from tff_fedpt import pretrained as pretrained_lib
 from tff_fedpt.tasks import Task
 from tff_fedpt.training import algorithms, outputs
+from tff_fedpt.training import config as config_lib
 from tff_fedpt.training.config import (
     ConfigError,
-    ExperimentConfig,
     LoopOptions,
     check_choices,
     check_positive,
     resolve,
 )
 from tff_fedpt.training.evaluation import Evaluator
+
+if TYPE_CHECKING:
+    from tff_fedpt.training.config import ExperimentConfig
 
 
 @dataclasses.dataclass
@@ -117,8 +120,9 @@ def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
     config = resolve(config, task)
     if config.model not in task.models:
         raise ConfigError(
-            f"--model: unknown model {config.model!r} for task {task.name}; valid: "
-            f"{sorted(task.models)}."
+            f"model: unknown model {config.model!r} for task {task.name}; valid: "
+            f"{sorted(task.models)}.",
+            ["model"],
         )
     check_positive(
         config,
@@ -140,8 +144,9 @@ def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
     population = len(task.train_data.client_ids)
     if config.clients_per_round > population:
         raise ConfigError(
-            f"--clients_per_round={config.clients_per_round} is larger than the number of "
-            f"training clients of task {task.name} ({population})."
+            f"clients_per_round={config.clients_per_round} is larger than the number of "
+            f"training clients of task {task.name} ({population}).",
+            ["clients_per_round"],
         )
     algorithm.check(config, task)
     _check_pretrained_and_adapters(config, task, algorithm)
@@ -154,11 +159,15 @@ def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
             weighted=config.client_weighting == "num_examples",
             clients_per_round=config.clients_per_round,
         )
-    except ConfigError:
-        raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(str(e)) from None
+        raise config_lib.group_error(
+            e, compression.CompressionOptions, privacy.DPOptions, also=_DP_ALSO
+        ) from None
     return config
+
+
+# The loop and optimizer fields that DP's messages name.
+_DP_ALSO = ("algorithm", "sampling", "client_weighting", "clients_per_round", "total_rounds")
 
 
 def _check_pretrained_and_adapters(config: ExperimentConfig, task: Task, algorithm) -> None:
@@ -166,11 +175,13 @@ def _check_pretrained_and_adapters(config: ExperimentConfig, task: Task, algorit
     if not config.pretrained_weights and not config.adapter_layers:
         return
     if isinstance(config.adapter_rank, bool) or config.adapter_rank < 1:
-        raise ConfigError(f"--adapter_rank must be >= 1; received {config.adapter_rank}.")
+        raise ConfigError(
+            f"adapter_rank must be >= 1; received {config.adapter_rank}.", ["adapter_rank"]
+        )
     if config.adapter_alpha is not None:
         check_positive(config, ["adapter_alpha"])
     algorithms.pretrained_weights(config)  # a ConfigError naming the file
-    names = "--pretrained_weights / --adapter_layers"
+    names = "pretrained_weights / adapter_layers"
     try:
         # Built eagerly (the task's input spec maps its data, whose lookup tables are
         # eager), called in a graph of its own (nothing is kept).
@@ -178,7 +189,7 @@ def _check_pretrained_and_adapters(config: ExperimentConfig, task: Task, algorit
         with tf.Graph().as_default():
             model_fn()
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{names}: {e}") from None
+        raise ConfigError(f"{names}: {e}", ["pretrained_weights", "adapter_layers"]) from None
 
 
 def _check_seed(config: ExperimentConfig) -> None:
@@ -186,11 +197,12 @@ def _check_seed(config: ExperimentConfig) -> None:
         value = getattr(config, name)
         if not -(2**63) <= value < 2**63:
             raise ConfigError(
-                f"--{name} must fit in a signed 64-bit integer "
-                f"[-9223372036854775808, 9223372036854775807]; received {value}."
+                f"{name} must fit in a signed 64-bit integer "
+                f"[-9223372036854775808, 9223372036854775807]; received {value}.",
+                [name],
             )
     if config.seed < 0:
-        raise ConfigError(f"--seed must be >= 0 (it seeds numpy); received {config.seed}.")
+        raise ConfigError(f"seed must be >= 0 (it seeds numpy); received {config.seed}.", ["seed"])
 
 
 def optimizer(config: ExperimentConfig, role: str) -> tff.learning.optimizers.Optimizer:
@@ -229,12 +241,14 @@ def _privacy_setting(config: ExperimentConfig, population: int, delta: float):
                 accountant=config.accountant,
             )
         except ValueError as e:
-            raise ConfigError(f"--{e}") from None
+            raise config_lib.group_error(e, privacy.DPOptions, also=_DP_ALSO) from None
         if config.adaptive_clip:
             try:
-                privacy.check_adaptive_noise(noise, config.clients_per_round, prefix="--")
+                privacy.check_adaptive_noise(noise, config.clients_per_round)
             except ValueError as e:
-                raise ConfigError(f"{e} (calibrated to --target_epsilon)") from None
+                raise ConfigError(
+                    f"{e} (calibrated to target_epsilon)", ["target_epsilon"]
+                ) from None
     return privacy.PrivacySetting(
         float(noise), config.clients_per_round, population, config.sampling
     )

@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -23,7 +23,10 @@ from tff_fedpt import communication, freezing
 from tff_fedpt.training import experiment as experiment_lib
 from tff_fedpt.training import outputs
 from tff_fedpt.training.checkpoints import CheckpointStore, Skipped
-from tff_fedpt.training.config import ConfigError, ExperimentConfig, LoopOptions
+from tff_fedpt.training.config import ConfigError, LoopOptions
+
+if TYPE_CHECKING:
+    from tff_fedpt.training.config import ExperimentConfig
 from tff_fedpt.training.experiment import Experiment
 from tff_fedpt.training.sampling import ClientDatasets, sample_clients
 
@@ -95,10 +98,11 @@ def _check_resume(options, dirs, record, versions, *, write) -> None:
     outputs.check_and_write_record(dirs["checkpoints"], record, bool(versions), write=write)
     if versions and max(versions) > options.total_rounds:
         raise ConfigError(
-            f"--total_rounds={options.total_rounds}: experiment "
+            f"total_rounds={options.total_rounds}: experiment "
             f"{options.experiment_name!r} already has {max(versions)} rounds checkpointed "
-            f"in {dirs['checkpoints']}. Use --total_rounds={max(versions)} to see its "
-            "results, a larger value to continue, or another --experiment_name."
+            f"in {dirs['checkpoints']}. Use total_rounds={max(versions)} to see its "
+            "results, a larger value to continue, or another experiment_name.",
+            ["total_rounds", "experiment_name"],
         )
 
 

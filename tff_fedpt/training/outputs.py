@@ -20,12 +20,16 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from tff_fedpt import communication
-from tff_fedpt.training.config import RESUMABLE_FIELDS, ConfigError, ExperimentConfig, LoopOptions
+from tff_fedpt.training import config as config_lib
+from tff_fedpt.training.config import ConfigError, LoopOptions
+
+if TYPE_CHECKING:
+    from tff_fedpt.training.config import ExperimentConfig
 
 RECORD = "experiment.json"
 
@@ -34,7 +38,9 @@ def output_dirs(config: ExperimentConfig | LoopOptions) -> dict[str, str]:
     """{"checkpoints", "results", "logdir"} -> this experiment's directory (from its
     root_output_dir and experiment_name)."""
     if not config.experiment_name:
-        raise ConfigError("--experiment_name is empty; resolve the config with its task first.")
+        raise ConfigError(
+            "experiment_name is empty; resolve the config with its task first.", ["experiment_name"]
+        )
     return {
         name: os.path.join(config.root_output_dir, name, config.experiment_name)
         for name in ("checkpoints", "results", "logdir")
@@ -118,8 +124,9 @@ def make_dirs(dirs: Mapping[str, str]) -> None:
         except OSError as e:
             reason = os_error_reason(e, "a regular file of that name exists")
             raise ConfigError(
-                f"--root_output_dir: cannot create or write {path} ({reason}). Choose a "
-                "writable directory."
+                f"root_output_dir: cannot create or write {path} ({reason}). Choose a "
+                "writable directory.",
+                ["root_output_dir"],
             ) from None
 
 
@@ -149,7 +156,8 @@ class RunLock:
             raise RunInProgressError(
                 f"experiment {os.path.basename(os.path.dirname(self.path))!r} is already "
                 f"running ({holder}, lock {self.path}). Wait for it to finish, or use "
-                "another --experiment_name or --root_output_dir."
+                "another experiment_name or root_output_dir.",
+                ["experiment_name", "root_output_dir"],
             ) from None
         f.seek(0)
         f.truncate()
@@ -225,7 +233,8 @@ def metrics_rows_up_to(path: str, version: int) -> list[dict[str, Any]]:
         raise ConfigError(
             f"{path} does not hold rounds 1..{version} once each (the checkpoint is at "
             f"round {version}); the results directory was changed by hand. Use another "
-            "--experiment_name, or move the file away to start its metrics anew."
+            "experiment_name, or move the file away to start its metrics anew.",
+            ["experiment_name"],
         )
     return kept
 
@@ -254,7 +263,7 @@ def run_record(
     record = {
         f"--{k}": v
         for k, v in config.hparams().items()
-        if k not in RESUMABLE_FIELDS and ADDED_FIELDS.get(k, object()) != v
+        if k not in config_lib.RESUMABLE_FIELDS and ADDED_FIELDS.get(k, object()) != v
     }
     if noise_multiplier is not None:
         record["privacy:noise_multiplier"] = repr(float(noise_multiplier))
@@ -284,7 +293,8 @@ def check_and_write_record(
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"{path} is unreadable ({e}); it records the settings the checkpoints were "
-                "made with. Restore it, or use another --experiment_name."
+                "made with. Restore it, or use another experiment_name.",
+                ["experiment_name"],
             ) from None
         changed = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
         if changed:
@@ -294,13 +304,15 @@ def check_and_write_record(
             raise ConfigError(
                 f"{checkpoint_dir} holds a run with other settings ({details}); its "
                 "checkpoints cannot be resumed with these. Use the saved settings, or "
-                "another --experiment_name or --root_output_dir."
+                "another experiment_name or root_output_dir.",
+                ["experiment_name", "root_output_dir"],
             )
     elif has_checkpoints:
         raise ConfigError(
             f"{checkpoint_dir} has checkpoints but no {RECORD} (the record of the settings "
             "they were made with), so a resume cannot be checked. Use another "
-            "--experiment_name, or remove that directory to start over."
+            "experiment_name, or remove that directory to start over.",
+            ["experiment_name"],
         )
     if not write:
         return

@@ -1,7 +1,7 @@
 """The benchmark's memory probe: trains one algorithm in a process of its own and
 records the resident memory (Python plus its TFF worker) after every round.
 
-    python -m tff_fedpt.training.memory_probe NAME ROUNDS OUT_DIR TASK TASK_KWARGS_JSON CONFIG_JSON
+    python -m benchmarks.memory_probe NAME ROUNDS OUT_DIR TASK TASK_KWARGS_JSON CONFIG_JSON
 
 trains the `ExperimentConfig` fields of CONFIG_JSON (over the probe's defaults: 10 clients
 per round, batch 20, one epoch) and writes `OUT_DIR/<NAME>_rss.json` ({round: KiB}).
@@ -17,6 +17,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import baselines  # noqa: E402,F401  (registers the baseline algorithms)
 from tff_fedpt import runtime, training  # noqa: E402
 from tff_fedpt.tasks import load_task  # noqa: E402
 
