@@ -13,6 +13,7 @@ No flags here: the binaries in scripts/ map their flags to an experiment's param
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -140,13 +141,31 @@ def run_row_count(report: Mapping[str, Any], not_runs: Iterable[str] = ()) -> di
 
 class Tasks:
     """Loaded tasks, shared by the runs of one invocation (every stage and section): one
-    data set in memory at a time, and one `Task` per model setting of it, so that runs on
-    the same task also share their built learning processes (`training.build_experiment`
-    reuses a process for the same task object and settings)."""
+    data set in memory at a time, and one `Task` per model setting of it; and the built
+    experiments of that data set, so that runs that differ only in the loop's rounds and
+    outputs (a run continued for more rounds, the same run resumed or evaluated) build
+    their learning process once (`experiment`)."""
+
+    # Building a process takes seconds (TFF traces and serializes every computation) and
+    # a process holds no run state, but its model functions hold their task's data.
+    BUILT_LIMIT = 8
 
     def __init__(self):
         self._key = None
         self._tasks: dict[tuple, Any] = {}
+        self._built: collections.OrderedDict = collections.OrderedDict()
+
+    def experiment(self, prepared: training.Prepared) -> training.Experiment:
+        """The experiment of `prepared`, its learning process built once per
+        `prepared.process_key()`."""
+        key = prepared.process_key()
+        built = self._built.get(key)
+        if built is None:
+            built = self._built[key] = training.build_experiment(prepared)
+            while len(self._built) > self.BUILT_LIMIT:
+                self._built.popitem(last=False)
+        self._built.move_to_end(key)
+        return built.for_run(prepared)
 
     def get(self, kwargs: Mapping[str, Any]):
         """The task of `load_task(**kwargs)`; model settings do not reload the data."""
@@ -155,6 +174,7 @@ class Tasks:
         key = tuple(sorted(data.items()))
         if key != self._key:
             self._key, self._tasks = key, {(): load_task(**data)}
+            self._built.clear()
         settings = tuple(sorted(model.items()))
         if settings not in self._tasks:
             self._tasks[settings] = with_model_settings(self._tasks[()], **model)
@@ -190,7 +210,7 @@ def execute(
                 log(f"  {run.fork_of}: not finished; run its section first")
                 continue
             outputs.fork_run(root, run.fork_of, run.name)
-        _train(run, root, tasks.get(run.task), log, every)
+        _train(run, root, tasks, log, every)
 
 
 def run_section(
@@ -207,7 +227,7 @@ def run_section(
         execute(stage(params, store), store.root, log, tasks=tasks)
 
 
-def _train(run: Run, root: str, task, log, every: int) -> None:
+def _train(run: Run, root: str, tasks: Tasks, log, every: int) -> None:
     config = run.config(root)
     start, last = time.time(), [0]
 
@@ -222,7 +242,9 @@ def _train(run: Run, root: str, task, log, every: int) -> None:
             )
 
     try:
-        training.run_experiment(config, task, on_round_end=on_round_end)
+        prepared = training.prepare(config, tasks.get(run.task))
+        training.check_outputs(prepared)
+        training.run(tasks.experiment(prepared), on_round_end=on_round_end)
     except outputs.RunInProgressError:  # another invocation is running it: leave it there
         log(f"  {run.name}: running in another process; skipped here")
 

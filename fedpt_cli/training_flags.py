@@ -193,8 +193,9 @@ def train(task_name: str, task_kwargs: dict) -> None:
         raise entry.ScriptError(str(e)) from None
     _use_runtime()
     config = config_from_flags(task_name)
-    training.check_outputs(config, task)  # before the build: a refusal comes at once
-    experiment = training.build_experiment(config, task)
+    prepared = training.prepare(config, task)  # validated once, here
+    training.check_outputs(prepared)  # before the build: a refusal comes at once
+    experiment = training.build_experiment(prepared)
     if FLAGS.workers:
         remote.check_mergeable(experiment.process)
     _describe(experiment)

@@ -214,28 +214,29 @@ def test_build_once_reports_the_parts(task):
     assert experiment.privacy is None and experiment.target_delta == 1 / 20
 
 
-def test_a_process_is_built_once_for_the_settings_that_define_it(tmp_path, task):
-    """Runs that differ only in the loop's rounds and outputs share the built process
-    (a grid's continued runs, a resume); any other setting, another task object, another
-    noise multiplier or a caller's aggregator is another process."""
-    first = training.build_experiment(_config(tmp_path), task)
-    again = training.build_experiment(
-        _config(tmp_path / "b", total_rounds=5, rounds_per_eval=1, experiment_name="x"), task
+def test_a_grid_builds_a_process_once_for_the_settings_that_define_it(tmp_path, task):
+    """Runs that differ only in the loop's rounds and outputs share the process a grid
+    built (a grid's continued runs, a resume); any other setting, another task object or
+    another calibrated noise is another process. The library itself builds anew."""
+    from experiments import grid
+
+    tasks = grid.Tasks()
+    first = tasks.experiment(training.prepare(_config(tmp_path), task))
+    again = tasks.experiment(
+        training.prepare(
+            _config(tmp_path / "b", total_rounds=5, rounds_per_eval=1, experiment_name="x"), task
+        )
     )
     assert again.process is first.process and again.config.total_rounds == 5
     assert again.loop_options.root_output_dir == str(tmp_path / "b")
-    mean = tff.aggregators.MeanFactory()
-    given = training.build_experiment(_config(tmp_path), task, model_aggregator=mean)
-    assert given.process is not first.process
+    assert first.config.total_rounds != 5  # the first run keeps its own settings
+    assert training.build_experiment(_config(tmp_path), task).process is not first.process
     other_task = load_task("digits", num_clients=20)
-    elsewhere = training.build_experiment(_config(tmp_path), other_task)
+    elsewhere = tasks.experiment(training.prepare(_config(tmp_path), other_task))
     assert elsewhere.process is not first.process and elsewhere.task is other_task
-    assert experiment_module._built_task is other_task  # one task's processes kept
 
-    fedpt = algorithms.get("fedpt")
-
-    def key(cfg, noise=None):
-        return experiment_module._process_key(training.validate(cfg, task), fedpt, noise)
+    def key(cfg):
+        return training.prepare(cfg, task).process_key()
 
     base = key(_config(tmp_path))
     assert base == key(_config(tmp_path / "c", total_rounds=9, rounds_per_checkpoint=3))
@@ -248,7 +249,27 @@ def test_a_process_is_built_once_for_the_settings_that_define_it(tmp_path, task)
         dict(upload_bits=8),
     ):
         assert key(_config(tmp_path, **other)) != base, other
-    assert key(_config(tmp_path), noise=1.0) != key(_config(tmp_path), noise=1.1)
+    # Under target_epsilon the noise depends on total_rounds, a loop setting.
+    dp = dict(dp=True, target_epsilon=5.0, sampling="poisson")
+    assert key(_config(tmp_path, total_rounds=2, **dp)) != key(
+        _config(tmp_path, total_rounds=3, **dp)
+    )
+
+
+def test_a_binary_validates_its_configuration_once(tmp_path, task, monkeypatch):
+    """prepare validates; check_outputs and build_experiment take the Prepared."""
+    calls = []
+    real = experiment_module.validate
+    monkeypatch.setattr(experiment_module, "validate", lambda *a: calls.append(1) or real(*a))
+    prepared = training.prepare(_config(tmp_path), task)
+    training.check_outputs(prepared)
+    experiment = training.build_experiment(prepared)
+    assert len(calls) == 1 and experiment.config == prepared.config
+    assert experiment.run_record() == prepared.run_record()
+    with pytest.raises(ValueError, match="task: a Prepared configuration carries its own"):
+        training.build_experiment(prepared, load_task("digits", num_clients=20))
+    with pytest.raises(TypeError, match="task: required"):
+        training.check_outputs(_config(tmp_path))
 
 
 # ---------------------------------------------------------------------------

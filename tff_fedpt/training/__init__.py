@@ -2,14 +2,16 @@
 
     config.py       ExperimentConfig: every option once (default, help, allowed values)
     algorithms.py   the algorithm registry (FedPT here; baselines register theirs)
-    experiment.py   validate + build everything once -> Experiment
+    experiment.py   prepare (validate once) -> Prepared; build everything once -> Experiment
     sampling.py     clients and their data per round, deterministic in (seed, round)
     evaluation.py   centralized test-set evaluation
     outputs.py      output directories, CSV rows, the run record, the run lock
     checkpoints.py  TFF's FileProgramStateManager with partial/corrupt-save recovery
     loop.py         run(experiment): rounds, evaluation, outputs, resume
 
-Typical use: `run(build_experiment(config, task))`, or `run_experiment(config, task)`.
+Typical use: `run_experiment(config, task)`, or, step by step,
+`prepared = prepare(config, task)`, `check_outputs(prepared)`,
+`run(build_experiment(prepared))`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from tff_fedpt.training import algorithms
 from tff_fedpt.training import config as _config
 from tff_fedpt.training.checkpoints import CheckpointStore
 from tff_fedpt.training.config import CLIENT_WEIGHTINGS, OPTIMIZERS, ConfigError
-from tff_fedpt.training.experiment import Experiment, build_experiment, validate
+from tff_fedpt.training.experiment import (
+    Experiment,
+    Prepared,
+    build_experiment,
+    prepare,
+    validate,
+)
 from tff_fedpt.training.loop import (
     ExperimentResult,
     RoundFailedError,
@@ -41,10 +49,12 @@ def __getattr__(name: str):
 
 
 def run_experiment(config: ExperimentConfig, task, *, model_aggregator=None, **callbacks):
-    """`run(build_experiment(config, task))`: builds once, then trains (see `loop.run`);
-    what the run would refuse about its outputs is refused first (`check_outputs`)."""
-    check_outputs(config, task)
-    return run(build_experiment(config, task, model_aggregator=model_aggregator), **callbacks)
+    """`run(build_experiment(config, task))`: validates once, refuses first what the run
+    would refuse about its outputs (`check_outputs`), builds once, then trains (see
+    `loop.run`)."""
+    prepared = prepare(config, task)
+    check_outputs(prepared)
+    return run(build_experiment(prepared, model_aggregator=model_aggregator), **callbacks)
 
 
 def load_latest_state(config: ExperimentConfig, task):
@@ -66,6 +76,7 @@ __all__ = [
     "CheckpointStore",
     "ConfigError",
     "Experiment",
+    "Prepared",
     "ExperimentConfig",
     "ExperimentResult",
     "RoundFailedError",
@@ -75,6 +86,7 @@ __all__ = [
     "check_outputs",
     "load_latest_state",
     "output_dirs",
+    "prepare",
     "run",
     "run_experiment",
     "validate",

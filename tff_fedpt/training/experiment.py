@@ -1,14 +1,14 @@
 """Building an experiment: validate once, build every part once, hand it to the loop.
 
-`build_experiment(config, task)` resolves the task's defaults, validates, builds the
-algorithm's model function and learning process, the DP aggregator (calibrating the
-noise once), the communication costs and the evaluation model. `loop.run` takes the
-result and never rebuilds or re-checks any of it.
+`prepare(config, task)` resolves the task's defaults, validates once and derives the DP
+setting (calibrating the noise once) and the pretrained weights; `check_outputs` and
+`build_experiment` take the result. `build_experiment` builds the algorithm's model
+function and learning process, the DP aggregator, the communication costs and the
+evaluation model. `loop.run` takes the result and never rebuilds or re-checks any of it.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
@@ -96,6 +96,23 @@ class Experiment:
             self.task,
             self.privacy and self.privacy.noise_multiplier,
             pretrained_fingerprint=self.pretrained and self.pretrained.fingerprint(),
+        )
+
+    def for_run(self, prepared: Prepared) -> Experiment:
+        """These built parts with `prepared`'s own run settings: its configuration, its
+        pretrained weights, DP accounting and worker restarts. For runs whose
+        `process_key` equals the one these parts were built for."""
+        config = prepared.config
+        setting, delta = prepared.privacy, prepared.target_delta
+        accounting = (
+            () if setting is None else (privacy.RoundAccounting(setting, delta, config.accountant),)
+        )
+        return dataclasses.replace(
+            self,
+            config=config,
+            pretrained=prepared.pretrained,
+            row_annotations=accounting,
+            after_round=config.group(runtime.RuntimeOptions).after_round(),
         )
 
     @property
@@ -254,13 +271,9 @@ def _privacy_setting(config: ExperimentConfig, population: int, delta: float):
     )
 
 
-# Built learning processes of the last task object built for, by everything else that
-# defines them: a grid of runs that differ only in the loop's rounds and outputs (a run
-# continued for more rounds, the same run resumed or evaluated) builds each process once
-# per Python process. Building one takes seconds (TFF traces and serializes every
-# computation); a process holds no run state. One task at a time: a built process's model
-# functions hold their task (its data), so more would keep more data sets in memory.
-_LOOP_ONLY_FIELDS = frozenset(
+# The loop's own settings: runs that differ only in these share a built process
+# (`Prepared.process_key`).
+LOOP_ONLY_FIELDS = frozenset(
     {
         "total_rounds",
         "rounds_per_eval",
@@ -269,23 +282,88 @@ _LOOP_ONLY_FIELDS = frozenset(
         "experiment_name",
     }
 )
-_BUILT_LIMIT = 8
-_built: collections.OrderedDict = collections.OrderedDict()
-_built_task: Optional[Task] = None
 
 
-def _process_key(config: ExperimentConfig, algorithm, noise: Optional[float]) -> tuple:
-    """The key of a built process of one task: the algorithm, the noise multiplier (under
-    --target_epsilon it depends on the rounds) and every other setting."""
-    settings = tuple(
-        (field.name, getattr(config, field.name))
-        for field in dataclasses.fields(config)
-        if field.name not in _LOOP_ONLY_FIELDS
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A configuration validated once against its task, with everything derived from it
+    before anything is built: what `check_outputs` and `build_experiment` take.
+
+    Attributes:
+      config: The configuration, validated, with the task's defaults filled in.
+      task: The loaded task.
+      algorithm: The registered algorithm.
+      privacy: The DP mechanism of one round (the noise calibrated once), or None.
+      target_delta: Delta at which epsilon is reported.
+      pretrained: The pretrained values the run starts from, or None.
+    """
+
+    config: ExperimentConfig
+    task: Task
+    algorithm: algorithms.Algorithm
+    privacy: Optional[privacy.PrivacySetting]
+    target_delta: float
+    pretrained: Optional[pretrained_lib.PretrainedWeights]
+
+    def run_record(self) -> dict[str, str]:
+        """The settings recorded with the checkpoints, which a resume must match."""
+        return outputs.run_record(
+            self.config,
+            self.task,
+            self.privacy and self.privacy.noise_multiplier,
+            pretrained_fingerprint=self.pretrained and self.pretrained.fingerprint(),
+        )
+
+    def process_key(self) -> tuple:
+        """What defines the built process: the algorithm, the noise multiplier (under
+        target_epsilon it depends on the rounds) and every setting but the loop's own
+        (`LOOP_ONLY_FIELDS`). Runs with equal keys on one task object can share one
+        (`Experiment.for_run`)."""
+        settings = tuple(
+            (field.name, getattr(self.config, field.name))
+            for field in dataclasses.fields(self.config)
+            if field.name not in LOOP_ONLY_FIELDS
+        )
+        noise = self.privacy and self.privacy.noise_multiplier
+        return (id(self.task), id(self.algorithm), noise, settings)
+
+
+def prepare(config: ExperimentConfig, task: Task) -> Prepared:
+    """Validates `config` against `task` (once) and derives the privacy setting and the
+    pretrained weights. Raises ConfigError, naming the fields."""
+    config = validate(config, task)
+    population = len(task.train_data.client_ids)
+    delta = config.target_delta if config.target_delta is not None else 1.0 / population
+    return Prepared(
+        config=config,
+        task=task,
+        algorithm=algorithms.get(config.algorithm),
+        privacy=_privacy_setting(config, population, delta),
+        target_delta=delta,
+        pretrained=algorithms.pretrained_weights(config),
     )
-    return (id(algorithm), noise, settings)
 
 
-def _build(config, task, algorithm, setting, delta, model_aggregator) -> Experiment:
+def prepared(config, task: Optional[Task] = None) -> Prepared:
+    """`config` itself when it is `Prepared` (`task` omitted), else `prepare(config, task)`."""
+    if isinstance(config, Prepared):
+        if task is not None and task is not config.task:
+            raise ValueError("task: a Prepared configuration carries its own task; omit it.")
+        return config
+    if task is None:
+        raise TypeError("task: required with an ExperimentConfig (only a Prepared has one).")
+    return prepare(config, task)
+
+
+def build_parts(prepared: Prepared, model_aggregator=None) -> Experiment:
+    """Builds the learning process and what depends on it (the part of an experiment that
+    runs with the same `process_key` share); `Experiment.for_run` completes it."""
+    config, task, algorithm, setting = (
+        prepared.config,
+        prepared.task,
+        prepared.algorithm,
+        prepared.privacy,
+    )
     if model_aggregator is None and setting is not None:
         model_aggregator = privacy.build_dp_aggregator(
             noise_multiplier=setting.noise_multiplier,
@@ -326,79 +404,23 @@ def _build(config, task, algorithm, setting, delta, model_aggregator) -> Experim
         fedavg_cost=communication.fedavg_communication_cost(full_model_fn),
         freeze_report=report,
         privacy=setting,
-        target_delta=delta,
-    )
+        target_delta=prepared.target_delta,
+    ).for_run(prepared)
 
 
-def _resolve(config: ExperimentConfig, task: Task):
-    """(validated config, algorithm, privacy setting or None, delta): all that the build
-    and the run record need before anything is built."""
-    config = validate(config, task)
-    population = len(task.train_data.client_ids)
-    delta = config.target_delta if config.target_delta is not None else 1.0 / population
-    return (
-        config,
-        algorithms.get(config.algorithm),
-        _privacy_setting(config, population, delta),
-        delta,
-    )
-
-
-def run_record(config: ExperimentConfig, task: Task) -> tuple[ExperimentConfig, dict[str, str]]:
-    """(validated config, the settings a resume must match), without building anything:
-    what `Experiment.run_record` gives for the experiment `build_experiment` would build."""
-    config, _, setting, _ = _resolve(config, task)
-    pretrained = algorithms.pretrained_weights(config)
-    record = outputs.run_record(
-        config,
-        task,
-        setting and setting.noise_multiplier,
-        pretrained_fingerprint=pretrained and pretrained.fingerprint(),
-    )
-    return config, record
-
-
-def build_experiment(config: ExperimentConfig, task: Task, *, model_aggregator=None) -> Experiment:
-    """Validates `config` and builds everything a run needs, once.
-
-    The learning process is built once per Python process for each task and each
-    setting that defines it (everything but --total_rounds, --rounds_per_eval,
-    --rounds_per_checkpoint, --root_output_dir and --experiment_name; with
-    --target_epsilon, the calibrated noise): a second run that differs only in those
-    reuses it. A `model_aggregator` passed in is never reused.
+def build_experiment(config, task: Optional[Task] = None, *, model_aggregator=None) -> Experiment:
+    """Builds everything a run needs, once.
 
     Args:
-      config: The experiment configuration (unset model / freeze / experiment_name
-        take the task's defaults).
-      task: The loaded task.
+      config: A `Prepared` configuration (from `prepare`; `task` omitted), or an
+        `ExperimentConfig` to prepare first (unset model / freeze / experiment_name take
+        the task's defaults).
+      task: The loaded task (with an `ExperimentConfig`).
       model_aggregator: Optional `tff.aggregators` factory for the model update; by
         default the mean, the DP aggregator with `dp`, or the quantized mean with
         `upload_bits`.
 
     Raises:
-      ConfigError: for invalid settings, naming the flag.
+      ConfigError: for invalid settings, naming the fields.
     """
-    config, algorithm, setting, delta = _resolve(config, task)
-    if model_aggregator is not None:
-        built = _build(config, task, algorithm, setting, delta, model_aggregator)
-    else:
-        global _built_task
-        if task is not _built_task:
-            _built.clear()
-            _built_task = task
-        key = _process_key(config, algorithm, setting and setting.noise_multiplier)
-        built = _built.get(key)
-        if built is None:
-            built = _built[key] = _build(config, task, algorithm, setting, delta, None)
-            while len(_built) > _BUILT_LIMIT:
-                _built.popitem(last=False)
-        _built.move_to_end(key)
-    return dataclasses.replace(  # the run's own settings on the built parts
-        built,
-        config=config,
-        pretrained=algorithms.pretrained_weights(config),
-        row_annotations=(
-            () if setting is None else (privacy.RoundAccounting(setting, delta, config.accountant),)
-        ),
-        after_round=config.group(runtime.RuntimeOptions).after_round(),
-    )
+    return build_parts(prepared(config, task), model_aggregator)

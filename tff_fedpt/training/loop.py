@@ -26,7 +26,7 @@ from tff_fedpt.training.checkpoints import CheckpointStore, Skipped
 from tff_fedpt.training.config import ConfigError, LoopOptions
 
 if TYPE_CHECKING:
-    from tff_fedpt.training.config import ExperimentConfig
+    pass
 from tff_fedpt.training.experiment import Experiment
 from tff_fedpt.training.sampling import ClientDatasets, sample_clients
 
@@ -106,24 +106,29 @@ def _check_resume(options, dirs, record, versions, *, write) -> None:
         )
 
 
-def check_outputs(config: ExperimentConfig, task) -> None:
+def check_outputs(config, task=None) -> None:
     """Refuses, before anything is built, what `run` would refuse about the outputs of
     `build_experiment(config, task)`: an output directory that cannot be used, another
     run of the experiment in progress, checkpoints made with other settings, or more
-    rounds checkpointed than --total_rounds. A binary calls it before the build (7 s on
-    the digits task); `run` checks it all again.
+    rounds checkpointed than total_rounds. A binary calls it on its `Prepared`
+    configuration before the build (so that a refusal comes at once); `run` checks it
+    all again.
+
+    Args:
+      config: A `Prepared` configuration (`task` omitted), or an `ExperimentConfig` to
+        prepare against `task`.
 
     Raises:
       ConfigError: as `run` would raise it (creating the output directories is the one
         thing it does).
     """
-    config, record = experiment_lib.run_record(config, task)
-    options = config.group(LoopOptions)
+    prepared = experiment_lib.prepared(config, task)
+    options = prepared.config.group(LoopOptions)
     dirs = outputs.output_dirs(options)
     outputs.make_dirs(dirs)
     with outputs.RunLock(dirs["results"]):
         versions = CheckpointStore(dirs["checkpoints"]).versions()
-        _check_resume(options, dirs, record, versions, write=False)
+        _check_resume(options, dirs, prepared.run_record(), versions, write=False)
 
 
 def run(
