@@ -12,7 +12,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from baselines import fedavg
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 from tff_fedpt.training import algorithms
 from tff_fedpt.training.config import ConfigError
 
@@ -50,7 +50,7 @@ def matched_width(
 
 def width_for(config, task) -> int:
     """Width of the narrow model matching FedPT's trainable count for `config.freeze`."""
-    report = freezing.resolve_freeze(
+    report = frozen.resolve_freeze(
         task.models[config.model](config.seed), algorithms.freeze_spec(config, task)
     )
     narrow = task.narrow_models[config.model]

@@ -22,7 +22,8 @@ from benchmarks.common import (
     synthetic_clients,
     tff_model_fn,
 )
-from tff_fedpt import adapters, freezing, remote, runtime
+from tff_fedpt import adapters, remote, runtime
+from tff_fedpt import frozen as frozen_lib
 from tff_fedpt.tasks import catalog, emnist, fashion_mnist, load_task, shakespeare
 
 # catalog key -> the label of its rows
@@ -111,11 +112,12 @@ def _plain_tf_round(data, frozen_seed=0):
     model = _emnist()
     model.get_layer("dense128").trainable = False
     records = [
-        freezing.frozen_initializer_for(model.get_layer("dense128"), v)
+        frozen_lib.frozen_initializer_for(model.get_layer("dense128"), v)
         for v in model.get_layer("dense128").weights
     ]
     for v, value in zip(
-        model.get_layer("dense128").weights, freezing.generate_frozen_weights(records, frozen_seed)
+        model.get_layer("dense128").weights,
+        frozen_lib.generate_frozen_weights(records, frozen_seed),
     ):
         v.assign(value)
     global_weights = [tf.Variable(v) for v in model.trainable_weights]
@@ -359,7 +361,7 @@ def shakespeare_rounds(params, log):
             shakespeare.char_lstm,
             shakespeare.PRESETS["chars"]["recurrent"],
         ),
-        ("FedPT, both LSTMs frozen + LoRA r8 on each", lora_lstms, freezing.FreezeSpec()),
+        ("FedPT, both LSTMs frozen + LoRA r8 on each", lora_lstms, frozen_lib.FreezeSpec()),
     ):
         if freeze is None:
             process = tff.learning.algorithms.build_weighted_fed_avg(tff_model_fn(build, spec), sgd)

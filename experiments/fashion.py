@@ -153,10 +153,10 @@ def best_clip(p: Params, store: Store, algorithm: str) -> float:
 
 @functools.cache
 def _freeze_report(preset: str):
-    from tff_fedpt import freezing
+    from tff_fedpt import frozen
     from tff_fedpt.tasks import fashion_mnist
 
-    return freezing.resolve_freeze(fashion_mnist.cnn(), fashion_mnist.PRESETS["cnn"][preset])
+    return frozen.resolve_freeze(fashion_mnist.cnn(), fashion_mnist.PRESETS["cnn"][preset])
 
 
 def untuned_duplicates(p: Params) -> dict[str, str]:

@@ -283,7 +283,7 @@ def orthonormal_columns(ops, a, m: int, n: int):
 
 
 def generate(ops, class_name: str, config: dict, shape, seed, tensor: int):
-    """One Keras initializer family (after aliases: see `tff_fedpt.freezing`)."""
+    """One Keras initializer family (after aliases: see `tff_fedpt.frozen.seeded`)."""
     shape = tuple(int(d) for d in shape)
     if class_name == "Zeros":
         return ops.fill(shape, 0.0)

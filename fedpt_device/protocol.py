@@ -2,7 +2,7 @@
 tensor names, the frozen seed and its check, the pretrained fingerprint and its encoding,
 the device's error and update types, and the file check that needs no schema.
 
-The library (`tff_fedpt.device`, `tff_fedpt.process`, `tff_fedpt.pretrained`) and the
+The library (`tff_fedpt.device`, `tff_fedpt.process`, `tff_fedpt.frozen`) and the
 TensorFlow-free device client (`fedpt_device.client`) both import these names from here
 (NumPy only); neither reaches into the other.
 """

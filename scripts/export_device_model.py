@@ -17,6 +17,7 @@ import tensorflow_federated as tff
 from absl import flags
 
 import tff_fedpt
+from fedpt_device import protocol
 from tff_fedpt import device
 from tff_fedpt.tasks import catalog
 from tff_fedpt.training import outputs
@@ -38,7 +39,7 @@ flags.DEFINE_bool(
 flags.DEFINE_enum(
     "frozen_generator",
     None,
-    list(tff_fedpt.freezing.GENERATORS),
+    list(tff_fedpt.frozen.GENERATORS),
     "How the frozen part is drawn (default: portable with --builtins_only, else philox).",
 )
 FLAGS = flags.FLAGS
@@ -119,7 +120,7 @@ def main():
     optimizer = tff.learning.optimizers.build_sgdm(FLAGS.client_learning_rate, momentum)
     try:
         fedpt, trainable, frozen = _export(spec, freeze, optimizer, FLAGS.builtins_only)
-    except device.DeviceError as e:
+    except protocol.DeviceError as e:
         raise entry.ScriptError(str(e)) from None
     full, _, _ = _export(spec, catalog.freeze_spec(spec, "none"), optimizer, False)
     _write_atomic(output, fedpt)

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from tff_fedpt import pretrained
+from tff_fedpt import frozen
 from tff_fedpt.tasks import fashion_mnist, load_task, shakespeare
 
 flags.DEFINE_enum(
@@ -163,7 +163,7 @@ def main():
         batches = train.shuffle(10_000, seed=FLAGS.seed).batch(FLAGS.batch_size)
         model.fit(batches, epochs=FLAGS.epochs, verbose=2)
     try:
-        weights = pretrained.PretrainedWeights.from_keras_model(model)
+        weights = frozen.PretrainedWeights.from_keras_model(model)
     except ValueError as e:  # non-finite values: training diverged
         raise entry.ScriptError(
             f"training diverged ({e}); nothing was saved. Lower --learning_rate."

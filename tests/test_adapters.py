@@ -6,7 +6,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_fedpt
-from tff_fedpt import adapters, device, pretrained
+from tff_fedpt import adapters, device
+from tff_fedpt import frozen as frozen_lib
 from tff_fedpt.tasks import digits
 
 SPEC = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
@@ -104,7 +105,7 @@ def test_ffa_sends_b_only_and_lora_sends_a_and_b():
 
 def test_ffa_with_a_pretrained_base_a_device_round_equals_process_next():
     base = digits.cnn(7, WIDTH)  # the "pretrained" model
-    held = pretrained.PretrainedWeights.from_keras_model(base)
+    held = frozen_lib.PretrainedWeights.from_keras_model(base)
     model_fn = _adapted_fn("ffa", held)
     model = model_fn()
     kinds = {s.name.split(":")[0]: type(s).__name__ for s in model.frozen_initializers}
@@ -172,7 +173,7 @@ def test_lora_a_differs_per_layer_is_reproducible_and_seeded(recwarn):
 
 @pytest.mark.parametrize("kind", ["seeded", "pretrained", "ffa", "lora"])
 def test_keras_model_from_state_predicts_as_the_tff_model(kind):
-    held = pretrained.PretrainedWeights.from_keras_model(digits.cnn(7, WIDTH))
+    held = frozen_lib.PretrainedWeights.from_keras_model(digits.cnn(7, WIDTH))
     if kind in ("ffa", "lora"):
         model_fn = _adapted_fn(kind, held=held)
     else:
@@ -237,7 +238,7 @@ def test_lstm_adapters_compute_keras_lstm_merge_exactly_and_train_in_fedpt():
         )
         adapters.add_adapters(bare, ".*")
     # In FedPT over a pretrained base: A and B travel (lora), or B only (ffa).
-    held = pretrained.PretrainedWeights.from_keras_model(shakespeare.char_lstm(5, units=16))
+    held = frozen_lib.PretrainedWeights.from_keras_model(shakespeare.char_lstm(5, units=16))
     for mode, factors in (("lora", (24 + 32) * 2 + 2 * 2 * 64), ("ffa", 2 * 2 * 64)):
 
         def model_fn(mode=mode):

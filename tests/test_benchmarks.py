@@ -4,7 +4,7 @@ Fashion-MNIST workload runs through scripts/benchmark.py in test_fashion_mnist.p
 import pytest
 
 from benchmarks import common, suite
-from tff_fedpt import freezing
+from tff_fedpt import frozen as frozen_lib
 from tff_fedpt.tasks import catalog
 
 
@@ -20,7 +20,7 @@ def test_communication_section_on_the_digits_model():
     for row in rows:
         # FedAvg sends every weight both ways; FedPT the trainable ones (and its seed).
         assert row["fedavg_down"] >= every and row["fedavg_up"] >= every
-        frozen = freezing.resolve_freeze(model, spec.presets[row["preset"]]).frozen_layer_names
+        frozen = frozen_lib.resolve_freeze(model, spec.presets[row["preset"]]).frozen_layer_names
         assert (row["fedpt_down"] < row["fedavg_down"]) == bool(frozen), row
         assert row["reduction"] >= 1
     assert lines == ["\n## communication"] and saved == ["communication"]

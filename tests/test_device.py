@@ -8,7 +8,9 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_fedpt
-from tff_fedpt import communication, device, freezing
+from fedpt_device import protocol
+from tff_fedpt import communication, device
+from tff_fedpt import frozen as frozen_lib
 from tff_fedpt.tasks import digits
 
 DIGITS_SPEC = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
@@ -141,7 +143,7 @@ def test_frozen_tensors_regenerated_on_device_match_the_process():
     on_device = client.frozen_weights()
     simulated = process.get_model_weights(state).non_trainable
     records = model_fn().frozen_initializers
-    eager = freezing.generate_frozen_weights(records, np.int64(0))
+    eager = frozen_lib.generate_frozen_weights(records, np.int64(0))
     families = [r.class_name for r in records]
     assert set(families) >= {"RandomUniform", "VarianceScaling", "Orthogonal", "Zeros"}
     assert any("lstm" in r.name and "bias" in r.name for r in records)  # forget-gate bias
@@ -181,31 +183,31 @@ def test_bad_inputs_at_the_device_boundary_are_named():
     payload = device.broadcast_payload(process, process.initialize())
     client = device.DeviceClient(tflite)
     x, y = _digits_data()[0]
-    with pytest.raises(device.DeviceError, match="train: called before start_round"):
+    with pytest.raises(protocol.DeviceError, match="train: called before start_round"):
         client.train_step(x, y)
     weights = list(payload["trainable"])
-    with pytest.raises(device.DeviceError, match="start_round: 5 trainable tensors received"):
+    with pytest.raises(protocol.DeviceError, match="start_round: 5 trainable tensors received"):
         client.start_round(weights[:-1], 0)
     bad = [*weights[:-1], np.zeros((3,), np.float32)]
     with pytest.raises(
-        device.DeviceError,
+        protocol.DeviceError,
         match=r"start_round: argument 'trainable_005' has shape \(3,\); expected \(10,\)",
     ):
         client.start_round(bad, 0)
     bad = [*weights[:-1], weights[-1].astype(np.float64)]
     with pytest.raises(
-        device.DeviceError, match="'trainable_005' has dtype float64; expected float32"
+        protocol.DeviceError, match="'trainable_005' has dtype float64; expected float32"
     ):
         client.start_round(bad, 0)
     for seed in (1.5, "0"):
-        with pytest.raises(device.DeviceError, match="'frozen_seed' must be an int64 scalar"):
+        with pytest.raises(protocol.DeviceError, match="'frozen_seed' must be an int64 scalar"):
             client.start_round(weights, seed)
     client.start_round(weights, payload["frozen_seed"])
-    with pytest.raises(device.DeviceError, match="get_update: read before any training"):
+    with pytest.raises(protocol.DeviceError, match="get_update: read before any training"):
         client.get_update()
-    with pytest.raises(device.DeviceError, match=r"train: argument 'x' has shape \(12, 8, 8\)"):
+    with pytest.raises(protocol.DeviceError, match=r"train: argument 'x' has shape \(12, 8, 8\)"):
         client.train_step(x[..., 0], y)
-    with pytest.raises(device.DeviceError, match="train: argument 'y' has dtype int64"):
+    with pytest.raises(protocol.DeviceError, match="train: argument 'y' has dtype int64"):
         client.train_step(x, y.astype(np.int64))
     update = client.train(x, y, batch_size=5, epochs=2, shuffle_seed=3)
     assert update.num_examples == 24 and update.weight == 24.0
@@ -247,14 +249,14 @@ def test_damaged_files_are_refused_before_the_interpreter_sees_them(small_client
         path.write_bytes(data)
         # Before: a segfault (exit 139) for the truncated files; a ValueError without
         # the file's name for text; "model_path or model_content" for an empty file.
-        with pytest.raises(device.DeviceError, match=re.escape(message)) as error:
+        with pytest.raises(protocol.DeviceError, match=re.escape(message)) as error:
             device.DeviceClient(str(path))
         assert str(path) in str(error.value) and "\n" not in str(error.value)
-    with pytest.raises(device.DeviceError, match="the model bytes is truncated or damaged"):
+    with pytest.raises(protocol.DeviceError, match="the model bytes is truncated or damaged"):
         device.DeviceClient(tflite[:-7])
-    with pytest.raises(device.DeviceError, match=f"{tmp_path}: cannot be read"):
+    with pytest.raises(protocol.DeviceError, match=f"{tmp_path}: cannot be read"):
         device.DeviceClient(str(tmp_path))  # a directory
-    with pytest.raises(device.DeviceError, match="missing.tflite: cannot be read"):
+    with pytest.raises(protocol.DeviceError, match="missing.tflite: cannot be read"):
         device.DeviceClient(str(tmp_path / "missing.tflite"))
     assert device.read_tflite(tflite) == tflite
 
@@ -273,7 +275,7 @@ def test_seeds_and_training_arguments_outside_their_range_are_named(small_client
     ]
     for seed, message in bad_seeds:
         with pytest.raises(
-            device.DeviceError, match=f"start_round: argument 'frozen_seed' {message}"
+            protocol.DeviceError, match=f"start_round: argument 'frozen_seed' {message}"
         ):
             client.start_round(weights, seed)
     client.start_round(weights, np.array(3))  # a 0-d integer array is a seed
@@ -284,7 +286,7 @@ def test_seeds_and_training_arguments_outside_their_range_are_named(small_client
         (dict(batch_size=2.5), "train: batch_size must be an integer >= 1; received float"),
         (dict(batch_size=4, epochs=0), "train: epochs must be >= 1; received 0"),
     ):
-        with pytest.raises(device.DeviceError, match=message):
+        with pytest.raises(protocol.DeviceError, match=message):
             client.train(x, y, **kwargs)
     with pytest.raises(ValueError, match="batch_size must be None .* or an integer >= 1"):
         device.export_tflite(model_fn, optimizer, batch_size=0)
@@ -304,7 +306,7 @@ def test_device_updates_are_untrusted_a_nan_device_is_zeroed_as_tff_zeroes_a_nan
     client.start_round(payload["trainable"], payload["frozen_seed"])
     good = client.train(x, y, batch_size=4)
     # What an app that skipped the file's own check would send: NaN, weight 12.
-    bad = device.DeviceUpdate([np.full_like(d, np.nan) for d in good.delta], 12.0, 12)
+    bad = protocol.DeviceUpdate([np.full_like(d, np.nan) for d in good.delta], 12.0, 12)
     out = device.apply_device_updates(process, state, [good, bad])
     ref = process.next(
         state,
@@ -328,11 +330,11 @@ def test_device_updates_are_untrusted_a_nan_device_is_zeroed_as_tff_zeroes_a_nan
     # that update alone: the round is the good device's, and the metrics say why.
     huge = [np.full_like(d, 1e38) for d in good.delta]
     for bad, reason in (
-        ([device.DeviceUpdate(good.delta, -6.0, 6)], "bad_weight"),
-        ([device.DeviceUpdate(good.delta, float("inf"), 6)], "bad_weight"),
-        ([device.DeviceUpdate(good.delta, 1e39, 6)], "bad_weight"),
-        ([device.DeviceUpdate(good.delta, 3e38, 6)] * 2, "bad_weight"),
-        ([device.DeviceUpdate(huge, 6.0, 6)], "delta_too_large"),
+        ([protocol.DeviceUpdate(good.delta, -6.0, 6)], "bad_weight"),
+        ([protocol.DeviceUpdate(good.delta, float("inf"), 6)], "bad_weight"),
+        ([protocol.DeviceUpdate(good.delta, 1e39, 6)], "bad_weight"),
+        ([protocol.DeviceUpdate(good.delta, 3e38, 6)] * 2, "bad_weight"),
+        ([protocol.DeviceUpdate(huge, 6.0, 6)], "delta_too_large"),
     ):
         out = device.apply_device_updates(process, state, [good, *bad])
         alone = device.apply_device_updates(process, state, [good])
@@ -341,11 +343,11 @@ def test_device_updates_are_untrusted_a_nan_device_is_zeroed_as_tff_zeroes_a_nan
         got, want = out.state.global_model_weights, alone.state.global_model_weights
         assert _max_diff(got.trainable, want.trainable) < 1e-6, reason
     refused(
-        [device.DeviceUpdate(good.delta[:-1], 6.0, 6)],
+        [protocol.DeviceUpdate(good.delta[:-1], 6.0, 6)],
         "update 0 has 5 delta tensors; the process uploads 6",
     )
     refused(
-        [device.DeviceUpdate([*good.delta[:-1], np.zeros(3, np.float32)], 6.0, 6)],
+        [protocol.DeviceUpdate([*good.delta[:-1], np.zeros(3, np.float32)], 6.0, 6)],
         r"update 0: delta 5 has shape \(3,\) and dtype float32; expected shape \(10,\)",
     )
     refused([good, "garbage"], "update 1 is a str; expected a DeviceUpdate")

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 from tff_fedpt.tasks import (
     DatasetError,
     DatasetNotFoundError,
@@ -145,10 +145,10 @@ def test_task_on_tiny_files(tmp_path):
     x, y = next(iter(task.test_batches(8)))
     assert x.shape == (8, 28, 28, 1) and float(x.numpy().max()) <= 1.0
     # TFF's EMNIST CNN with 10 outputs: 1,199,882 parameters, 20,106 with dense128 frozen.
-    report = freezing.resolve_freeze(task.models["cnn"](0), task.freeze_presets["cnn"]["dense"])
+    report = frozen.resolve_freeze(task.models["cnn"](0), task.freeze_presets["cnn"]["dense"])
     assert (report.trainable_params, report.frozen_params) == (20106, 1199882 - 20106)
     wide = load_task("fashion_mnist", data_dir=str(tmp_path), num_clients=12, dense_units=512)
-    report = freezing.resolve_freeze(wide.models["cnn"](0), wide.freeze_presets["cnn"]["dense"])
+    report = frozen.resolve_freeze(wide.models["cnn"](0), wide.freeze_presets["cnn"]["dense"])
     assert report.trainable_params == 18816 + 512 * 10 + 10  # convs + output layer
     # The same width without reloading the data: the same clients, the record says it.
     narrow = with_model_settings(task, dense_units=512)
@@ -344,6 +344,6 @@ def test_public_split_pretraining_and_a_pretrained_fedpt_run(tmp_path):
 
 
 def fashion_mnist_weights_fingerprint(path):
-    from tff_fedpt import pretrained
+    from tff_fedpt import frozen
 
-    return pretrained.PretrainedWeights.load(path).fingerprint()
+    return frozen.PretrainedWeights.load(path).fingerprint()

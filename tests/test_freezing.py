@@ -4,7 +4,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_fedpt
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 
 
 def cnn():
@@ -142,7 +142,7 @@ def test_batch_norm_statistics_need_opt_in():
     )
     names = [v.name for v in model.non_trainable_variables]
     assert names[-2:] == ["bn/moving_mean:0", "bn/moving_variance:0"]
-    values = freezing.generate_frozen_weights(model.frozen_initializers, 0)
+    values = frozen.generate_frozen_weights(model.frozen_initializers, 0)
     np.testing.assert_array_equal(values[-2], np.zeros(8))
     np.testing.assert_array_equal(values[-1], np.ones(8))
     with pytest.raises(ValueError, match="non_trainable_state must be one of"):
@@ -210,7 +210,7 @@ def test_subclass_of_a_supported_initializer_is_rejected(parent):
 
 def _records(model, layer_names):
     return [
-        freezing.frozen_initializer_for(model.get_layer(name), v)
+        frozen.frozen_initializer_for(model.get_layer(name), v)
         for name in layer_names
         for v in model.get_layer(name).weights
     ]
@@ -218,17 +218,17 @@ def _records(model, layer_names):
 
 def test_same_seed_bit_identical_eager_graph_and_tff():
     records = _records(cnn(), ["conv1", "conv2", "dense_wide"])
-    eager = [t.numpy() for t in freezing.generate_frozen_weights(records, 7)]
+    eager = [t.numpy() for t in frozen.generate_frozen_weights(records, 7)]
     graph = [
         t.numpy()
-        for t in tf.function(lambda s: freezing.generate_frozen_weights(records, s))(
+        for t in tf.function(lambda s: frozen.generate_frozen_weights(records, s))(
             tf.constant(7, tf.int64)
         )
     ]
 
     @tff.tensorflow.computation(np.int64)
     def in_tff(seed):
-        return freezing.generate_frozen_weights(records, seed)
+        return frozen.generate_frozen_weights(records, seed)
 
     @tff.federated_computation(tff.FederatedType(np.int64, tff.CLIENTS))
     def on_clients(seeds):
@@ -241,7 +241,7 @@ def test_same_seed_bit_identical_eager_graph_and_tff():
         np.testing.assert_array_equal(value, server[i])
         for client in clients:
             np.testing.assert_array_equal(value, client[i])
-    other = [t.numpy() for t in freezing.generate_frozen_weights(records, 8)]
+    other = [t.numpy() for t in frozen.generate_frozen_weights(records, 8)]
     assert not np.array_equal(eager[0], other[0])
     assert not np.array_equal(eager[4], other[4])
     # Biases use Zeros: identical for every seed.
@@ -262,7 +262,7 @@ def test_generated_values_follow_the_layer_initializers():
         [tf.keras.layers.InputLayer(input_shape=(400,)), glorot, he, normal]
     )
     records = _records(model, [glorot.name, he.name, normal.name])
-    values = [t.numpy() for t in freezing.generate_frozen_weights(records, 1)]
+    values = [t.numpy() for t in frozen.generate_frozen_weights(records, 1)]
     limit = np.sqrt(6.0 / (400 + 500))  # Glorot uniform: sqrt(6 / (fan_in + fan_out))
     assert np.abs(values[0]).max() <= limit
     assert np.abs(values[0]).max() > 0.99 * limit
@@ -291,7 +291,7 @@ def test_lstm_and_embedding_initializers():
         "Orthogonal",  # LSTM recurrent kernel
         "Zeros",  # LSTM bias, with the forget-gate slice set to ones
     ]
-    emb, kernel, recurrent, bias = (t.numpy() for t in freezing.generate_frozen_weights(records, 3))
+    emb, kernel, recurrent, bias = (t.numpy() for t in frozen.generate_frozen_weights(records, 3))
     assert np.abs(emb).max() <= 0.05
     # recurrent kernel is 7 x 28: its rows are orthonormal.
     np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(7), atol=1e-5)
@@ -302,11 +302,10 @@ def test_lstm_and_embedding_initializers():
 def test_every_frozen_source_implements_the_declared_interface():
     """Seeded by Philox, seeded portable and pretrained: the process, the device export
     and the run record ask each the same questions, never its kind."""
-    from tff_fedpt import freezing as frozen
-    from tff_fedpt import pretrained
+    from tff_fedpt import frozen
     from tff_fedpt.tasks import digits
 
-    held = pretrained.PretrainedWeights.from_keras_model(digits.cnn(7, 16))
+    held = frozen.PretrainedWeights.from_keras_model(digits.cnn(7, 16))
     spec = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
     loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     sources = {}

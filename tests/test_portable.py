@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_fedpt
-from fedpt_device import generator
+from fedpt_device import generator, protocol
 from tff_fedpt import adapters, device, portable
 from tff_fedpt.tasks import digits, emnist
 
@@ -222,7 +222,7 @@ def _run_slim(tmp_path, tflite_path, payload, data, batch_size):
     for c in range(len(data)):
         delta = [out[k] for k in sorted(k for k in out if k.startswith(f"delta_{c:03d}_"))]
         updates.append(
-            device.DeviceUpdate(
+            protocol.DeviceUpdate(
                 delta, float(out[f"weight_{c:03d}"]), int(out[f"num_examples_{c:03d}"])
             )
         )
@@ -328,7 +328,7 @@ def test_what_cannot_be_exported_builtin_only_is_one_line():
         ),
     )
     for fn, batch, pattern in cases:
-        with pytest.raises(device.DeviceError, match=pattern) as error:
+        with pytest.raises(protocol.DeviceError, match=pattern) as error:
             device.export_tflite(fn, optimizer, batch_size=batch, builtins_only=True)
         assert "\n" not in str(error.value)
 

@@ -11,7 +11,7 @@ import tensorflow_federated as tff
 
 import tff_fedpt
 from fedpt_device import protocol
-from tff_fedpt import device, freezing, pretrained
+from tff_fedpt import device, frozen
 from tff_fedpt.tasks import digits
 
 from . import launcher
@@ -26,7 +26,7 @@ def _loss():
 
 def _weights(seed):
     """'Pretrained' values: another seed's model, so they differ from every seeded draw."""
-    return pretrained.PretrainedWeights.from_keras_model(digits.cnn(seed, WIDTH))
+    return frozen.PretrainedWeights.from_keras_model(digits.cnn(seed, WIDTH))
 
 
 def _model_fn(weights, layers=("conv1", "dense")):
@@ -54,9 +54,9 @@ def test_fingerprint_is_sha256_over_dtype_shape_and_bytes_as_documented():
     digest = hashlib.sha256()
     digest.update(b"float32(2, 3)\n" + a.astype("<f4").tobytes())
     digest.update(b"int32(2,)\n" + b.astype("<i4").tobytes())
-    assert pretrained.fingerprint([a, b]) == digest.hexdigest()
+    assert frozen.fingerprint([a, b]) == digest.hexdigest()
     # A published test vector (docs/pretrained.md): one float32 zero.
-    assert pretrained.fingerprint([np.zeros((1,), np.float32)]) == (
+    assert frozen.fingerprint([np.zeros((1,), np.float32)]) == (
         hashlib.sha256(b"float32(1,)\n" + b"\0\0\0\0").hexdigest()
     )
     words = protocol.fingerprint_words(digest.hexdigest())
@@ -83,7 +83,7 @@ def test_pretrained_values_never_travel_and_are_used_exactly():
     expected += [held["dense"]["kernel"], held["dense"]["bias"]]
     for got, want in zip(full.non_trainable, expected):
         np.testing.assert_array_equal(got, want)  # exactly the given values
-    assert tff_fedpt.process.state_fingerprint(state) == pretrained.fingerprint(expected)
+    assert tff_fedpt.process.state_fingerprint(state) == frozen.fingerprint(expected)
 
     # Clients train from exactly those values: TFF's own FedAvg, started from the same
     # full weights with the same layers frozen (it broadcasts them), gives the same round.
@@ -105,7 +105,7 @@ def test_pretrained_values_never_travel_and_are_used_exactly():
 
 
 def test_pretrained_and_seeded_frozen_layers_mix():
-    held = pretrained.PretrainedWeights({"conv1": dict(_weights(7)["conv1"])}, source="conv1 only")
+    held = frozen.PretrainedWeights({"conv1": dict(_weights(7)["conv1"])}, source="conv1 only")
     model_fn = _model_fn(held)
     model = model_fn()
     kinds = [type(s).__name__ for s in model.frozen_initializers]
@@ -114,7 +114,7 @@ def test_pretrained_and_seeded_frozen_layers_mix():
     state = process.initialize()
     full = process.get_model_weights(state).non_trainable
     np.testing.assert_array_equal(full[0], held["conv1"]["kernel"])
-    seeded = freezing.generate_frozen_weights(model.frozen_initializers, np.int64(0))
+    seeded = frozen.generate_frozen_weights(model.frozen_initializers, np.int64(0))
     np.testing.assert_array_equal(full[2], seeded[2])  # the seed's draw for tensor 2
 
 
@@ -122,18 +122,18 @@ def test_another_pretrained_file_is_refused_with_both_fingerprints(tmp_path):
     held = _weights(7)
     path = tmp_path / "pretrained.npz"
     saved = held.save(path)
-    loaded = pretrained.PretrainedWeights.load(path)
+    loaded = frozen.PretrainedWeights.load(path)
     assert loaded.fingerprint() == saved == held.fingerprint()
     ours = tff_fedpt.build_fedpt_process(_model_fn(loaded), tff.learning.optimizers.build_sgdm(0.1))
     changed = {k: dict(v) for k, v in held.items()}
     changed["dense"]["bias"] = changed["dense"]["bias"] + 1e-3  # one tensor changed
     other = tff_fedpt.build_fedpt_process(
-        _model_fn(pretrained.PretrainedWeights(changed)), tff.learning.optimizers.build_sgdm(0.1)
+        _model_fn(frozen.PretrainedWeights(changed)), tff.learning.optimizers.build_sgdm(0.1)
     )
     state = other.initialize()
     theirs, mine = (tff_fedpt.process.state_fingerprint(s) for s in (state, ours.initialize()))
     assert theirs != mine
-    with pytest.raises(pretrained.FingerprintMismatchError) as error:
+    with pytest.raises(frozen.FingerprintMismatchError) as error:
         ours.next(state, _datasets(_data()))
     message = str(error.value)
     assert theirs in message and mine in message and "\n" not in message
@@ -146,14 +146,14 @@ def test_another_pretrained_file_is_refused_with_both_fingerprints(tmp_path):
     # A file that is not one.
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.npz is not a pretrained-weights file"):
-        pretrained.PretrainedWeights.load(tmp_path / "junk.npz")
+        frozen.PretrainedWeights.load(tmp_path / "junk.npz")
 
 
 def test_pretrained_weights_that_hold_no_frozen_tensor_or_other_shapes_are_refused():
-    logits_only = pretrained.PretrainedWeights({"logits": dict(_weights(7)["logits"])})
+    logits_only = frozen.PretrainedWeights({"logits": dict(_weights(7)["logits"])})
     with pytest.raises(ValueError, match="holds no frozen tensor of this model"):
         _model_fn(logits_only)()
-    wide = pretrained.PretrainedWeights.from_keras_model(digits.cnn(7, 2 * WIDTH))
+    wide = frozen.PretrainedWeights.from_keras_model(digits.cnn(7, 2 * WIDTH))
     with pytest.raises(ValueError, match=r"dense/kernel has shape \(512, 128\)"):
         _model_fn(wide)()
     with pytest.raises(TypeError, match="FreezeSpec.pretrained must be a tff_fedpt.Pretrained"):
@@ -185,10 +185,10 @@ def test_a_device_round_with_pretrained_frozen_layers_equals_process_next():
     ):
         np.testing.assert_allclose(a, b, atol=1e-5)
     client = device.DeviceClient(tflite)
-    with pytest.raises(device.DeviceError, match="pass the broadcast's 'frozen_fingerprint'"):
+    with pytest.raises(protocol.DeviceError, match="pass the broadcast's 'frozen_fingerprint'"):
         client.start_round(payload["trainable"], payload["frozen_seed"])
     wrong = "0" * 64
-    with pytest.raises(device.DeviceError, match=f"but {wrong} was expected") as error:
+    with pytest.raises(protocol.DeviceError, match=f"but {wrong} was expected") as error:
         client.start_round(payload["trainable"], payload["frozen_seed"], wrong)
     assert client.fingerprint in str(error.value)
 
@@ -201,7 +201,7 @@ def test_binary_resume_on_other_pretrained_values_is_refused(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = tmp_path / "pretrained.npz"
-    first = pretrained.PretrainedWeights.from_keras_model(digits.cnn(7)).save(path)
+    first = frozen.PretrainedWeights.from_keras_model(digits.cnn(7)).save(path)
 
     def run(rounds):
         return launcher.run(
@@ -229,7 +229,7 @@ def test_binary_resume_on_other_pretrained_values_is_refused(tmp_path):
     result = run(2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LoRADense" in result.stdout  # the freeze table shows the adapted layer
-    second = pretrained.PretrainedWeights.from_keras_model(digits.cnn(8)).save(path)
+    second = frozen.PretrainedWeights.from_keras_model(digits.cnn(8)).save(path)
     result = run(3)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
@@ -373,10 +373,8 @@ def test_pretrained_fedpt_runs_in_tff_train_model_and_resumes_only_on_the_same_v
     # pretrained values stops at its first round with both fingerprints named.
     changed = {k: dict(v) for k, v in held.items()}
     changed["dense"]["kernel"] = changed["dense"]["kernel"] * 1.5
-    other = tff_fedpt.build_fedpt_process(
-        _model_fn(pretrained.PretrainedWeights(changed)), optimizer
-    )
-    with pytest.raises(pretrained.FingerprintMismatchError) as error:
+    other = tff_fedpt.build_fedpt_process(_model_fn(frozen.PretrainedWeights(changed)), optimizer)
+    with pytest.raises(frozen.FingerprintMismatchError) as error:
         _train_model(other, data, tmp_path / "state", rounds=3)
     assert fingerprint in str(error.value)
     # Resumed with the same values it carries on from round 2 to 3.
@@ -389,23 +387,23 @@ def test_non_finite_values_are_refused_where_they_enter(tmp_path):
     for bad in (np.inf, np.nan):
         values = {"dense": {"kernel": np.array([[1.0, bad], [0.0, 1.0]], np.float32)}}
         with pytest.raises(ValueError, match=r"tensor dense/kernel holds 1 non-finite value"):
-            pretrained.PretrainedWeights(values)
+            frozen.PretrainedWeights(values)
     # A file written by another tool (np.savez directly) is checked when loaded.
     path = str(tmp_path / "w.npz")
-    pretrained.PretrainedWeights(good).save(path)
+    frozen.PretrainedWeights(good).save(path)
     with np.load(path) as data:
         arrays = dict(data)
     arrays["dense/kernel"] = np.full((2, 2), np.nan, np.float32)
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match=r"w.npz: tensor dense/kernel holds 4 non-finite"):
-        pretrained.PretrainedWeights.load(path)
+        frozen.PretrainedWeights.load(path)
     # A truncated file is one ValueError naming it, not a BadZipFile traceback.
     with open(path, "rb") as f:
         head = f.read(60)
     with open(path, "wb") as f:
         f.write(head)
     with pytest.raises(ValueError, match="is not a pretrained-weights file"):
-        pretrained.PretrainedWeights.load(path)
+        frozen.PretrainedWeights.load(path)
 
 
 @pytest.mark.parametrize(
@@ -436,7 +434,7 @@ def test_pretrain_bad_flags_are_one_line(tmp_path, flag, message):
 
 def test_initial_state_starts_trainable_layers_from_the_pretrained_weights():
     base = digits.cnn(7, 32)
-    held = pretrained.PretrainedWeights.from_keras_model(base)
+    held = frozen.PretrainedWeights.from_keras_model(base)
     spec = tff_fedpt.FreezeSpec(layers=("conv1", "conv2"), pretrained=held)
 
     def model_fn():

@@ -10,7 +10,7 @@ import pytest
 
 from experiments import grid
 from experiments import pretrained as experiment
-from tff_fedpt import pretrained, reporting
+from tff_fedpt import frozen, reporting
 from tff_fedpt.tasks import fashion_mnist
 
 from . import launcher
@@ -34,7 +34,7 @@ def test_grid_report_and_refusal(tmp_path):
     data = f"--data_dir={tmp_path}/data"
     write_fashion(str(tmp_path / "data"), train=200)
     weights = f"{tmp_path}/pre.npz"  # (scripts/pretrain.py is run in test_fashion_mnist)
-    pretrained.PretrainedWeights.from_keras_model(fashion_mnist.cnn(3)).save(weights)
+    frozen.PretrainedWeights.from_keras_model(fashion_mnist.cnn(3)).save(weights)
     common = [
         data,
         f"--pretrained={weights}",

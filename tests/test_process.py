@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_fedpt
-from tff_fedpt import freezing
+from tff_fedpt import frozen as frozen_lib
 
 from . import models
 
@@ -81,7 +81,7 @@ def test_frozen_layers_equal_tff_fedavg_with_trainable_false():
     assert _max_abs_diff(a.trainable, initial.trainable) > 1e-3
     # Frozen weights never change and equal the seed's regeneration.
     records = models.fedpt_model_fn("hidden")().frozen_initializers
-    regenerated = [t.numpy() for t in freezing.generate_frozen_weights(records, 11)]
+    regenerated = [t.numpy() for t in frozen_lib.generate_frozen_weights(records, 11)]
     for frozen in seen_frozen + [initial.non_trainable, b.non_trainable]:
         for x, y in zip(frozen, regenerated):
             np.testing.assert_array_equal(x, y)

@@ -294,12 +294,12 @@ def test_binary_refuses_unreachable_workers_in_one_line(tmp_path):
 def test_pretrained_values_come_from_each_workers_disk_checked(two_workers, tmp_path):
     """FedPT with pretrained frozen values stored for workers: on two TFF workers it equals
     local execution, and a worker whose copy of a tensor differs refuses to train."""
-    from tff_fedpt import pretrained
+    from tff_fedpt import frozen
 
     data = models.client_data(num_clients=3)
     base = models.mlp()
     base.get_layer("hidden").kernel.assign(np.full((4, 8), 0.25, np.float32))
-    held = pretrained.PretrainedWeights.from_keras_model(base).save_for_workers(tmp_path / "store")
+    held = frozen.PretrainedWeights.from_keras_model(base).save_for_workers(tmp_path / "store")
     spec = tff_fedpt.FreezeSpec(layers=("hidden",), pretrained=held)
 
     def build():

@@ -132,7 +132,7 @@ def test_task_public_plays_words_and_bad_input(tmp_path):
 def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
     from experiments import grid
     from experiments import shakespeare as experiment
-    from tff_fedpt import pretrained
+    from tff_fedpt import frozen
 
     _build(tmp_path)
     weights = str(tmp_path / "chars.npz")  # the "public plays' model" (pretrain.py: tested)
@@ -154,7 +154,7 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
         grid.ExperimentError, match=r"chars.npz does not exist, and \['fedpt_pre_head'\]"
     ):
         p.check()
-    pretrained.PretrainedWeights.from_keras_model(shakespeare.char_lstm(3)).save(weights)
+    frozen.PretrainedWeights.from_keras_model(shakespeare.char_lstm(3)).save(weights)
     p.check()
     store, tasks = grid.Store(p.output_dir), grid.Tasks()
     for section in experiment.SECTIONS:

@@ -172,9 +172,10 @@ def test_validation_names_the_field_and_a_binary_the_flag(task, kwargs, message)
     error = raised.value
     assert "--" not in str(error) and error.fields
     flagged = error.flag_message()
-    names = "|".join(error.fields)
-    assert flagged == re.sub(rf"(?<![\w-])({names})(?!\w)", r"--\1", str(error))
+    assert flagged.replace("--", "") == str(error)  # only flags written, nothing else
     assert flagged.startswith("--") or " --" in flagged
+    if error.fields == ("algorithm",):  # a field that is also a word stays prose there
+        assert flagged.startswith("--algorithm: unknown algorithm 'fedsgd'")
 
 
 def test_target_epsilon_out_of_reach_is_one_clear_error(task):
@@ -490,8 +491,8 @@ def test_resume_refuses_other_task_settings_and_fewer_rounds(tmp_path, task, mon
     training.run_experiment(cfg, task)
     # Every refusal below comes before a learning process is built (check_outputs).
     built = []
-    build = experiment_module._build
-    monkeypatch.setattr(experiment_module, "_build", lambda *a: built.append(a) or build(*a))
+    build = experiment_module.build_parts
+    monkeypatch.setattr(experiment_module, "build_parts", lambda *a: built.append(a) or build(*a))
     with pytest.raises(training.ConfigError, match="task:num_clients: saved '20', now '21'"):
         training.run_experiment(cfg, load_task("digits", num_clients=21))
     with pytest.raises(training.ConfigError, match="task:alpha: saved '0.5', now '0.9'"):

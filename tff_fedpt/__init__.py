@@ -13,10 +13,11 @@ from tff_fedpt.communication import (
     fedavg_communication_cost,
     type_bytes,
 )
-from tff_fedpt.freezing import (
+from tff_fedpt.frozen import (
     FreezeReport,
     FreezeSpec,
     LayerReport,
+    PretrainedWeights,
     generate_frozen_weights,
     resolve_freeze,
 )
@@ -25,7 +26,6 @@ from tff_fedpt.keras_models import (
     from_keras_model,
     keras_model_from_state,
 )
-from tff_fedpt.pretrained import PretrainedWeights
 from tff_fedpt.process import FedPTState, PretrainedFedPTState, build_fedpt_process
 
 _runtime.install()

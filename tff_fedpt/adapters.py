@@ -56,7 +56,7 @@ class AdapterOptions:
 
 def _factor_initializer(seed_offset: int):
     # He-uniform, as PyTorch's nn.Linear (and PEFT's LoRA A) draw theirs; a Keras class
-    # the seeded generator reproduces (`freezing.FrozenInitializer`).
+    # the seeded generator reproduces (`frozen.FrozenInitializer`).
     return tf.keras.initializers.HeUniform(seed=seed_offset)
 
 

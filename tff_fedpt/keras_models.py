@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import adapters, freezing, pretrained
+from tff_fedpt import adapters, frozen
 
 
 class PartiallyTrainableModel(tff.learning.models.VariableModel):
@@ -25,8 +25,8 @@ class PartiallyTrainableModel(tff.learning.models.VariableModel):
         self,
         inner: tff.learning.models.VariableModel,
         keras_model: tf.keras.Model,
-        frozen_initializers: Sequence[freezing.FrozenInitializer],
-        freeze_report: freezing.FreezeReport,
+        frozen_initializers: Sequence[frozen.FrozenInitializer],
+        freeze_report: frozen.FreezeReport,
         loss=None,
     ):
         self._inner = inner
@@ -40,12 +40,12 @@ class PartiallyTrainableModel(tff.learning.models.VariableModel):
         return self._keras_model
 
     @property
-    def frozen_initializers(self) -> tuple[freezing.FrozenInitializer, ...]:
+    def frozen_initializers(self) -> tuple[frozen.FrozenInitializer, ...]:
         """One record per `non_trainable_variables` entry, in the same order."""
         return self._frozen_initializers
 
     @property
-    def freeze_report(self) -> freezing.FreezeReport:
+    def freeze_report(self) -> frozen.FreezeReport:
         return self._freeze_report
 
     @property
@@ -95,7 +95,7 @@ def _frozen_source(layer, variable, held, generator):
     source = None if held is None or seeded else held.source_for(layer.name, variable)
     if source is not None:
         return source
-    record = freezing.frozen_initializer_for(layer, variable)
+    record = frozen.frozen_initializer_for(layer, variable)
     return dataclasses.replace(record, generator=generator)
 
 
@@ -105,7 +105,7 @@ def from_keras_model(
     loss,
     input_spec,
     metrics=None,
-    freeze: freezing.FreezeLike,
+    freeze: frozen.FreezeLike,
     loss_weights=None,
     non_trainable_state: str = "error",
 ) -> PartiallyTrainableModel:
@@ -150,9 +150,9 @@ def from_keras_model(
         raise TypeError(
             "keras_model must be a tf.keras.Model; received " f"{type(keras_model).__name__}."
         )
-    if non_trainable_state not in freezing.NON_TRAINABLE_STATE_OPTIONS:
+    if non_trainable_state not in frozen.NON_TRAINABLE_STATE_OPTIONS:
         raise ValueError(
-            f"non_trainable_state must be one of {freezing.NON_TRAINABLE_STATE_OPTIONS}; "
+            f"non_trainable_state must be one of {frozen.NON_TRAINABLE_STATE_OPTIONS}; "
             f"received {non_trainable_state!r}."
         )
     already_frozen = [
@@ -164,7 +164,7 @@ def from_keras_model(
             "regenerates frozen weights from a seed, so values set on them would be "
             "lost; leave them trainable and select them with `freeze` instead."
         )
-    report = freezing.resolve_freeze(keras_model, freeze)
+    report = frozen.resolve_freeze(keras_model, freeze)
     frozen_names = set(report.frozen_layer_names)
     for layer in keras_model.layers:
         if layer.name in frozen_names:
@@ -188,7 +188,7 @@ def from_keras_model(
     for layer in keras_model.layers:
         for v in layer.weights:
             owners[v.ref()] = layer
-    spec = freezing.as_freeze_spec(freeze)
+    spec = frozen.as_freeze_spec(freeze)
     held = spec.pretrained
     initializers = []
     for v in keras_model.non_trainable_weights:
@@ -199,9 +199,7 @@ def from_keras_model(
                 "model; tff_fedpt cannot regenerate it from a seed."
             )
         initializers.append(_frozen_source(layer, v, held, spec.generator))
-    if held is not None and not any(
-        isinstance(s, pretrained.PretrainedValue) for s in initializers
-    ):
+    if held is not None and not any(isinstance(s, frozen.PretrainedValue) for s in initializers):
         raise ValueError(
             f"FreezeSpec.pretrained ({held.source}) holds no frozen tensor of this model: "
             f"it holds layers {sorted(held)}, the frozen tensors are "

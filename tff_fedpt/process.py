@@ -13,7 +13,8 @@ import tensorflow_federated as tff
 from fedpt_device import protocol
 from fedpt_device.protocol import FINGERPRINT_SIGNATURE as FINGERPRINT
 from fedpt_device.protocol import SEED
-from tff_fedpt import composer, compression, freezing, keras_models, pretrained
+from tff_fedpt import composer, compression, keras_models
+from tff_fedpt import frozen as frozen_lib
 from tff_fedpt._tff_internals import factory_utils, model_delta_client_work
 
 ModelWeights = tff.learning.models.ModelWeights
@@ -45,7 +46,7 @@ class FedPTState(NamedTuple):
 class PretrainedFedPTState(NamedTuple):
     """Server state of a FedPT process with pretrained frozen tensors: a `FedPTState`
     plus `frozen_fingerprint`, the int32[8] fingerprint of the pretrained values
-    (`tff_fedpt.pretrained`), which the broadcast carries and every client checks."""
+    (`tff_fedpt.frozen.fingerprint`), which the broadcast carries and every client checks."""
 
     global_model_weights: Any
     frozen_seed: Any
@@ -57,7 +58,7 @@ class PretrainedFedPTState(NamedTuple):
     communication: Any
 
 
-def _frozen_initializers_of(model) -> tuple[freezing.FrozenInitializer, ...]:
+def _frozen_initializers_of(model) -> tuple[frozen_lib.FrozenInitializer, ...]:
     if isinstance(model, keras_models.PartiallyTrainableModel):
         return model.frozen_initializers
     if not isinstance(model, tff.learning.models.VariableModel):
@@ -128,7 +129,7 @@ def _build_client_work(
             )
         with tf.control_dependencies(checks):  # nothing trains before the check
             trainable = [tf.identity(t) for t in broadcast["trainable"]]
-        frozen = freezing.generate_frozen_weights(frozen_initializers, broadcast[SEED])
+        frozen = frozen_lib.generate_frozen_weights(frozen_initializers, broadcast[SEED])
         initial_weights = ModelWeights(trainable=trainable, non_trainable=list(frozen))
         client_update = model_delta_client_work.build_model_delta_update_with_tff_optimizer(
             model_fn=model_fn,
@@ -170,11 +171,11 @@ def _weight_functions(frozen_initializers, fingerprint):
         return value
 
     def to_full_weights(weights, seed, fingerprint=None):
-        frozen = freezing.generate_frozen_weights(frozen_initializers, seed)
+        frozen = frozen_lib.generate_frozen_weights(frozen_initializers, seed)
         return ModelWeights(trainable=list(weights.trainable), non_trainable=list(frozen))
 
     def from_full_weights(model_weights, seed, fingerprint=None):
-        frozen = freezing.generate_frozen_weights(frozen_initializers, seed)
+        frozen = frozen_lib.generate_frozen_weights(frozen_initializers, seed)
         checks = [
             tf.debugging.assert_equal(
                 given,
@@ -365,7 +366,7 @@ def build_fedpt_process(
         frozen_initializers = _frozen_initializers_of(model)
         data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
     seed_value = np.int64(frozen_seed)
-    fingerprint = pretrained.sources_fingerprint(frozen_initializers)
+    fingerprint = frozen_lib.sources_fingerprint(frozen_initializers)
 
     @tff.tensorflow.computation
     def initial_model_weights_fn():
@@ -380,7 +381,7 @@ def build_fedpt_process(
     constants = {SEED: seed_value}
     if fingerprint is not None:
         broadcast_fields.append(
-            (FINGERPRINT, tff.TensorType(np.int32, [pretrained.FINGERPRINT_WORDS]))
+            (FINGERPRINT, tff.TensorType(np.int32, [frozen_lib.FINGERPRINT_WORDS]))
         )
         constants[FINGERPRINT] = protocol.fingerprint_words(fingerprint)
     broadcast_type = tff.StructWithPythonType(broadcast_fields, collections.OrderedDict)
@@ -452,7 +453,7 @@ def _next_check(fingerprint):
         del client_data
         held = state_fingerprint(state)
         if held is not None and held != fingerprint:
-            raise pretrained.FingerprintMismatchError(
+            raise frozen_lib.FingerprintMismatchError(
                 protocol.mismatch_message("next", held, fingerprint)
             )
 
@@ -472,7 +473,7 @@ def _set_model_weights_check(records):
                 f"this process has {len(records)} ({[r.name for r in records]})."
             )
         if seed is not None and given:
-            expected = freezing.generate_frozen_weights(records, np.int64(seed))
+            expected = frozen_lib.generate_frozen_weights(records, np.int64(seed))
             for i, (value, want, record) in enumerate(zip(given, expected, records)):
                 value = np.asarray(value)
                 if value.shape != tuple(record.shape):

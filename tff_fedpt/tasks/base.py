@@ -9,7 +9,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -99,7 +99,7 @@ class ModelSpec:
 
     build: Callable[[int], tf.keras.Model]
     input_spec: tuple
-    presets: Mapping[str, freezing.FreezeSpec]
+    presets: Mapping[str, frozen.FreezeSpec]
 
 
 def image_spec(shape) -> tuple:
@@ -150,7 +150,7 @@ class Task:
     test_data: tf.data.Dataset
     to_model_input: Callable[[tf.data.Dataset], tf.data.Dataset]
     models: Mapping[str, Callable[[int], tf.keras.Model]]
-    freeze_presets: Mapping[str, Mapping[str, freezing.FreezeSpec]]
+    freeze_presets: Mapping[str, Mapping[str, frozen.FreezeSpec]]
     loss_fn: Callable[[], tf.keras.losses.Loss]
     metrics_fn: Callable[[], list]
     default_model: str
@@ -206,11 +206,11 @@ class Task:
         ).element_spec
         return tf.nest.map_structure(lambda s: tf.TensorSpec([None, *s.shape], s.dtype), element)
 
-    def freeze_spec(self, model: str, preset: str) -> freezing.FreezeSpec:
+    def freeze_spec(self, model: str, preset: str) -> frozen.FreezeSpec:
         """The FreezeSpec of a named preset ("none" freezes nothing)."""
         presets = self.freeze_presets[model]
         if preset == "none":
-            return freezing.FreezeSpec()
+            return frozen.FreezeSpec()
         if preset not in presets:
             raise ValueError(
                 f"freeze: unknown preset {preset!r} for task {self.name} model {model}; "

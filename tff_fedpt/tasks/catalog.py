@@ -8,7 +8,7 @@ its entries (its `CATALOG`); this module only gathers them from the task registr
 
 from __future__ import annotations
 
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 from tff_fedpt.tasks import task_module, task_names
 from tff_fedpt.tasks.base import ModelSpec
 
@@ -33,6 +33,6 @@ def model_spec(task: str, model: str) -> ModelSpec:
     return known[key]
 
 
-def freeze_spec(spec: ModelSpec, freeze: str) -> freezing.FreezeSpec:
-    """A preset name, 'none', or comma-separated layer patterns (`freezing.parse_freeze`)."""
-    return freezing.parse_freeze(freeze, spec.presets)
+def freeze_spec(spec: ModelSpec, freeze: str) -> frozen.FreezeSpec:
+    """A preset name, 'none', or comma-separated layer patterns (`frozen.parse_freeze`)."""
+    return frozen.parse_freeze(freeze, spec.presets)

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 from tff_fedpt.options import option
 from tff_fedpt.tasks import base
 
@@ -86,9 +86,9 @@ RECOMMENDED = dict(
 )
 
 PRESETS = {
-    "dense": freezing.FreezeSpec(layers=("dense",)),
-    "convs": freezing.FreezeSpec(layer_types=("Conv2D",)),
-    "all_but_output": freezing.FreezeSpec(all_but_last=1),
+    "dense": frozen.FreezeSpec(layers=("dense",)),
+    "convs": frozen.FreezeSpec(layer_types=("Conv2D",)),
+    "all_but_output": frozen.FreezeSpec(all_but_last=1),
 }
 
 # The models without the data (tff_fedpt.tasks.catalog).

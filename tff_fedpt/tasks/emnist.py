@@ -9,7 +9,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 from tff_fedpt.options import option
 from tff_fedpt.tasks import base
 
@@ -65,13 +65,13 @@ def mlp(seed: int = 0, num_classes: int = 62, units: int = 200) -> tf.keras.Mode
 
 PRESETS = {
     "cnn": {
-        "dense128": freezing.FreezeSpec(layers=("dense128",)),
-        "convs": freezing.FreezeSpec(layer_types=("Conv2D",)),
-        "all_but_output": freezing.FreezeSpec(all_but_last=1),
+        "dense128": frozen.FreezeSpec(layers=("dense128",)),
+        "convs": frozen.FreezeSpec(layer_types=("Conv2D",)),
+        "all_but_output": frozen.FreezeSpec(all_but_last=1),
     },
     "mlp": {
-        "dense1": freezing.FreezeSpec(layers=("dense1",)),
-        "all_but_output": freezing.FreezeSpec(all_but_last=1),
+        "dense1": frozen.FreezeSpec(layers=("dense1",)),
+        "all_but_output": frozen.FreezeSpec(all_but_last=1),
     },
 }
 

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 from tff_fedpt.options import option
 from tff_fedpt.tasks import base, emnist
 
@@ -256,16 +256,16 @@ def mlp(seed: int = 0, units: int = 200) -> tf.keras.Model:
     return emnist.mlp(seed, NUM_CLASSES, units=units)
 
 
-def _presets(dense_layer: str) -> dict[str, freezing.FreezeSpec]:
+def _presets(dense_layer: str) -> dict[str, frozen.FreezeSpec]:
     return {
-        "dense": freezing.FreezeSpec(layers=(dense_layer,)),
-        "all_but_output": freezing.FreezeSpec(all_but_last=1),
-        **{f"trainable_{f:g}": freezing.FreezeSpec(trainable_fraction=f) for f in (0.5, 0.1, 0.02)},
+        "dense": frozen.FreezeSpec(layers=(dense_layer,)),
+        "all_but_output": frozen.FreezeSpec(all_but_last=1),
+        **{f"trainable_{f:g}": frozen.FreezeSpec(trainable_fraction=f) for f in (0.5, 0.1, 0.02)},
     }
 
 
 PRESETS = {
-    "cnn": {**_presets("dense128"), "convs": freezing.FreezeSpec(layer_types=("Conv2D",))},
+    "cnn": {**_presets("dense128"), "convs": frozen.FreezeSpec(layer_types=("Conv2D",))},
     "mlp": _presets("dense1"),
 }
 

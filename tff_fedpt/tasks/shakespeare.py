@@ -31,7 +31,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 from tff_fedpt.options import option
 from tff_fedpt.tasks import base, shakespeare_text
 from tff_fedpt.tasks import stackoverflow as so
@@ -233,16 +233,16 @@ def char_lstm(seed: int = 0, units: int = 256) -> tf.keras.Model:
 
 PRESETS = {
     "chars": {
-        "embedding": freezing.FreezeSpec(layers=("embedding",)),
-        "lstm1": freezing.FreezeSpec(layers=("lstm1",)),
-        "recurrent": freezing.FreezeSpec(layer_types=("LSTM",)),
-        "all_but_output": freezing.FreezeSpec(all_but_last=1),
+        "embedding": frozen.FreezeSpec(layers=("embedding",)),
+        "lstm1": frozen.FreezeSpec(layers=("lstm1",)),
+        "recurrent": frozen.FreezeSpec(layer_types=("LSTM",)),
+        "all_but_output": frozen.FreezeSpec(all_but_last=1),
     },
     "words": {
-        "embedding": freezing.FreezeSpec(layers=("embedding",)),
-        "lstm1": freezing.FreezeSpec(layers=("lstm",)),
-        "recurrent": freezing.FreezeSpec(layer_types=("LSTM",)),
-        "all_but_output": freezing.FreezeSpec(all_but_last=1),
+        "embedding": frozen.FreezeSpec(layers=("embedding",)),
+        "lstm1": frozen.FreezeSpec(layers=("lstm",)),
+        "recurrent": frozen.FreezeSpec(layer_types=("LSTM",)),
+        "all_but_output": frozen.FreezeSpec(all_but_last=1),
     },
 }
 

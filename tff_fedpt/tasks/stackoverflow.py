@@ -15,7 +15,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import freezing
+from tff_fedpt import frozen
 from tff_fedpt.options import option
 from tff_fedpt.tasks import base
 
@@ -184,14 +184,14 @@ def transformer(
 
 PRESETS = {
     "lstm": {
-        "embedding": freezing.FreezeSpec(layers=("embedding",)),
-        "recurrent": freezing.FreezeSpec(layer_types=("LSTM",)),
-        "all_but_output": freezing.FreezeSpec(all_but_last=1),
+        "embedding": frozen.FreezeSpec(layers=("embedding",)),
+        "recurrent": frozen.FreezeSpec(layer_types=("LSTM",)),
+        "all_but_output": frozen.FreezeSpec(all_but_last=1),
     },
     "transformer": {
-        "embedding": freezing.FreezeSpec(layers=("embedding", "position_embedding")),
-        "attention": freezing.FreezeSpec(layer_types=("MultiHeadAttention",)),
-        "all_but_output": freezing.FreezeSpec(all_but_last=1),
+        "embedding": frozen.FreezeSpec(layers=("embedding", "position_embedding")),
+        "attention": frozen.FreezeSpec(layer_types=("MultiHeadAttention",)),
+        "all_but_output": frozen.FreezeSpec(all_but_last=1),
     },
 }
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import adapters, communication, freezing, keras_models, pretrained, process
+from tff_fedpt import adapters, communication, frozen, keras_models, process
 from tff_fedpt.tasks import Task
 from tff_fedpt.training import config as config_lib
 from tff_fedpt.training.config import ConfigError
@@ -120,7 +120,7 @@ def get(name: str) -> Algorithm:
     return _REGISTRY[name]
 
 
-def tff_model_fn(keras_model_fn, task: Task, freeze: Optional[freezing.FreezeSpec] = None):
+def tff_model_fn(keras_model_fn, task: Task, freeze: Optional[frozen.FreezeSpec] = None):
     """A TFF model_fn over `keras_model_fn` with the task's loss and metrics."""
     input_spec = task.input_spec  # eagerly, once: the task's input map may hold tables
 
@@ -154,11 +154,11 @@ def adapted_keras_model_fn(
 
 
 @functools.lru_cache(maxsize=4)
-def _load_pretrained(path: str) -> pretrained.PretrainedWeights:
-    return pretrained.PretrainedWeights.load(path)
+def _load_pretrained(path: str) -> frozen.PretrainedWeights:
+    return frozen.PretrainedWeights.load(path)
 
 
-def pretrained_weights(config: ExperimentConfig) -> Optional[pretrained.PretrainedWeights]:
+def pretrained_weights(config: ExperimentConfig) -> Optional[frozen.PretrainedWeights]:
     """The weights of --pretrained_weights (read once per path), or None.
 
     Raises:
@@ -172,17 +172,17 @@ def pretrained_weights(config: ExperimentConfig) -> Optional[pretrained.Pretrain
         raise ConfigError(f"pretrained_weights: {e}", ["pretrained_weights"]) from None
 
 
-def freeze_spec(config: ExperimentConfig, task: Task) -> freezing.FreezeSpec:
+def freeze_spec(config: ExperimentConfig, task: Task) -> frozen.FreezeSpec:
     """The FreezeSpec of `config.freeze` (a preset name, or comma-separated patterns),
     with --pretrained_weights as the frozen layers' values and --frozen_generator's draws."""
     presets = task.freeze_presets.get(config.model, {})
     held = pretrained_weights(config)
-    if config.freeze in presets or config.freeze == freezing.NO_FREEZE:
-        spec = freezing.parse_freeze(config.freeze, presets)
+    if config.freeze in presets or config.freeze == frozen.NO_FREEZE:
+        spec = frozen.parse_freeze(config.freeze, presets)
         return dataclasses.replace(spec, pretrained=held, generator=config.frozen_generator)
     try:
-        spec = freezing.parse_freeze(config.freeze, presets)
-        freezing.resolve_freeze(task.models[config.model](config.seed), spec)
+        spec = frozen.parse_freeze(config.freeze, presets)
+        frozen.resolve_freeze(task.models[config.model](config.seed), spec)
     except (ValueError, TypeError) as e:
         raise ConfigError(
             f"freeze={config.freeze!r} is neither a preset of model {config.model} "

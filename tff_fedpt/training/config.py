@@ -2,7 +2,7 @@
 
 A group is a frozen dataclass of `option(...)` fields (default, help, allowed values),
 declared in the module that uses it: `privacy.DPOptions`, `compression.CompressionOptions`,
-`runtime.RuntimeOptions`, `freezing.FreezeOptions`, `pretrained.PretrainedOptions`,
+`runtime.RuntimeOptions`, `frozen_lib.FreezeOptions`, `frozen_lib.PretrainedOptions`,
 `adapters.AdapterOptions`, and here the task, loop and optimizer options. A package outside
 the library adds its own groups with `register_group` when it is imported (an algorithm's
 options: `algorithms.register` registers its `options` group).
@@ -24,7 +24,8 @@ import typing
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
-from tff_fedpt import adapters, compression, freezing, pretrained, privacy, runtime
+from tff_fedpt import adapters, compression, privacy, runtime
+from tff_fedpt import frozen as frozen_lib
 from tff_fedpt.options import group_of, option, value_type
 
 if TYPE_CHECKING:  # the class is composed on first use (`__getattr__` below)
@@ -48,10 +49,19 @@ class ConfigError(ValueError):
         self.fields = tuple(fields)
 
     def flag_message(self) -> str:
-        """The message with each of `fields` written as a flag (`--total_rounds`)."""
+        """The message with each of `fields` written as a flag (`--total_rounds`).
+
+        A name of several words (`total_rounds`) is a field wherever it stands; `dp` too.
+        A one-word name that is also an English word (`model`, `seed`) is a field only
+        where it starts the message or is followed by `=`, `:`, ` /` or ` must`, so
+        that "unknown model 'x'" stays prose.
+        """
         message = str(self)
         for name in sorted(set(self.fields), key=len, reverse=True):
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", "--" + name, message)
+            field = rf"(?<![\w-]){re.escape(name)}(?!\w)"
+            if "_" not in name and name != "dp":
+                field = rf"(?:^|(?<=/ )){re.escape(name)}(?!\w)|{field}(?=[=:]| /| must)"
+            message = re.sub(field, "--" + name, message)
         return message
 
 
@@ -109,13 +119,13 @@ class OptimizerOptions:
 
 _LIBRARY_GROUPS: tuple[type, ...] = (
     TaskOptions,
-    freezing.FreezeOptions,
+    frozen_lib.FreezeOptions,
     LoopOptions,
     OptimizerOptions,
     runtime.RuntimeOptions,
     privacy.DPOptions,
     compression.CompressionOptions,
-    pretrained.PretrainedOptions,
+    frozen_lib.PretrainedOptions,
     adapters.AdapterOptions,
 )
 _registered: list[type] = []

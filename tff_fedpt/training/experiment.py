@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication, compression, freezing, privacy, runtime
-from tff_fedpt import pretrained as pretrained_lib
+from tff_fedpt import communication, compression, frozen, privacy, runtime
 from tff_fedpt.tasks import Task
 from tff_fedpt.training import algorithms, outputs
 from tff_fedpt.training import config as config_lib
@@ -65,10 +64,10 @@ class Experiment:
     keras_model_fn: Callable[[], tf.keras.Model]
     cost: Optional[communication.CommunicationCost]
     fedavg_cost: communication.CommunicationCost
-    freeze_report: Optional[freezing.FreezeReport]
+    freeze_report: Optional[frozen.FreezeReport]
     privacy: Optional[privacy.PrivacySetting]
     target_delta: float
-    pretrained: Optional[pretrained_lib.PretrainedWeights] = None
+    pretrained: Optional[frozen.PretrainedWeights] = None
     row_annotations: tuple[Callable[[int], dict], ...] = ()
     after_round: tuple[Callable[[int], Any], ...] = ()
 
@@ -303,7 +302,7 @@ class Prepared:
     algorithm: algorithms.Algorithm
     privacy: Optional[privacy.PrivacySetting]
     target_delta: float
-    pretrained: Optional[pretrained_lib.PretrainedWeights]
+    pretrained: Optional[frozen.PretrainedWeights]
 
     def run_record(self) -> dict[str, str]:
         """The settings recorded with the checkpoints, which a resume must match."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication, freezing
+from tff_fedpt import communication, frozen
 from tff_fedpt.training import experiment as experiment_lib
 from tff_fedpt.training import outputs
 from tff_fedpt.training.checkpoints import CheckpointStore, Skipped
@@ -38,7 +38,7 @@ class ExperimentResult:
     rows: list[dict[str, Any]]
     final_state: Any
     model_weights: tff.learning.models.ModelWeights
-    freeze_report: Optional[freezing.FreezeReport]
+    freeze_report: Optional[frozen.FreezeReport]
     cost: Optional[communication.CommunicationCost]
     fedavg_cost: communication.CommunicationCost
     results_dir: str

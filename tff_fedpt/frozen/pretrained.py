@@ -1,45 +1,27 @@
 """Pretrained frozen layers: values the clients already hold, identified by fingerprint.
 
-A frozen tensor comes from one of two sources, and the rest of the package asks the
-source for its value (`generate(seed)`), never its kind:
-
-    freezing.FrozenInitializer  regenerated from the frozen seed (the layer's initializer)
-    PretrainedValue             pretrained values the client already holds (a backbone or
-                                embedding shipped with the app, or a file on its disk)
-
-Pretrained values never travel in a round. The server state and the broadcast carry
-their fingerprint instead, and every client checks it before training.
-
-The fingerprint (`fingerprint`) is SHA-256, as 64 hex digits, over the pretrained frozen
-tensors in model order (the order of the model's non-trainable variables); for each
-tensor the bytes of `f"{dtype}{shape}\\n"` (dtype as numpy names it, e.g. `float32`;
-shape as a Python tuple, e.g. `(9216, 128)`), then its values in C order, little-endian.
-In the state and the broadcast it travels as int32[8]
-(`fedpt_device.protocol.fingerprint_words`: the digest's 32 bytes as 8 big-endian words),
-32 bytes per client per round.
-
 `PretrainedWeights` holds a pretrained Keras model's values by layer and weight name
 (taken eagerly from a Keras model, or loaded from the `.npz` file `save` writes) and is
-given to a freeze specification: `FreezeSpec(layers=..., pretrained=weights)`.
+given to a freeze specification: `FreezeSpec(layers=..., pretrained=weights)`. Each
+frozen tensor it holds becomes a `PretrainedValue` source (`source.FrozenSource`).
+Pretrained values never travel in a round: the server state and the broadcast carry
+their fingerprint (`fingerprint.fingerprint`), and every client checks it before training.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
+from tff_fedpt.frozen import store as store_lib
+from tff_fedpt.frozen.fingerprint import fingerprint
+from tff_fedpt.frozen.source import short_name
 from tff_fedpt.options import option
-
-FINGERPRINT_WORDS = 8
-_ORDER = "__order__"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +42,8 @@ class FingerprintMismatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PretrainedValue:
-    """One frozen tensor whose value is pretrained (the same interface as
-    `freezing.FrozenInitializer`: `generate(seed)` returns the value, seed unused)."""
+    """One frozen tensor whose value is pretrained (a `source.FrozenSource`, like
+    `seeded.FrozenInitializer`: `generate(seed)` returns the value, seed unused)."""
 
     name: str
     shape: tuple[int, ...]
@@ -69,7 +51,7 @@ class PretrainedValue:
     value: np.ndarray
     path: str | None = None
     file_digest: tuple[int, ...] | None = None
-    constant_fill = None  # (the frozen-source interface, `freezing.FrozenSource`)
+    constant_fill = None  # (the frozen-source interface, `source.FrozenSource`)
     builtins_only = True  # a constant in the file
 
     @property
@@ -99,34 +81,6 @@ class PretrainedValue:
     def for_device(self) -> PretrainedValue:
         """This value as a constant (what a device file embeds; it reads no store)."""
         return dataclasses.replace(self, path=None, file_digest=None)
-
-
-def _file_digest(data: bytes) -> tuple[int, ...]:
-    """TensorFlow's `tf.fingerprint` (farmhash64) of a file's bytes, as the client
-    computation computes it on the worker: 8 unsigned bytes."""
-    digest = tf.fingerprint(tf.constant([data], tf.string))[0]
-    return tuple(int(b) for b in digest.numpy())
-
-
-def fingerprint(values: Sequence[np.ndarray]) -> str:
-    """SHA-256 (hex) over `values` in order: see the module docstring."""
-    digest = hashlib.sha256()
-    for value in values:
-        array = np.ascontiguousarray(value)
-        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        digest.update(f"{array.dtype.name}{tuple(array.shape)}\n".encode())
-        digest.update(little.tobytes(order="C"))
-    return digest.hexdigest()
-
-
-def sources_fingerprint(sources: Sequence[Any]) -> str | None:
-    """The fingerprint of the pretrained sources among `sources` (None: there are none)."""
-    values = [s.pretrained_value for s in sources if s.pretrained_value is not None]
-    return fingerprint(values) if values else None
-
-
-def _short(variable) -> str:
-    return variable.name.split("/")[-1].split(":")[0]
 
 
 def _check_finite(layers: Mapping[str, Mapping[str, np.ndarray]], source: str) -> None:
@@ -172,28 +126,11 @@ class PretrainedWeights(Mapping):
         computation (a remote TFF worker) reads the values from its own disk at that same
         path, checked against this copy, so the values never travel with the computation.
         Copy the directory to every worker before training."""
-        if not tf.executing_eagerly():
-            raise RuntimeError("save_for_workers runs eagerly (outside model_fn).")
         directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        digests = {}
-        for layer, weights in self._layers.items():
-            for weight, value in weights.items():
-                path = self._store_path(directory, layer, weight)
-                data = tf.io.serialize_tensor(tf.constant(value)).numpy()
-                digests[path] = _file_digest(data)
-                tmp = f"{path}.tmp{os.getpid()}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
+        digests = store_lib.write_worker_store(self._layers, directory)
         stored = PretrainedWeights(self._layers, source=self.source, store=directory)
         stored._digests = digests
         return stored
-
-    @staticmethod
-    def _store_path(directory: str, layer: str, weight: str) -> str:
-        safe = f"{layer}__{weight}".replace("/", "_")
-        return os.path.join(directory, f"{safe}.tensor")
 
     def source_for(self, layer_name: str, variable) -> PretrainedValue | None:
         """The frozen source of `variable` of layer `layer_name`, or None if not held."""
@@ -202,7 +139,7 @@ class PretrainedWeights(Mapping):
             return None
         path = digest = None
         if self.store is not None:
-            path = self._store_path(self.store, layer_name, _short(variable))
+            path = store_lib.tensor_path(self.store, layer_name, short_name(variable))
             digest = self._digests[path]  # of the bytes written (save_for_workers)
         return PretrainedValue(
             name=variable.name,
@@ -228,7 +165,7 @@ class PretrainedWeights(Mapping):
                 f"with weights of the model ({names})."
             )
         values = {
-            layer.name: {_short(v): v.numpy() for v in layer.weights}
+            layer.name: {short_name(v): v.numpy() for v in layer.weights}
             for layer in keras_model.layers
             if layer.weights and (wanted is None or layer.name in wanted)
         }
@@ -242,33 +179,15 @@ class PretrainedWeights(Mapping):
           ValueError: naming the file, when it is missing, unreadable or not such a file.
         """
         path = os.fspath(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                order = json.loads(str(data[_ORDER]))
-                arrays = {key: data[key] for key in order}
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(
-                f"{path} is not a pretrained-weights file from PretrainedWeights.save "
-                f"({type(e).__name__}: {e})."
-            ) from None
-        layers: dict[str, dict[str, np.ndarray]] = {}
-        for key in order:
-            layer, weight = key.rsplit("/", 1)
-            layers.setdefault(layer, {})[weight] = arrays[key]
-        return cls(layers, source=path)
+        return cls(store_lib.read_npz(path), source=path)
 
     def save(self, path: str | os.PathLike) -> str:
         """Writes the values to an `.npz` file (atomically); returns their fingerprint."""
-        path = os.fspath(path)
-        order = [f"{layer}/{w}" for layer, weights in self._layers.items() for w in weights]
-        arrays = {f"{layer}/{w}": v for layer, ws in self._layers.items() for w, v in ws.items()}
-        tmp = f"{path}.tmp{os.getpid()}.npz"
-        np.savez(tmp, **{_ORDER: np.array(json.dumps(order))}, **arrays)
-        os.replace(tmp, path)
+        store_lib.write_npz(self._layers, os.fspath(path))
         return self.fingerprint()
 
     def fingerprint(self) -> str:
-        """SHA-256 over every tensor, in layer then weight order (see the module doc)."""
+        """SHA-256 over every tensor, in layer then weight order (`fingerprint.fingerprint`)."""
         return fingerprint([v for weights in self._layers.values() for v in weights.values()])
 
     __hash__ = object.__hash__  # identity: a FreezeSpec holding it stays hashable
@@ -294,13 +213,13 @@ class PretrainedWeights(Mapping):
         Raises:
           ValueError: when the held value's shape or dtype is not the variable's.
         """
-        held = self._layers.get(layer_name, {}).get(_short(variable))
+        held = self._layers.get(layer_name, {}).get(short_name(variable))
         if held is None:
             return None
         shape = tuple(variable.shape.as_list())
         if tuple(held.shape) != shape:
             raise ValueError(
-                f"{self.source}: {layer_name}/{_short(variable)} has shape "
+                f"{self.source}: {layer_name}/{short_name(variable)} has shape "
                 f"{tuple(held.shape)}; the model's variable {variable.name} has {shape}."
             )
         return held.astype(variable.dtype.as_numpy_dtype, copy=False)
