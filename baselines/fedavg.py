@@ -6,6 +6,7 @@ from typing import Optional
 
 import tensorflow_federated as tff
 
+from tff_fedpt import process
 from tff_fedpt.training import algorithms
 
 
@@ -25,7 +26,7 @@ def build_fedavg_process(
     as FedPT's.
     """
     if server_optimizer_fn is None:
-        server_optimizer_fn = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
+        server_optimizer_fn = process.default_server_optimizer()
     if isinstance(model_aggregator, tff.aggregators.UnweightedAggregationFactory):
         return tff.learning.algorithms.build_unweighted_fed_avg(
             model_fn,

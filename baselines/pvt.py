@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from baselines.options import PVTOptions
-from tff_fedpt import communication, composer
+from tff_fedpt import communication, composer, process
 from tff_fedpt.training import algorithms
 from tff_fedpt.training.config import ConfigError
 
@@ -46,6 +46,17 @@ def variable_mask(schedule_seed, round_num, num_variables: int, num_selected: in
     )
     _, chosen = tf.math.top_k(scores, k=num_selected)
     return tf.scatter_nd(chosen[:, tf.newaxis], tf.ones([num_selected]), [num_variables])
+
+
+def check_trainable_fraction(fraction, prefix: str = "") -> None:
+    """Raises ValueError unless `fraction` (the share of variables trained per round) is a
+    number in (0, 1]; the message names `prefix + "trainable_fraction"`."""
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 < fraction <= 1
+    ):
+        raise ValueError(f"{prefix}trainable_fraction must be in (0, 1]; received {fraction!r}.")
 
 
 def build_pvt_process(
@@ -76,10 +87,9 @@ def build_pvt_process(
     Raises:
       ValueError: for a fraction outside (0, 1].
     """
-    if not 0 < trainable_fraction <= 1:
-        raise ValueError(f"trainable_fraction must be in (0, 1]; received {trainable_fraction!r}.")
+    check_trainable_fraction(trainable_fraction)
     if server_optimizer_fn is None:
-        server_optimizer_fn = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
+        server_optimizer_fn = process.default_server_optimizer()
     model_aggregator = model_aggregator or tff.aggregators.MeanFactory()
 
     @tff.tensorflow.computation
@@ -220,12 +230,10 @@ class PVT(algorithms.Algorithm):
     options = PVTOptions
 
     def check(self, config, task):
-        fraction = config.group(PVTOptions).pvt_trainable_fraction
-        if not 0 < fraction <= 1:
-            raise ConfigError(
-                f"pvt_trainable_fraction must be in (0, 1]; received {fraction}.",
-                ["pvt_trainable_fraction"],
-            )
+        try:
+            check_trainable_fraction(config.group(PVTOptions).pvt_trainable_fraction, "pvt_")
+        except ValueError as e:
+            raise ConfigError(str(e), ["pvt_trainable_fraction"]) from None
 
     def build_process(self, model_fn, config, parts):
         return build_pvt_process(

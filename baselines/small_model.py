@@ -51,7 +51,7 @@ def matched_width(
 def width_for(config, task) -> int:
     """Width of the narrow model matching FedPT's trainable count for `config.freeze`."""
     report = frozen.resolve_freeze(
-        task.models[config.model](config.seed), algorithms.freeze_spec(config, task)
+        task.models[config.model](config.seed), algorithms.freeze_spec_of(config, task)
     )
     narrow = task.narrow_models[config.model]
     return matched_width(lambda w: narrow(config.seed, w), report.trainable_params)

@@ -392,7 +392,7 @@ def _curve(rows, x_key):
     return points
 
 
-def _accuracy_at(points, budget):
+def _best_accuracy_within(points, budget):
     """The best accuracy reached within `budget` (None when the first eval is beyond it)."""
     within = [acc for x, acc in points if x <= budget]
     return max(within) if within else None
@@ -472,7 +472,7 @@ def _equal_budget_rows(summaries, key):
     for s in summaries:
         row = {"run": s["run"]}
         for fraction in (0.1, 0.25, 0.5, 1.0):
-            acc = _accuracy_at(s[curve], fraction * budget)
+            acc = _best_accuracy_within(s[curve], fraction * budget)
             row[f"{fraction:g} x budget"] = f"{acc:.4f}" if acc is not None else "—"
         rows.append(row)
     unit = "MB" if key == "mb" else "s of round time"

@@ -111,9 +111,58 @@ class Store:
         return max(scores, key=scores.get) if scores else default
 
 
+def evaluations(rows: Sequence[Mapping[str, str]]) -> list[float]:
+    """The test accuracies of a run's rows, in round order."""
+    return [float(r["eval/accuracy"]) for r in rows if r.get("eval/accuracy", "") != ""]
+
+
 def final_accuracy(rows: Sequence[Mapping[str, str]]) -> Optional[float]:
-    evals = [float(r["eval/accuracy"]) for r in rows if r.get("eval/accuracy", "") != ""]
+    evals = evaluations(rows)
     return evals[-1] if evals else None
+
+
+def accuracy_within_megabytes(rows: Sequence[Mapping[str, str]], megabytes: float):
+    """The best test accuracy evaluated within `megabytes` of cumulative traffic (None
+    when the first evaluation is beyond it)."""
+    points = [
+        float(r["eval/accuracy"])
+        for r in rows
+        if r.get("eval/accuracy", "") != "" and float(r["cumulative_megabytes"]) <= megabytes
+    ]
+    return max(points) if points else None
+
+
+def accuracy_at_round(rows: Sequence[Mapping[str, str]], round_num: int) -> Optional[float]:
+    """The test accuracy evaluated at `round_num` (None when none was)."""
+    points = [
+        float(r["eval/accuracy"])
+        for r in rows
+        if r.get("eval/accuracy", "") != "" and int(r["round"]) == round_num
+    ]
+    return points[0] if points else None
+
+
+def finished(runs: Iterable[Run], store: Store) -> list[tuple[Run, list]]:
+    """[(run, rows)] of the runs that have an evaluation."""
+    out = []
+    for run in runs:
+        rows = store.rows(run.name)
+        if rows and final_accuracy(rows) is not None:
+            out.append((run, rows))
+    return out
+
+
+def capped(rates: Sequence[float], max_rates: int) -> tuple[float, ...]:
+    """The first `max_rates` of a setting's learning rates (all when `max_rates` <= 0)."""
+    return tuple(rates[:max_rates] if max_rates > 0 else rates)
+
+
+def select(settings: Iterable[Any], only: Iterable[str], among=None) -> list[Any]:
+    """The settings named by `only` (all when empty), restricted to the names `among`."""
+    only = set(only)
+    return [
+        s for s in settings if (not only or s.name in only) and (among is None or s.name in among)
+    ]
 
 
 def train_minutes(rows: Sequence[Mapping[str, str]]) -> float:

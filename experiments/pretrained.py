@@ -205,14 +205,12 @@ def dp_long_name(p: Params, setting: Setting, rate: float, seed: int = 0) -> str
 
 
 def rates(p: Params, setting: Setting) -> tuple[float, ...]:
-    return setting.rates[: p.max_rates] if p.max_rates > 0 else setting.rates
+    return grid.capped(setting.rates, p.max_rates)
 
 
 def selected(p: Params, among=None) -> list[Setting]:
     """The grid entries named by `only` (default all), restricted to `among`."""
-    return [
-        s for s in GRID if (not p.only or s.name in p.only) and (among is None or s.name in among)
-    ]
+    return grid.select(GRID, p.only, among)
 
 
 def best_rate(p: Params, store: Store, setting: Setting) -> float:
@@ -326,22 +324,9 @@ def _minutes(rows):
     return round(grid.train_minutes(rows), 1)
 
 
-def _accuracy_within(rows, megabytes):
-    points = [
-        float(r["eval/accuracy"])
-        for r in rows
-        if r.get("eval/accuracy", "") != "" and float(r["cumulative_megabytes"]) <= megabytes
-    ]
-    return max(points) if points else None
-
-
-def _accuracy_at(rows, round_num):
-    points = [
-        float(r["eval/accuracy"])
-        for r in rows
-        if r.get("eval/accuracy", "") != "" and int(r["round"]) == round_num
-    ]
-    return round(points[0], 4) if points else "—"
+def _accuracy_at_round(rows, round_num):
+    accuracy = grid.accuracy_at_round(rows, round_num)
+    return "—" if accuracy is None else round(accuracy, 4)
 
 
 def _summaries(p: Params, store: Store):
@@ -383,16 +368,6 @@ def _dp_row(run: Run, rows):
     }
 
 
-def _finished(runs, store: Store):
-    """[(run, rows)] of the runs that have an evaluation."""
-    out = []
-    for run in runs:
-        rows = store.rows(run.name)
-        if rows and grid.final_accuracy(rows) is not None:
-            out.append((run, rows))
-    return out
-
-
 def _dp_rows(p: Params, store: Store):
     # Every rate of the grid, not only the best (a rate changed between passes shows).
     runs = [
@@ -402,7 +377,7 @@ def _dp_rows(p: Params, store: Store):
         for rate in rates(p, s)
         for clip in p.dp_clips
     ]
-    return [_dp_row(run, rows) for run, rows in _finished(runs, store)]
+    return [_dp_row(run, rows) for run, rows in grid.finished(runs, store)]
 
 
 def _seed_rows(p: Params, store: Store):
@@ -431,7 +406,7 @@ def _seed_stats(label, finals) -> dict:
 
 def _long_rows(p: Params, store: Store):
     out = []
-    for run, rows in _finished(_long(p, store), store):
+    for run, rows in grid.finished(_long(p, store), store):
         label = _seeded(f"{run.settings['label']}, lr {run.settings['rate']:g}", run)
         summary = reporting.summarize(label, rows)
         out.append(
@@ -439,7 +414,7 @@ def _long_rows(p: Params, store: Store):
                 "run": summary["run"],
                 "rounds": summary["rounds"],
                 "test acc": round(summary["test_accuracy"], 4),
-                f"acc at round {p.rounds}": _accuracy_at(rows, p.rounds),
+                f"acc at round {p.rounds}": _accuracy_at_round(rows, p.rounds),
                 "total MB": round(summary["total_megabytes"], 1),
                 "train min": _minutes(rows),
             }
@@ -448,8 +423,7 @@ def _long_rows(p: Params, store: Store):
 
 
 def _last_evals(rows, count=5):
-    evals = [float(r["eval/accuracy"]) for r in rows if r.get("eval/accuracy", "") != ""]
-    return statistics.mean(evals[-count:])
+    return statistics.mean(grid.evaluations(rows)[-count:])
 
 
 def _over_seeds(finished, prefix=""):
@@ -501,7 +475,9 @@ def _runs_tables(p: Params, summaries):
             "run": s["run"],
             **{
                 f"within {b:,.0f} MB": (
-                    round(a, 4) if (a := _accuracy_within(rows, b)) is not None else "—"
+                    round(a, 4)
+                    if (a := grid.accuracy_within_megabytes(rows, b)) is not None
+                    else "—"
                 )
                 for b in budgets
             },
@@ -532,8 +508,8 @@ def report(p: Params, store: Store) -> grid.Report:
                 "Fashion-MNIST, pretrained on public classes 0-4",
             )
         )
-    dp_long_runs = _finished(_dp_long(p, store), store)
-    long_runs = _finished(_long(p, store), store)
+    dp_long_runs = grid.finished(_dp_long(p, store), store)
+    long_runs = grid.finished(_long(p, store), store)
     curves = {
         _seeded(f"{run.settings['label']}, lr {run.settings['rate']:g}", run): rows
         for run, rows in long_runs

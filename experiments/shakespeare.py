@@ -165,13 +165,11 @@ def name(p: Params, setting: Setting, rate: float, seed: int = 0) -> str:
 
 
 def rates(p: Params, setting: Setting) -> tuple[float, ...]:
-    return setting.rates[: p.max_rates] if p.max_rates > 0 else setting.rates
+    return grid.capped(setting.rates, p.max_rates)
 
 
 def selected(p: Params, among=None) -> list[Setting]:
-    return [
-        s for s in GRID if (not p.only or s.name in p.only) and (among is None or s.name in among)
-    ]
+    return grid.select(GRID, p.only, among)
 
 
 def best_rate(p: Params, store: Store, setting: Setting) -> float:
@@ -216,22 +214,14 @@ SECTIONS = (Section("runs", (_runs,)), Section("seeds", (_seeds,)))
 # The report.
 
 
-def _evals(rows) -> list[float]:
-    return [float(r["eval/accuracy"]) for r in rows if r.get("eval/accuracy", "") != ""]
-
-
 def _best_within(rows, megabytes: float) -> Optional[float]:
-    points = [
-        float(r["eval/accuracy"])
-        for r in rows
-        if r.get("eval/accuracy", "") != "" and float(r["cumulative_megabytes"]) <= megabytes
-    ]
-    return round(max(points), 4) if points else None
+    best = grid.accuracy_within_megabytes(rows, megabytes)
+    return None if best is None else round(best, 4)
 
 
 def _row(p: Params, run: Run, rows, fedavg_bytes: Optional[int]) -> dict:
     summary = reporting.summarize(run.settings["label"], rows)
-    evals = _evals(rows)
+    evals = grid.evaluations(rows)
     per_client = summary["bytes_per_client_round"]
     return {
         "run": run.settings["label"],
@@ -247,20 +237,11 @@ def _row(p: Params, run: Run, rows, fedavg_bytes: Optional[int]) -> dict:
     }
 
 
-def _finished(runs, store: Store):
-    out = []
-    for run in runs:
-        rows = store.rows(run.name)
-        if rows and _evals(rows):
-            out.append((run, rows))
-    return out
-
-
 def report(p: Params, store: Store) -> grid.Report:
     """The grid's table (every rate), the seeds' spread, accuracy at FedPT's megabytes,
     and the plots, from the stored runs."""
-    runs = _finished(_runs(p, store), store)
-    seeds = _finished(_seeds(p, store), store)
+    runs = grid.finished(_runs(p, store), store)
+    seeds = grid.finished(_seeds(p, store), store)
     fedavg = [
         rows for run, rows in runs if run.settings["setting"] in ("fedavg", "fedavg_finetune")
     ]
@@ -338,8 +319,8 @@ def _over_seeds(p: Params, finished) -> list[dict]:
     out = []
     for (label, rate), group in groups.items():
         if len(group) > 1:
-            finals = [_evals(rows)[-1] for rows in group]
-            lasts = [statistics.mean(_evals(rows)[-p.last_evals :]) for rows in group]
+            finals = [grid.evaluations(rows)[-1] for rows in group]
+            lasts = [statistics.mean(grid.evaluations(rows)[-p.last_evals :]) for rows in group]
             out.append(
                 {
                     "run": f"{label}, lr {rate:g}",

@@ -95,7 +95,7 @@ def main():
     except ValueError as e:
         raise entry.ScriptError(f"--task/--model: {e}") from None
     try:
-        freeze = catalog.freeze_spec(spec, FLAGS.freeze)
+        freeze = tff_fedpt.frozen.parse_freeze(FLAGS.freeze, spec.presets)
         tff_fedpt.resolve_freeze(spec.build(0), freeze)
     except ValueError as e:
         raise entry.ScriptError(f"--freeze={FLAGS.freeze!r} is not usable here: {e}") from None
@@ -122,7 +122,7 @@ def main():
         fedpt, trainable, frozen = _export(spec, freeze, optimizer, FLAGS.builtins_only)
     except protocol.DeviceError as e:
         raise entry.ScriptError(str(e)) from None
-    full, _, _ = _export(spec, catalog.freeze_spec(spec, "none"), optimizer, False)
+    full, _, _ = _export(spec, tff_fedpt.FreezeSpec(), optimizer, False)
     _write_atomic(output, fedpt)
     graph = len(fedpt) - 4 * trainable
     print(

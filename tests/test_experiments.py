@@ -136,7 +136,7 @@ def test_pretrained_seeds_are_summarized_over_complete_runs(tmp_path):
         name = pretrained.dp_long_name(params, head, 0.2, seed)
         accuracies = [0.5] * 299 + [last] if seed < 2 else [0.5]  # seed 2 unfinished
         _store_run(root, name, accuracies, total_rounds=300)
-    rows = pretrained._over_seeds(pretrained._finished(pretrained._dp_long(params, store), store))
+    rows = pretrained._over_seeds(grid.finished(pretrained._dp_long(params, store), store))
     (row,) = rows
     assert row["seeds"] == 2 and row["mean test acc"] == 0.75
     assert row["mean of the last 5 evaluations"] == round((0.5 * 4 + 0.75) / 5, 4)

@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from tff_fedpt.frozen.source import short_name
 from tff_fedpt.options import option
 
 MODES = ("lora", "ffa")
@@ -511,10 +512,10 @@ def add_adapters(
         return clone
     for old, new in built.values():
         if isinstance(new, ADAPTER_TYPES):
-            base = {_short(v): v.numpy() for v in old.weights}
+            base = {short_name(v): v.numpy() for v in old.weights}
             for variable in new.weights:
-                if _short(variable) in base:
-                    variable.assign(base[_short(variable)])
+                if short_name(variable) in base:
+                    variable.assign(base[short_name(variable)])
         else:
             new.set_weights(old.get_weights())
     return clone
@@ -556,8 +557,3 @@ def merge_adapters(keras_model: tf.keras.Model) -> tf.keras.Model:
         else:
             new.set_weights(old.get_weights())
     return clone
-
-
-def _short(variable) -> str:
-    """'dense/kernel:0' -> 'kernel'."""
-    return variable.name.split("/")[-1].split(":")[0]

@@ -91,7 +91,7 @@ def _frozen_source(layer, variable, held, generator):
     """Where a frozen tensor's value comes from: the pretrained weights that hold it
     (unless the layer regenerates it from the seed by design, as FFA's A), else the seed
     through `generator`."""
-    seeded = variable.name.split("/")[-1].split(":")[0] in getattr(layer, "seeded_weights", ())
+    seeded = frozen.short_name(variable) in getattr(layer, "seeded_weights", ())
     source = None if held is None or seeded else held.source_for(layer.name, variable)
     if source is not None:
         return source
@@ -199,7 +199,7 @@ def from_keras_model(
                 "model; tff_fedpt cannot regenerate it from a seed."
             )
         initializers.append(_frozen_source(layer, v, held, spec.generator))
-    if held is not None and not any(isinstance(s, frozen.PretrainedValue) for s in initializers):
+    if held is not None and all(s.pretrained_value is None for s in initializers):
         raise ValueError(
             f"FreezeSpec.pretrained ({held.source}) holds no frozen tensor of this model: "
             f"it holds layers {sorted(held)}, the frozen tensors are "

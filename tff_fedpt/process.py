@@ -232,7 +232,7 @@ def _checked(
             f"{type(client_optimizer_fn).__name__}."
         )
     if server_optimizer_fn is None:
-        server_optimizer_fn = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
+        server_optimizer_fn = default_server_optimizer()
     if not isinstance(server_optimizer_fn, tff.learning.optimizers.Optimizer):
         raise TypeError(
             "server_optimizer_fn must be a tff.learning.optimizers.Optimizer or None; "
@@ -274,6 +274,12 @@ def _checked(
     if not weighted:
         model_aggregator = factory_utils.as_weighted_aggregator(model_aggregator)
     return server_optimizer_fn, model_aggregator, client_weighting, metrics_aggregator
+
+
+def default_server_optimizer() -> tff.learning.optimizers.Optimizer:
+    """The server optimizer when none is given: SGD at learning rate 1 (the server adds
+    the mean client delta, FedAvg's own update), for FedPT and the baselines alike."""
+    return tff.learning.optimizers.build_sgdm(learning_rate=1.0)
 
 
 def build_fedpt_process(

@@ -9,8 +9,8 @@
     fingerprint.py  the fingerprint that travels in place of pretrained values
 
 Adding a frozen-value source (say, a quantized pretrained backbone) is one class that
-implements `FrozenSource` and a way to hand it to the model (docs/library.md, "Adding a
-frozen source").
+implements `FrozenSource`, handed to the model by a `PretrainedWeights` whose `source_for`
+returns it (docs/pretrained.md, "Adding a frozen source").
 """
 
 from tff_fedpt.frozen.fingerprint import FINGERPRINT_WORDS, fingerprint, sources_fingerprint

@@ -181,7 +181,7 @@ def _initializer_record(initializer, variable: tf.Variable) -> FrozenInitializer
     # values, which the seed could not reproduce.
     builtin = cls.__module__.split(".")[0] in ("keras", "tensorflow", "tf_keras")
     names = [cls.__name__] if builtin else []
-    config = dict(keras_init.get_config()) if hasattr(keras_init, "get_config") else {}
+    config = dict(keras_init.get_config()) if builtin else {}  # Keras' own have one
     config.pop("seed", None)
     class_name = None
     for name in names:
@@ -258,7 +258,7 @@ def frozen_initializer_for(layer, variable: tf.Variable) -> FrozenInitializer:
     if (
         attr == "bias"
         and getattr(owner, "unit_forget_bias", False)
-        and hasattr(owner, "units")
+        and isinstance(getattr(owner, "units", None), int)
         and record.shape == (4 * owner.units,)
     ):
         record = dataclasses.replace(record, forget_bias_units=int(owner.units))

@@ -32,7 +32,3 @@ def model_spec(task: str, model: str) -> ModelSpec:
         raise ValueError(f"unknown task/model {key!r}; valid: {sorted(known)}.")
     return known[key]
 
-
-def freeze_spec(spec: ModelSpec, freeze: str) -> frozen.FreezeSpec:
-    """A preset name, 'none', or comma-separated layer patterns (`frozen.parse_freeze`)."""
-    return frozen.parse_freeze(freeze, spec.presets)

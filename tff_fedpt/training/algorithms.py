@@ -62,7 +62,7 @@ class Algorithm:
     def check(self, config: ExperimentConfig, task: Task) -> None:
         """Raises ConfigError for options this algorithm cannot run with."""
         if self.uses_freeze:
-            freeze_spec(config, task)
+            freeze_spec_of(config, task)
 
     def keras_model_fn(self, config: ExperimentConfig, task: Task) -> Callable[[], tf.keras.Model]:
         """The Keras model this algorithm trains (before any freezing), with the adapters
@@ -172,7 +172,7 @@ def pretrained_weights(config: ExperimentConfig) -> Optional[frozen.PretrainedWe
         raise ConfigError(f"pretrained_weights: {e}", ["pretrained_weights"]) from None
 
 
-def freeze_spec(config: ExperimentConfig, task: Task) -> frozen.FreezeSpec:
+def freeze_spec_of(config: ExperimentConfig, task: Task) -> frozen.FreezeSpec:
     """The FreezeSpec of `config.freeze` (a preset name, or comma-separated patterns),
     with --pretrained_weights as the frozen layers' values and --frozen_generator's draws."""
     presets = task.freeze_presets.get(config.model, {})
@@ -200,7 +200,7 @@ class FedPT(Algorithm):
     compressible = True
 
     def model_fn(self, config, task, keras_model_fn):
-        return tff_model_fn(keras_model_fn, task, freeze=freeze_spec(config, task))
+        return tff_model_fn(keras_model_fn, task, freeze=freeze_spec_of(config, task))
 
     def build_process(self, model_fn, config, parts):
         return process.build_fedpt_process(
