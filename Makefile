@@ -30,8 +30,8 @@ $(SLIM_STAMP): $(UV)
 	$(INSTALL) $(SLIM)/bin/python tflite-runtime==2.14.0 numpy==1.26.4
 	touch $(SLIM_STAMP)
 
-# uv installs the pinned wheels (`make setup` from a clean clone: 45 s; pip took 2 min 24 s);
-# it goes into .venv with pip, the one thing pip installs.
+# uv installs the pinned wheels (several times faster than pip on this stack); it goes
+# into .venv with pip, the one thing pip installs.
 $(UV):
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; \
 	  sys.exit(0 if (3, 9) <= v < (3, 12) else \
@@ -54,10 +54,9 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 # Three pytest workers (pytest-xdist) on two cores: most of a test's time is
-# single-threaded Python (TFF tracing, process start-up), and with two workers the cores
-# were idle 10% of the time (a test waiting for its script or its TFF worker); with three,
-# 3%, and the suite took 12 min instead of 14 min 44 s. Worksteal keeps every worker busy
-# to the end; tests/conftest.py deals out the slowest tests first. TEST_WORKERS=0: serial.
+# single-threaded Python (TFF tracing) or waiting for a script or a TFF worker, which two
+# workers leave the cores idle for. Worksteal keeps every worker busy to the end;
+# tests/conftest.py deals out the slowest tests first. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 3
 
 test: setup lint

@@ -17,6 +17,7 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 import pytest  # noqa: E402
 
 import baselines  # noqa: E402,F401  (registers fedavg, small_model and pvt)
+from tests import scripts  # noqa: E402,F401  (the flags every script starts from)
 from tff_fedpt import runtime  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""Binaries end to end (subprocess): smoke runs, resume after SIGKILL, flag errors."""
+"""Binaries end to end: smoke runs and flag errors in this process (tests/scripts.py); resume
+after SIGKILL, Ctrl-C and a start from scratch as processes."""
 
 import csv
 import os
@@ -14,7 +15,7 @@ import pytest
 from tff_fedpt import training
 from tff_fedpt.tasks import load_task
 
-from . import fake_data, launcher, processes
+from . import fake_data, processes, scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -29,17 +30,17 @@ DIGITS_FLAGS = [
 ]
 
 
-def _binary(name, *args, timeout=300, cold=False):
-    """The script run as a process of its own (tests/launcher.py; `cold`: started from
-    scratch, its imports included)."""
-    return launcher.run(
+def _binary(name, *args, timeout=300, process=False):
+    """The script run in this process (tests/scripts.py), or with `process` as a process
+    of its own, started from scratch (its imports and all it writes included)."""
+    return scripts.run(
         [sys.executable, os.path.join(ROOT, "scripts", name), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=ENV,
         cwd=ROOT,
-        cold=cold,
+        process=process,
     )
 
 
@@ -77,7 +78,7 @@ def test_digits_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     # Start the same run elsewhere and SIGKILL it once round 3 is in the CSV (its run lock
     # stays on disk: the rerun below must not take it for a running experiment).
     metrics = tmp_path / "b" / "results" / "run" / "metrics.csv"
-    proc = launcher.start(
+    proc = scripts.start(
         [sys.executable, "scripts/run_digits.py", *args, f"--root_output_dir={tmp_path}/b"],
         cwd=ROOT,
         env=ENV,
@@ -139,7 +140,7 @@ def test_bad_flags_in_process(flag, message):
 
 def test_bad_flag_is_one_line_usage_error():
     # Started from scratch: nothing TensorFlow logs while importing reaches stderr.
-    result = _binary("run_digits.py", "--total_rounds=0", "--noprogress", cold=True)
+    result = _binary("run_digits.py", "--total_rounds=0", "--noprogress", process=True)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "error: --total_rounds must be > 0" in lines[0], result.stderr
@@ -242,7 +243,7 @@ def test_demo_smoke(tmp_path):
         "--total_rounds=2",
         "--clients_per_round=3",
         f"--output_dir={tmp_path}",
-        cold=True,
+        process=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "42.5x" in result.stdout and "FedAvg" in result.stdout
@@ -252,7 +253,7 @@ def test_demo_smoke(tmp_path):
 
 def _start(args, stderr=subprocess.DEVNULL):
     """A binary started in the background (scripts/run_digits.py with `args`)."""
-    return launcher.start(
+    return scripts.start(
         [sys.executable, "scripts/run_digits.py", *args],
         cwd=ROOT,
         env=ENV,

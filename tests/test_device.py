@@ -276,8 +276,9 @@ def test_damaged_files_are_refused_before_the_interpreter_sees_them(small_client
     for name, (data, message) in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
-        # Before: a segfault (exit 139) for the truncated files; a ValueError without
-        # the file's name for text; "model_path or model_content" for an empty file.
+        # Unchecked, the interpreter segfaults (exit 139) on a truncated file, raises a
+        # ValueError without the file's name for text and "model_path or model_content"
+        # for an empty file.
         with pytest.raises(protocol.DeviceError, match=re.escape(message)) as error:
             device.DeviceClient(str(path))
         assert str(path) in str(error.value) and "\n" not in str(error.value)
@@ -341,7 +342,7 @@ def test_device_updates_are_untrusted_a_nan_device_is_zeroed_as_tff_zeroes_a_nan
         state,
         [tf.data.Dataset.from_tensor_slices(d).batch(4) for d in ((x, y), (x_bad, y_bad))],
     )
-    # Before: the NaN update made the aggregate non-finite and the finalizer dropped the
+    # Unzeroed, the NaN update makes the aggregate non-finite and the finalizer drops the
     # whole round (update_non_finite=1), losing the good device's work.
     assert out.metrics["finalizer"]["update_non_finite"] == 0
     assert out.metrics["devices"]["non_finite_updates"] == 1

@@ -12,7 +12,7 @@ import pytest
 from experiments import fashion, grid
 from tff_fedpt import reporting
 
-from . import launcher
+from . import scripts
 from .test_fashion_mnist import write_fashion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _driver(*args):
-    return launcher.run(
+    return scripts.run(
         [sys.executable, os.path.join(ROOT, "scripts", "fashion_experiments.py"), *args],
         capture_output=True,
         text=True,

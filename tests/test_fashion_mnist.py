@@ -16,7 +16,7 @@ from tff_fedpt.tasks import (
     with_model_settings,
 )
 
-from . import launcher
+from . import scripts
 
 
 def _idx(path, array, magic, compress):
@@ -99,8 +99,8 @@ def test_a_corrupt_gzip_body_is_one_error_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize("alpha", [float("inf"), float("nan"), 1e-12, 0.0, -1.0, 1e7, "0.5", True])
 def test_dirichlet_alpha_outside_its_range_is_refused(tmp_path, alpha):
-    # Before: inf dealt 59,981 of 60,000 examples to one client (numpy warning, exit 0);
-    # 1e-12 hung inside numpy's Dirichlet sampler.
+    # Unchecked, inf deals 59,981 of 60,000 examples to one client (a numpy warning, exit
+    # 0) and 1e-12 hangs inside numpy's Dirichlet sampler.
     labels = np.repeat(np.arange(10), 30)
     with pytest.raises(ValueError, match=r"dirichlet_alpha must be a number in \[0.001, 1e\+06\]"):
         fashion_mnist.partition(labels, 20, alpha, seed=0)
@@ -116,7 +116,7 @@ def test_splitting_60000_examples_over_60000_clients_is_quick():
     parts = fashion_mnist.partition(labels, 60_000, 0.5, seed=0)
     seconds = time.perf_counter() - start
     assert {len(p) for p in parts} == {1}
-    assert seconds < 30, seconds  # was 97 s (a linear search per empty client); 1.6 s here
+    assert seconds < 30, seconds  # 1.6 s measured; a linear search per empty client: 97 s
 
 
 def test_the_data_fingerprint_covers_labels(tmp_path):
@@ -175,7 +175,7 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
         "--noprogress",
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = launcher.run(
+    result = scripts.run(
         [*common, "--total_rounds=2", "--clients_per_round=3", f"--root_output_dir={tmp_path}/out"],
         capture_output=True,
         text=True,
@@ -188,7 +188,7 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
     # record held the images' sum only, and the run went on with the wrong labels.
     labels = tmp_path / "data" / "train-labels-idx1-ubyte.gz"
     _idx(str(labels), (np.arange(120) + 1) % 10, 0x801, True)
-    resumed = launcher.run(
+    resumed = scripts.run(
         [*common, "--total_rounds=3", "--clients_per_round=3", f"--root_output_dir={tmp_path}/out"],
         capture_output=True,
         text=True,
@@ -204,7 +204,7 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
         data = f.read()
     with gzip.open(path, "wb") as f:
         f.write(data[:-5])
-    result = launcher.run(common, capture_output=True, text=True, env=env, timeout=300)
+    result = scripts.run(common, capture_output=True, text=True, env=env, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert f"{path} has 25 data bytes, expected 30" in lines[0]
@@ -217,7 +217,7 @@ def test_benchmark_workload_on_tiny_files(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     write_fashion(str(tmp_path / "data"))
-    result = launcher.run(
+    result = scripts.run(
         [
             sys.executable,
             os.path.join(root, "scripts", "benchmark.py"),
@@ -255,7 +255,7 @@ def test_the_report_never_replaces_results_with_fewer_runs(tmp_path):
     before = {p.name: p.read_bytes() for p in docs.iterdir()}
 
     def report(*args):
-        return launcher.run(
+        return scripts.run(
             [sys.executable, os.path.join(root, "scripts", "fashion_experiments.py"), *args],
             capture_output=True,
             text=True,
@@ -302,7 +302,7 @@ def test_public_split_pretraining_and_a_pretrained_fedpt_run(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     weights = tmp_path / "pre" / "cnn.npz"
-    result = launcher.run(
+    result = scripts.run(
         [
             sys.executable,
             os.path.join(root, "scripts", "pretrain.py"),
@@ -320,7 +320,7 @@ def test_public_split_pretraining_and_a_pretrained_fedpt_run(tmp_path):
         summary = json.load(f)
     assert summary["sha256"] == fashion_mnist_weights_fingerprint(weights)
     assert 0 <= summary["test_accuracy_all_classes"] <= 1
-    result = launcher.run(
+    result = scripts.run(
         [
             sys.executable,
             os.path.join(root, "scripts", "run_fashion_mnist.py"),

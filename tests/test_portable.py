@@ -16,7 +16,7 @@ from fedpt_device import generator, protocol
 from tff_fedpt import adapters, device, portable
 from tff_fedpt.tasks import digits, emnist
 
-from . import launcher
+from . import scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLIM_PYTHON = os.path.join(ROOT, ".venv-slim", "bin", "python")
@@ -334,7 +334,7 @@ def test_what_cannot_be_exported_builtin_only_is_one_line():
 
 
 def test_export_binary_builtins_only_needs_a_batch_size():
-    result = launcher.run(
+    result = scripts.run(
         [
             sys.executable,
             os.path.join(ROOT, "scripts", "export_device_model.py"),

@@ -14,7 +14,7 @@ from fedpt_device import protocol
 from tff_fedpt import device, frozen
 from tff_fedpt.tasks import digits
 
-from . import launcher
+from . import scripts
 
 SPEC = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
 WIDTH = 64
@@ -204,7 +204,7 @@ def test_binary_resume_on_other_pretrained_values_is_refused(tmp_path):
     first = frozen.PretrainedWeights.from_keras_model(digits.cnn(7)).save(path)
 
     def run(rounds):
-        return launcher.run(
+        return scripts.run(
             [
                 sys.executable,
                 os.path.join(root, "scripts", "run_digits.py"),
@@ -420,7 +420,7 @@ def test_pretrain_bad_flags_are_one_line(tmp_path, flag, message):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = launcher.run(
+    result = scripts.run(
         [sys.executable, os.path.join(root, "scripts", "pretrain.py"), flag.format(tmp=tmp_path)],
         capture_output=True,
         text=True,

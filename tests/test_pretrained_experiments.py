@@ -13,7 +13,7 @@ from experiments import pretrained as experiment
 from tff_fedpt import frozen, reporting
 from tff_fedpt.tasks import fashion_mnist
 
-from . import launcher
+from . import scripts
 from .test_fashion_mnist import write_fashion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _script(name, *args):
-    return launcher.run(
+    return scripts.run(
         [sys.executable, os.path.join(ROOT, "scripts", name), *args],
         capture_output=True,
         text=True,

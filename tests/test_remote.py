@@ -15,7 +15,7 @@ import tff_fedpt
 from tff_fedpt import remote, runtime
 from tff_fedpt._tff_internals import context_stack_impl
 
-from . import launcher, models
+from . import models, scripts
 from .test_binaries import DIGITS_FLAGS, ENV, ROOT, _binary, _final_weights, _rows
 
 
@@ -226,7 +226,7 @@ def test_binary_on_workers_stops_naming_a_dead_worker_and_resumes(tmp_path):
     metrics = tmp_path / "remote" / "results" / "run" / "metrics.csv"
     with _start() as first, _start() as second:
         workers = f"--workers={first.target},{second.target}"
-        proc = launcher.start(
+        proc = scripts.start(
             [
                 sys.executable,
                 os.path.join(ROOT, "scripts", "run_digits.py"),

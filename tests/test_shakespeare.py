@@ -189,10 +189,10 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
 def _script(name, *args):
     import sys
 
-    from . import launcher
+    from . import scripts
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return launcher.run(
+    return scripts.run(
         [sys.executable, os.path.join(root, "scripts", name), *args],
         capture_output=True,
         text=True,
