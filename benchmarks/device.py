@@ -70,7 +70,9 @@ def device_client(params, log):
         measured = {}
         for client, preset in (("fedpt", freeze), ("fedavg", "none")):
             model_fn = fedpt_model_fn(
-                lambda spec=spec: spec.build(0), spec.input_spec, tff_fedpt.frozen.parse_freeze(preset, spec.presets)
+                lambda spec=spec: spec.build(0),
+                spec.input_spec,
+                tff_fedpt.frozen.parse_freeze(preset, spec.presets),
             )
             content = device.export_tflite(model_fn, sgd, batch_size=20)
             measured[client] = _measure_client(

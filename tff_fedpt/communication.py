@@ -9,7 +9,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedpt_device.protocol import SEED
 from tff_fedpt._tff_internals import building_blocks, tree_analysis
 
 
@@ -141,17 +140,12 @@ def communication_cost(process: tff.learning.templates.LearningProcess) -> Commu
     """Per-client bytes per round of a FedPT process or of TFF's composed FedAvg.
 
     A process built by this package (FedPT, with or without compression) declares its
-    cost, measured by `traffic` on its distributor and aggregator. Otherwise the cost is
-    read from the state type of `process`:
-
-    * a FedPT process (its state has `frozen_seed`) broadcasts its trainable weights
-      and the seed;
-    * a process composed by `tff.learning.templates.compose_learning_process`, such as
-      `tff.learning.algorithms.build_weighted_fed_avg`, broadcasts all of its
-      `global_model_weights`, trainable and non-trainable;
-
-    and both upload the trainable delta plus one float32 client weight (what
-    `build_model_delta_client_work` hands to the aggregator), without compression.
+    cost, measured by `traffic` on its distributor and aggregator. A process composed by
+    `tff.learning.templates.compose_learning_process`, such as
+    `tff.learning.algorithms.build_weighted_fed_avg`, broadcasts all of its
+    `global_model_weights`, trainable and non-trainable, and uploads the trainable delta
+    plus one float32 client weight (what `build_model_delta_client_work` hands to the
+    aggregator), without compression: read from its state type.
 
     Args:
       process: A `tff.learning.templates.LearningProcess`.
@@ -173,7 +167,7 @@ def communication_cost(process: tff.learning.templates.LearningProcess) -> Commu
             f"(a composed TFF learning process or a FedPT process); state type is "
             f"{state_type}."
         )
-    return _cost(names["global_model_weights"], names.get(SEED))
+    return _cost(names["global_model_weights"])
 
 
 def fedavg_communication_cost(model_fn) -> CommunicationCost:
@@ -187,14 +181,11 @@ def fedavg_communication_cost(model_fn) -> CommunicationCost:
     """
     with tf.Graph().as_default():
         weights_type = tff.learning.models.weights_type_from_model(model_fn())
-    return _cost(weights_type, None)
+    return _cost(weights_type)
 
 
-def _cost(weights_type, seed_type) -> CommunicationCost:
-    trainable = type_bytes(weights_type.trainable)
-    upload = trainable + np.dtype(np.float32).itemsize
-    if seed_type is not None:
-        broadcast = trainable + type_bytes(seed_type)
-    else:
-        broadcast = type_bytes(weights_type)
-    return CommunicationCost(broadcast_bytes_per_client=broadcast, upload_bytes_per_client=upload)
+def _cost(weights_type) -> CommunicationCost:
+    upload = type_bytes(weights_type.trainable) + np.dtype(np.float32).itemsize
+    return CommunicationCost(
+        broadcast_bytes_per_client=type_bytes(weights_type), upload_bytes_per_client=upload
+    )

@@ -168,99 +168,32 @@ def compose_learning_process(
     names = tuple(constants)
     broadcast_bytes = communication.traffic(distributor.next).broadcast_bytes_per_client
     upload_bytes = communication.traffic(aggregator.next).upload_bytes_per_client
-
-    @tff.tensorflow.computation
-    def initial_communication():
-        zero = tf.constant(0, tf.int64)
-        return collections.OrderedDict(broadcast_bytes=zero, upload_bytes=zero)
-
-    @tff.federated_computation
-    def init_fn():
-        fields = dict(
-            global_model_weights=tff.federated_eval(initial_model_weights, tff.SERVER),
-            distributor=distributor.initialize(),
-            client_work=client_work.initialize(),
-            aggregator=aggregator.initialize(),
-            finalizer=finalizer.initialize(),
-            communication=tff.federated_eval(initial_communication, tff.SERVER),
-        )
-        fields.update({k: tff.federated_value(v, tff.SERVER) for k, v in constants.items()})
-        return tff.federated_zip(state_class(**fields))
-
+    init_fn = _initialize(
+        state_class,
+        initial_model_weights,
+        constants,
+        distributor,
+        client_work,
+        aggregator,
+        finalizer,
+    )
     state_type = init_fn.type_signature.result.member
-    constant_types = [state_type[k] for k in names]
-    weights_type = state_type.global_model_weights
-    payload_fn = tff.tensorflow.computation(payload, weights_type, *constant_types)
-
-    one_client, upload_fn, account = _accounting(
-        state_type, broadcast_bytes, upload_bytes, upload_accounting
+    payload_fn = tff.tensorflow.computation(
+        payload, state_type.global_model_weights, *[state_type[k] for k in names]
     )
-
-    def with_constants(state, value):
-        if not names:
-            return value
-        return tff.federated_zip((value, *(getattr(state, k) for k in names)))
-
-    client_result_type = client_work.next.type_signature.result.result.member
-
-    @tff.federated_computation(
+    accounting = _accounting(state_type, broadcast_bytes, upload_bytes, upload_accounting)
+    server_step = _server_step(
+        state_class,
         init_fn.type_signature.result,
-        tff.FederatedType(state_type.distributor, tff.SERVER),
-        tff.FederatedType(state_type.client_work, tff.SERVER),
-        tff.FederatedType(client_result_type.update, tff.CLIENTS),
-        tff.FederatedType(client_result_type.update_weight, tff.CLIENTS),
+        names,
+        client_work,
+        aggregator,
+        finalizer,
+        accounting,
     )
-    def server_step(state, distributor_state, client_work_state, update, update_weight):
-        aggregator_output = aggregator.next(state.aggregator, update, update_weight)
-        finalizer_output = finalizer.next(
-            state.finalizer, state.global_model_weights, aggregator_output.result
-        )
-        clients = tff.federated_sum(tff.federated_map(one_client, update_weight))
-        upload = tff.federated_map(upload_fn, client_work_state)
-        new_communication, communication_metrics = tff.federated_map(
-            account, tff.federated_zip((state.communication, clients, upload))
-        )
-        fields = dict(
-            global_model_weights=finalizer_output.result,
-            distributor=distributor_state,
-            client_work=client_work_state,
-            aggregator=aggregator_output.state,
-            finalizer=finalizer_output.state,
-            communication=new_communication,
-        )
-        fields.update({k: getattr(state, k) for k in names})
-        metrics = collections.OrderedDict(
-            aggregator=aggregator_output.measurements,
-            finalizer=finalizer_output.measurements,
-            communication=communication_metrics,
-        )
-        return tff.federated_zip(state_class(**fields)), tff.federated_zip(metrics)
-
-    @tff.federated_computation(
-        init_fn.type_signature.result, client_work.next.type_signature.parameter[2]
+    next_fn = _next(
+        init_fn.type_signature.result, names, payload_fn, distributor, client_work, server_step
     )
-    def next_fn(state, client_data):
-        broadcast = tff.federated_map(payload_fn, with_constants(state, state.global_model_weights))
-        distributor_output = distributor.next(state.distributor, broadcast)
-        client_work_output = client_work.next(
-            state.client_work, distributor_output.result, client_data
-        )
-        new_state, server_metrics = server_step(
-            state,
-            distributor_output.state,
-            client_work_output.state,
-            client_work_output.result.update,
-            client_work_output.result.update_weight,
-        )
-        metrics = collections.OrderedDict(
-            distributor=distributor_output.measurements,
-            client_work=client_work_output.measurements,
-            aggregator=server_metrics.aggregator,
-            finalizer=server_metrics.finalizer,
-            communication=server_metrics.communication,
-        )
-        return tff.learning.templates.LearningProcessOutput(new_state, tff.federated_zip(metrics))
-
     get_model_weights_fn, set_model_weights_fn, get_hparams_fn, set_hparams_fn = _accessors(
         state_class,
         state_type,
@@ -295,6 +228,113 @@ def compose_learning_process(
         check_next=check_next,
         check_set_model_weights=check_set_model_weights,
     )
+
+
+def _initialize(
+    state_class, initial_model_weights, constants, distributor, client_work, aggregator, finalizer
+):
+    """The process's `initialize`: every component's initial state, the constants, and
+    no bytes moved yet."""
+
+    @tff.tensorflow.computation
+    def initial_communication():
+        zero = tf.constant(0, tf.int64)
+        return collections.OrderedDict(broadcast_bytes=zero, upload_bytes=zero)
+
+    @tff.federated_computation
+    def init_fn():
+        fields = dict(
+            global_model_weights=tff.federated_eval(initial_model_weights, tff.SERVER),
+            distributor=distributor.initialize(),
+            client_work=client_work.initialize(),
+            aggregator=aggregator.initialize(),
+            finalizer=finalizer.initialize(),
+            communication=tff.federated_eval(initial_communication, tff.SERVER),
+        )
+        fields.update({k: tff.federated_value(v, tff.SERVER) for k, v in constants.items()})
+        return tff.federated_zip(state_class(**fields))
+
+    return init_fn
+
+
+def _server_step(
+    state_class, federated_state_type, names, client_work, aggregator, finalizer, accounting
+):
+    """The server half of a round (see `Parts.server_step`): aggregate the clients'
+    updates, apply them with the finalizer, account the round's bytes."""
+    state_member = federated_state_type.member
+    one_client, upload_fn, account = accounting
+    client_result_type = client_work.next.type_signature.result.result.member
+
+    @tff.federated_computation(
+        federated_state_type,
+        tff.FederatedType(state_member.distributor, tff.SERVER),
+        tff.FederatedType(state_member.client_work, tff.SERVER),
+        tff.FederatedType(client_result_type.update, tff.CLIENTS),
+        tff.FederatedType(client_result_type.update_weight, tff.CLIENTS),
+    )
+    def server_step(state, distributor_state, client_work_state, update, update_weight):
+        aggregator_output = aggregator.next(state.aggregator, update, update_weight)
+        finalizer_output = finalizer.next(
+            state.finalizer, state.global_model_weights, aggregator_output.result
+        )
+        clients = tff.federated_sum(tff.federated_map(one_client, update_weight))
+        upload = tff.federated_map(upload_fn, client_work_state)
+        new_communication, communication_metrics = tff.federated_map(
+            account, tff.federated_zip((state.communication, clients, upload))
+        )
+        fields = dict(
+            global_model_weights=finalizer_output.result,
+            distributor=distributor_state,
+            client_work=client_work_state,
+            aggregator=aggregator_output.state,
+            finalizer=finalizer_output.state,
+            communication=new_communication,
+        )
+        fields.update({k: getattr(state, k) for k in names})
+        metrics = collections.OrderedDict(
+            aggregator=aggregator_output.measurements,
+            finalizer=finalizer_output.measurements,
+            communication=communication_metrics,
+        )
+        return tff.federated_zip(state_class(**fields)), tff.federated_zip(metrics)
+
+    return server_step
+
+
+def _next(federated_state_type, names, payload_fn, distributor, client_work, server_step):
+    """The process's `next`: broadcast the payload, run the client work, then
+    `server_step`."""
+
+    def with_constants(state, value):
+        if not names:
+            return value
+        return tff.federated_zip((value, *(getattr(state, k) for k in names)))
+
+    @tff.federated_computation(federated_state_type, client_work.next.type_signature.parameter[2])
+    def next_fn(state, client_data):
+        broadcast = tff.federated_map(payload_fn, with_constants(state, state.global_model_weights))
+        distributor_output = distributor.next(state.distributor, broadcast)
+        client_work_output = client_work.next(
+            state.client_work, distributor_output.result, client_data
+        )
+        new_state, server_metrics = server_step(
+            state,
+            distributor_output.state,
+            client_work_output.state,
+            client_work_output.result.update,
+            client_work_output.result.update_weight,
+        )
+        metrics = collections.OrderedDict(
+            distributor=distributor_output.measurements,
+            client_work=client_work_output.measurements,
+            aggregator=server_metrics.aggregator,
+            finalizer=server_metrics.finalizer,
+            communication=server_metrics.communication,
+        )
+        return tff.learning.templates.LearningProcessOutput(new_state, tff.federated_zip(metrics))
+
+    return next_fn
 
 
 def _accounting(state_type, broadcast_bytes, upload_bytes, upload_accounting):

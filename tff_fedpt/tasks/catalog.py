@@ -8,7 +8,6 @@ its entries (its `CATALOG`); this module only gathers them from the task registr
 
 from __future__ import annotations
 
-from tff_fedpt import frozen
 from tff_fedpt.tasks import task_module, task_names
 from tff_fedpt.tasks.base import ModelSpec
 
@@ -31,4 +30,3 @@ def model_spec(task: str, model: str) -> ModelSpec:
     if key not in known:
         raise ValueError(f"unknown task/model {key!r}; valid: {sorted(known)}.")
     return known[key]
-
