@@ -364,9 +364,9 @@ def test_pretrained_fedpt_runs_in_tff_train_model_and_resumes_only_on_the_same_v
     fingerprint = tff_fedpt.process.state_fingerprint(process.initialize())
     assert tff_fedpt.process.state_fingerprint(state) == fingerprint
     weights = process.get_model_weights(state)
-    frozen = [held["conv1"]["kernel"], held["conv1"]["bias"]]
-    frozen += [held["dense"]["kernel"], held["dense"]["bias"]]
-    for got, want in zip(weights.non_trainable, frozen):
+    frozen_values = [held["conv1"]["kernel"], held["conv1"]["bias"]]
+    frozen_values += [held["dense"]["kernel"], held["dense"]["bias"]]
+    for got, want in zip(weights.non_trainable, frozen_values):
         np.testing.assert_array_equal(got, want)  # the full model, pretrained part exact
     assert any(not np.array_equal(a, b) for a, b in zip(weights.trainable, initial.trainable))
     # The saved program state holds the fingerprint: a program resumed with other
@@ -468,9 +468,9 @@ def test_set_model_weights_refuses_a_pretrained_value_off_by_one_ulp_in_one_line
     state = process.initialize()
     weights = process.get_model_weights(state)
     assert process.set_model_weights(state, weights) is not None  # the same values: taken
-    frozen = [np.array(v) for v in weights.non_trainable]
-    frozen[0].flat[0] = np.nextafter(frozen[0].flat[0], np.float32(np.inf))  # one ulp
-    nudged = tff.learning.models.ModelWeights(weights.trainable, frozen)
+    nudged_values = [np.array(v) for v in weights.non_trainable]
+    nudged_values[0].flat[0] = np.nextafter(nudged_values[0].flat[0], np.float32(np.inf))  # one ulp
+    nudged = tff.learning.models.ModelWeights(weights.trainable, nudged_values)
     with pytest.raises(
         ValueError, match=r"frozen weight 0 \(conv1/kernel:0\) is not the pretrained"
     ) as e:

@@ -220,7 +220,7 @@ def test_binary_on_workers_stops_naming_a_dead_worker_and_resumes(tmp_path):
         "--experiment_name=run",
     ]
     # The oracle: the same run, locally and uninterrupted.
-    local = _binary("run_digits.py", *args, f"--root_output_dir={tmp_path}/local")
+    local = _binary("run_digits.py", *args, f"--root_output_dir={tmp_path}/local", process=True)
     assert local.returncode == 0, local.stderr[-3000:]
 
     metrics = tmp_path / "remote" / "results" / "run" / "metrics.csv"
@@ -263,6 +263,7 @@ def test_binary_on_workers_stops_naming_a_dead_worker_and_resumes(tmp_path):
             *args,
             f"--workers={first.target}",
             f"--root_output_dir={tmp_path}/remote",
+            process=True,
         )
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "Running on 1 TFF workers" in resumed.stdout

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional
 
@@ -154,8 +155,17 @@ def adapted_keras_model_fn(
 
 
 @functools.lru_cache(maxsize=4)
-def _load_pretrained(path: str) -> frozen.PretrainedWeights:
+def _load_pretrained(path: str, stat: tuple) -> frozen.PretrainedWeights:
+    del stat  # part of the key: a file replaced at the same path is read again
     return frozen.PretrainedWeights.load(path)
+
+
+def _file_stat(path: str) -> tuple:
+    try:
+        s = os.stat(path)
+    except OSError:
+        return ()  # PretrainedWeights.load names the missing file
+    return (s.st_ino, s.st_size, s.st_mtime_ns)
 
 
 def pretrained_weights(config: ExperimentConfig) -> Optional[frozen.PretrainedWeights]:
@@ -167,7 +177,7 @@ def pretrained_weights(config: ExperimentConfig) -> Optional[frozen.PretrainedWe
     if not config.pretrained_weights:
         return None
     try:
-        return _load_pretrained(config.pretrained_weights)
+        return _load_pretrained(config.pretrained_weights, _file_stat(config.pretrained_weights))
     except ValueError as e:
         raise ConfigError(f"pretrained_weights: {e}", ["pretrained_weights"]) from None
 
