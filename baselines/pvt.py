@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from baselines.options import PVTOptions
-from tff_fedpt import communication, composer, process
+from tff_fedpt import communication, composer, process, updates
 from tff_fedpt.training import algorithms
 from tff_fedpt.training.config import ConfigError
 
@@ -185,8 +185,7 @@ def _build_client_work(model_fn, optimizer, weights_type, data_type, mask_for, n
                 (a - b) * mask[i]
                 for i, (a, b) in enumerate(zip(weights.trainable, model_weights.trainable))
             ]
-            delta, non_finite = _zero_if_non_finite(delta)
-            weight = tf.where(non_finite, 0.0, tf.cast(num_examples, tf.float32))
+            delta, weight = updates.zero_unless_finite(delta, tf.cast(num_examples, tf.float32))
             return (
                 tff.learning.templates.ClientResult(update=delta, update_weight=weight),
                 model.report_local_unfinalized_metrics(),
@@ -216,11 +215,6 @@ def _build_client_work(model_fn, optimizer, weights_type, data_type, mask_for, n
         return tff.templates.MeasuredProcessOutput(new_round, result, measurements)
 
     return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
-
-
-def _zero_if_non_finite(values):
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])
-    return [tf.where(finite, v, tf.zeros_like(v)) for v in values], tf.logical_not(finite)
 
 
 class PVT(algorithms.Algorithm):

@@ -8,7 +8,7 @@ import tensorflow_federated as tff
 
 from fedpt_device import protocol
 from fedpt_device.protocol import SEED, delta_name, trainable_name
-from tff_fedpt import builtin_ops
+from tff_fedpt import builtin_ops, updates
 from tff_fedpt.device.state import FrozenStores, OptimizerState
 
 
@@ -95,13 +95,9 @@ class ClientModule(tf.Module):
         delta = [
             tf.reshape(initial, v.shape) - v for initial, v in zip(self._initial, self._trainable)
         ]
-        if self._builtins_only:  # IsFinite is no builtin; d - d is 0 exactly when finite
-            finite = tf.reduce_all([tf.reduce_all(tf.equal(d - d, 0.0)) for d in delta])
-        else:
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(d)) for d in delta])
-        delta = [tf.where(finite, d, tf.constant(0, d.dtype)) for d in delta]  # no big zeros
         weight = tf.constant(1.0) if self._uniform else tf.cast(self._num_examples, tf.float32)
+        delta, weight = updates.zero_unless_finite(delta, weight, builtins_only=self._builtins_only)
         result = {delta_name(i): d for i, d in enumerate(delta)}
-        result["weight"] = tf.where(finite, weight, 0.0)
+        result["weight"] = weight
         result["num_examples"] = self._num_examples.read_value()
         return result
