@@ -334,3 +334,32 @@ def test_every_frozen_source_implements_the_declared_interface():
     np.testing.assert_array_equal(kernel.pretrained_value, held["dense"]["kernel"])
     assert kernel.builtins_only and kernel.constant_fill is None
     assert kernel.for_device().path is None  # embedded in the file, no worker store
+
+
+def test_the_frozen_prefix_is_the_deterministic_run_of_first_layers():
+    """EMNIST's CNN with its convolutions frozen: conv1, conv2 and the pooling, up to the
+    dropout (training-time draws); split, the two halves compute the model exactly. A
+    model whose first layer trains has none; a skip connection ends it."""
+    from tff_fedpt.tasks import emnist, shakespeare
+
+    model = emnist.cnn(0, 10)
+    split = frozen.frozen_prefix(model, frozen.FreezeSpec(layer_types=("Conv2D",)))
+    assert split.layers == ("conv1", "conv2", "pool")
+    assert split.feature_shape == (12, 12, 64) and split.feature_dtype == "float32"
+    assert (split.input_bytes_per_example, split.bytes_per_example) == (3136, 36864)
+    assert split.stopped_at == "layer 'dropout' (Dropout) draws at training time"
+    assert "11.76x the input's 3,136" in split.format_table()
+    prefix, remainder = frozen.split_model(model, split)
+    x = np.random.default_rng(0).random((5, 28, 28, 1), np.float32)
+    assert np.array_equal(remainder(prefix(x)).numpy(), model(x).numpy())
+    assert frozen.frozen_prefix(model, "dense128") is None  # conv1 trains
+    chars = frozen.frozen_prefix(shakespeare.char_lstm(0), "embedding")
+    assert chars.layers == ("embedding",) and chars.bytes_per_example == 80 * 8 * 4
+    assert chars.stopped_at == "layer 'lstm1' (LSTM) trains"
+
+    inputs = tf.keras.Input((4,))
+    a = tf.keras.layers.Dense(4, name="a")(inputs)
+    b = tf.keras.layers.Dense(4, name="b")(a)
+    out = tf.keras.layers.Dense(2, name="out")(tf.keras.layers.Add(name="add")([a, b]))
+    skip = frozen.frozen_prefix(tf.keras.Model(inputs, out), ("a", "b"))
+    assert skip is None  # a's output is read twice: no layer can be computed apart
