@@ -15,15 +15,15 @@ from fedpt_device import generator
 from tff_fedpt import portable
 from tff_fedpt.frozen.source import short_name
 
-_SUPPORTED_INITIALIZERS = (
+# The Keras initializer classes a seed regenerates (after the aliases below).
+_REGENERATED = (
     "Zeros",
     "Ones",
     "Constant",
     "RandomNormal",
     "RandomUniform",
     "TruncatedNormal",
-    "VarianceScaling (GlorotUniform, GlorotNormal, HeNormal, HeUniform, "
-    "LecunNormal, LecunUniform)",
+    "VarianceScaling",
     "Orthogonal",
     "Identity",
 )
@@ -174,6 +174,14 @@ _VARIANCE_SCALING_ALIASES = {
 _SCALES = {"HeNormal": 2.0, "HeUniform": 2.0}
 
 
+def _supported() -> str:
+    """The supported initializers, VarianceScaling's aliases named with it."""
+    aliases = ", ".join(_VARIANCE_SCALING_ALIASES)
+    return ", ".join(
+        f"VarianceScaling ({aliases})" if n == "VarianceScaling" else n for n in _REGENERATED
+    )
+
+
 def _initializer_record(initializer, variable: tf.Variable) -> FrozenInitializer:
     keras_init = tf.keras.initializers.get(initializer)
     cls = type(keras_init)
@@ -194,17 +202,7 @@ def _initializer_record(initializer, variable: tf.Variable) -> FrozenInitializer
             }
             class_name = "VarianceScaling"
             break
-        if name in (
-            "Zeros",
-            "Ones",
-            "Constant",
-            "RandomNormal",
-            "RandomUniform",
-            "TruncatedNormal",
-            "VarianceScaling",
-            "Orthogonal",
-            "Identity",
-        ):
+        if name in _REGENERATED:
             class_name = name
             break
     if class_name is None:
@@ -212,7 +210,7 @@ def _initializer_record(initializer, variable: tf.Variable) -> FrozenInitializer
             f"Frozen variable {variable.name} uses initializer {cls.__module__}."
             f"{cls.__name__}, which tff_fedpt cannot regenerate from a seed. Supported "
             "(Keras' own classes, not subclasses): "
-            f"{', '.join(_SUPPORTED_INITIALIZERS)}. Use one of them for frozen layers."
+            f"{_supported()}. Use one of them for frozen layers."
         )
     return FrozenInitializer(
         name=variable.name,
