@@ -1,5 +1,15 @@
 """Baselines to compare FedPT against: the training algorithms `fedavg`, `small_model` and
-`pvt`. Importing this package registers them (and PVT's options group) with
-`tff_fedpt.training.algorithms`; the binaries import it, the library never does."""
+`pvt`. `register()` adds them (and PVT's options group) to
+`tff_fedpt.training.algorithms`; the binaries call it, the library never does."""
 
-from baselines import fedavg, pvt, small_model  # noqa: F401  (registers the algorithms)
+from baselines.fedavg import FedAvg
+from baselines.pvt import PVT
+from baselines.small_model import SmallModel
+from tff_fedpt.training import algorithms
+
+
+def register() -> tuple[str, ...]:
+    """Registers the baselines' algorithms (again: no effect) and returns their names.
+
+    Call it before the first `ExperimentConfig` is composed (PVT adds an options group)."""
+    return tuple(algorithms.register(a).name for a in (FedAvg(), SmallModel(), PVT()))

@@ -56,6 +56,3 @@ class FedAvg(algorithms.Algorithm):
             model_aggregator=parts.model_aggregator,
             client_weighting=parts.client_weighting,
         )
-
-
-algorithms.register(FedAvg())

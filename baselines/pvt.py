@@ -241,6 +241,3 @@ class PVT(algorithms.Algorithm):
 
     def communication_cost(self, learning_process):
         return None
-
-
-algorithms.register(PVT())

@@ -75,6 +75,3 @@ class SmallModel(fedavg.FedAvg):
     def keras_model_fn(self, config, task):
         width = width_for(config, task)
         return lambda: task.narrow_models[config.model](config.seed, width)
-
-
-algorithms.register(SmallModel())

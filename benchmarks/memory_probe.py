@@ -17,9 +17,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import baselines  # noqa: E402,F401  (registers the baseline algorithms)
+import baselines  # noqa: E402
 from tff_fedpt import runtime, training  # noqa: E402
 from tff_fedpt.tasks import load_task  # noqa: E402
+
+baselines.register()
 
 
 def rss_kib(pids) -> int:

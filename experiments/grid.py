@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
+import baselines
 from tff_fedpt import reporting, training
 from tff_fedpt.tasks import load_task, model_settings, with_model_settings
 from tff_fedpt.training import outputs
+
+baselines.register()
 
 
 class ExperimentError(ValueError):

@@ -6,9 +6,11 @@ import os
 import shutil
 import sys
 
-import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
+import baselines
 from tff_fedpt import reporting, training
 from tff_fedpt.tasks import digits
+
+baselines.register()
 
 # The digits task's tuned settings, the same for every algorithm (rounds set per run).
 DIGITS = {"task": "digits", **{k: v for k, v in digits.RECOMMENDED.items() if k != "total_rounds"}}

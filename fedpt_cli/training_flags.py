@@ -16,11 +16,13 @@ import typing
 
 from absl import flags
 
-import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
+import baselines
 from tff_fedpt import remote, runtime, training
 from tff_fedpt.options import value_type
 from tff_fedpt.tasks import load_task, task_module, task_names
 from tff_fedpt.training import algorithms, config
+
+baselines.register()
 
 _NOT_FLAGS = ("task",)  # set by the binary
 

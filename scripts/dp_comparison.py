@@ -13,9 +13,11 @@ import sys
 
 from absl import flags
 
-import baselines  # noqa: F401  (registers fedavg, small_model and pvt)
+import baselines
 from tff_fedpt import reporting, training
 from tff_fedpt.tasks import digits, load_task
+
+baselines.register()
 
 flags.DEFINE_list("noise_multipliers", ["0", "0.3", "1", "3"], "Noise levels to compare.")
 flags.DEFINE_float("clip", 0.5, "L2 clipping norm of the client updates.")

@@ -1,5 +1,6 @@
 """Test fixtures: the TFF runtime is started leak-proof and stopped after the session."""
 
+import importlib
 import os
 import signal
 
@@ -16,9 +17,12 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 import pytest  # noqa: E402
 
-import baselines  # noqa: E402,F401  (registers fedavg, small_model and pvt)
-from tests import scripts  # noqa: E402,F401  (the flags every script starts from)
+import baselines  # noqa: E402
 from tff_fedpt import runtime  # noqa: E402
+
+baselines.register()
+# tests.scripts notes the flags every script starts from: imported before any script's.
+importlib.import_module("tests.scripts")
 
 
 @pytest.fixture(scope="session", autouse=True)

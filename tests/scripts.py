@@ -15,6 +15,7 @@ imported once, as a long-lived program would. Everything is put back afterwards.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import runpy
 import subprocess
@@ -22,8 +23,9 @@ import sys
 import tempfile
 
 from absl import app, flags
-from absl import logging as _absl_logging  # noqa: F401  (defines its flags)
 
+# absl.logging defines its flags (verbosity, logtostderr, ...) when imported: part of the base.
+importlib.import_module("absl.logging")
 app.define_help_flags()  # once per process (absl guards it): part of the base
 # The flags defined before any script's (absl's, TensorFlow's): every script starts from these.
 _BASE_FLAGS = frozenset(flags.FLAGS)

@@ -5,9 +5,9 @@ learning process from the parts the experiment builds (optimizers, aggregator,
 weighting), its communication cost per round and the Keras model to evaluate. The
 training loop and the binaries only ever talk to this interface.
 
-FedPT is registered here. An algorithm defined elsewhere registers itself, with its
-options group, when its module is imported; the library never imports its dependents
-(the binaries import the packages whose algorithms they offer).
+FedPT is registered here. An algorithm defined elsewhere is registered, with its options
+group, by the package that defines it (`baselines.register()`); the library never imports
+its dependents (the binaries register the algorithms they offer).
 
 Adding an algorithm: subclass `Algorithm` in one module, overriding `build_process`
 (and whatever else differs from the defaults), and call `register(MyAlgorithm())` at
@@ -115,7 +115,7 @@ def get(name: str) -> Algorithm:
     if name not in _REGISTRY:
         raise ConfigError(
             f"algorithm: unknown algorithm {name!r}; valid: {list(names())} (an algorithm "
-            "outside tff_fedpt is registered when its module is imported).",
+            "outside tff_fedpt is registered by its package, e.g. baselines.register()).",
             ["algorithm"],
         )
     return _REGISTRY[name]
