@@ -12,4 +12,4 @@ def register() -> tuple[str, ...]:
     """Registers the baselines' algorithms (again: no effect) and returns their names.
 
     Call it before the first `ExperimentConfig` is composed (PVT adds an options group)."""
-    return tuple(algorithms.register(a).name for a in (FedAvg(), SmallModel(), PVT()))
+    return tuple(algorithms.register(a).name for a in (FedAvg(), PVT(), SmallModel()))

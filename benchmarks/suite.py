@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-from benchmarks import device, training
+from benchmarks import device, features, training
 from tff_fedpt.options import option
 from tff_fedpt.tasks import shakespeare
 
@@ -48,6 +48,7 @@ SECTIONS: dict[str, Callable[[Params, Callable[[str], None]], Any]] = {
     "device_slim": device.device_slim,
     "fashion": training.fashion,
     "shakespeare": training.shakespeare_rounds,
+    "features": features.features_rounds,
 }
 
 

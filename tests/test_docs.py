@@ -18,6 +18,7 @@ PAGES = (
     "docs/portable_generator.md",
     "docs/compression.md",
     "docs/remote_workers.md",
+    "docs/features.md",
 )
 AFTER_README = ("docs/compression.md", "docs/remote_workers.md")
 

@@ -211,7 +211,9 @@ def test_binary_on_tiny_files_and_a_truncated_file(tmp_path):
 
 
 def test_benchmark_workload_on_tiny_files(tmp_path):
-    """scripts/benchmark.py --sections=fashion: both sides measured, rows and JSON written."""
+    """scripts/benchmark.py --sections=fashion,features: both sides measured, rows and JSON
+    written; the features section times TFF's FedAvg, FedPT on inputs and on features for
+    each pretrained-backbone setting, and the features' one-time cost."""
     import json
     import sys
 
@@ -221,7 +223,7 @@ def test_benchmark_workload_on_tiny_files(tmp_path):
         [
             sys.executable,
             os.path.join(root, "scripts", "benchmark.py"),
-            "--sections=fashion",
+            "--sections=fashion,features",
             "--repeats=1",
             "--fashion_rounds=2",
             "--fashion_num_clients=12",
@@ -235,10 +237,19 @@ def test_benchmark_workload_on_tiny_files(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "out" / "benchmark.json") as f:
-        rows = json.load(f)["fashion"]
+        results = json.load(f)
+    rows = results["fashion"]
     assert [r["unit"] for r in rows] == ["s", "s", "s", "MiB", "MiB"]
     assert rows[0]["vs_fedavg"] == 1.0 and rows[3]["vs_fedavg"] == 1.0
     assert all(r["value"] > 0 for r in rows)
+    rows = results["features"]
+    assert len(rows) == 12 and all(r["value"] > 0 for r in rows)
+    assert [r["measure"].split(": ")[-1] for r in rows[:3]] == [
+        "TFF FedAvg, same layers trainable=False",
+        "FedPT on inputs",
+        "FedPT on features",
+    ]
+    assert rows[0]["vs_fedavg"] == 1.0 and "(12, 12, 64)" in rows[3]["measure"]
 
 
 def test_the_report_never_replaces_results_with_fewer_runs(tmp_path):

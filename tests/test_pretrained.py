@@ -83,7 +83,7 @@ def test_pretrained_values_never_travel_and_are_used_exactly():
     expected += [held["dense"]["kernel"], held["dense"]["bias"]]
     for got, want in zip(full.non_trainable, expected):
         np.testing.assert_array_equal(got, want)  # exactly the given values
-    assert tff_fedpt.process.state_fingerprint(state) == frozen.fingerprint(expected)
+    assert tff_fedpt.weights.state_fingerprint(state) == frozen.fingerprint(expected)
 
     # Clients train from exactly those values: TFF's own FedAvg, started from the same
     # full weights with the same layers frozen (it broadcasts them), gives the same round.
@@ -131,7 +131,7 @@ def test_another_pretrained_file_is_refused_with_both_fingerprints(tmp_path):
         _model_fn(frozen.PretrainedWeights(changed)), tff.learning.optimizers.build_sgdm(0.1)
     )
     state = other.initialize()
-    theirs, mine = (tff_fedpt.process.state_fingerprint(s) for s in (state, ours.initialize()))
+    theirs, mine = (tff_fedpt.weights.state_fingerprint(s) for s in (state, ours.initialize()))
     assert theirs != mine
     with pytest.raises(frozen.FingerprintMismatchError) as error:
         ours.next(state, _datasets(_data()))
@@ -172,7 +172,7 @@ def test_a_device_round_with_pretrained_frozen_layers_equals_process_next():
     updates = []
     for x, y in data:
         client = device.DeviceClient(tflite)
-        assert client.fingerprint == tff_fedpt.process.state_fingerprint(state)
+        assert client.fingerprint == tff_fedpt.weights.state_fingerprint(state)
         client.start_round(
             payload["trainable"], payload["frozen_seed"], payload["frozen_fingerprint"]
         )
@@ -361,8 +361,8 @@ def test_pretrained_fedpt_runs_in_tff_train_model_and_resumes_only_on_the_same_v
     released, rounds = _train_model(process, data, tmp_path / "state", rounds=2)
     assert rounds == [1, 2]
     (state,) = released.values.values()  # the final state, released once
-    fingerprint = tff_fedpt.process.state_fingerprint(process.initialize())
-    assert tff_fedpt.process.state_fingerprint(state) == fingerprint
+    fingerprint = tff_fedpt.weights.state_fingerprint(process.initialize())
+    assert tff_fedpt.weights.state_fingerprint(state) == fingerprint
     weights = process.get_model_weights(state)
     frozen_values = [held["conv1"]["kernel"], held["conv1"]["bias"]]
     frozen_values += [held["dense"]["kernel"], held["dense"]["bias"]]

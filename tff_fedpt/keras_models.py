@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -27,13 +28,17 @@ class PartiallyTrainableModel(tff.learning.models.VariableModel):
         keras_model: tf.keras.Model,
         frozen_initializers: Sequence[frozen.FrozenInitializer],
         freeze_report: frozen.FreezeReport,
-        loss=None,
+        keras_kwargs: dict,
+        frozen_indices: Sequence[int] | None = None,
     ):
         self._inner = inner
-        self._loss = loss
+        self._keras_kwargs = dict(keras_kwargs)
         self._keras_model = keras_model
         self._frozen_initializers = tuple(frozen_initializers)
         self._freeze_report = freeze_report
+        self._frozen_indices = tuple(
+            range(len(frozen_initializers)) if frozen_indices is None else frozen_indices
+        )
 
     @property
     def keras_model(self) -> tf.keras.Model:
@@ -45,14 +50,27 @@ class PartiallyTrainableModel(tff.learning.models.VariableModel):
         return self._frozen_initializers
 
     @property
+    def frozen_indices(self) -> tuple[int, ...]:
+        """Each frozen tensor's index in the seed's draws: its position in the whole
+        model's frozen tensors (`generate_frozen_weights`). 0, 1, ... except for the part
+        of a model after its frozen prefix (`tff_fedpt.features.remainder_model`)."""
+        return self._frozen_indices
+
+    @property
     def freeze_report(self) -> frozen.FreezeReport:
         return self._freeze_report
+
+    @property
+    def keras_kwargs(self) -> dict:
+        """What `tff.learning.models.from_keras_model` was given besides the Keras model
+        (loss, input_spec, metrics, loss_weights)."""
+        return dict(self._keras_kwargs)
 
     @property
     def loss(self):
         """The Keras loss the model was built with (the device's builtin-only export
         rewrites it in TensorFlow Lite builtins)."""
-        return self._loss
+        return self._keras_kwargs["loss"]
 
     # Delegation to TFF's Keras model wrapper.
     @property
@@ -205,18 +223,15 @@ def from_keras_model(
             f"it holds layers {sorted(held)}, the frozen tensors are "
             f"{[v.name for v in keras_model.non_trainable_weights]}."
         )
-    inner = tff.learning.models.from_keras_model(
-        keras_model,
-        loss=loss,
-        input_spec=input_spec,
-        loss_weights=loss_weights,
-        metrics=metrics,
+    keras_kwargs = dict(
+        loss=loss, input_spec=input_spec, loss_weights=loss_weights, metrics=metrics
     )
+    inner = tff.learning.models.from_keras_model(keras_model, **keras_kwargs)
     if len(inner.non_trainable_variables) != len(initializers) or any(
         a is not b for a, b in zip(inner.non_trainable_variables, keras_model.non_trainable_weights)
     ):
         raise AssertionError("TFF's non-trainable variables do not line up with the Keras model's.")
-    return PartiallyTrainableModel(inner, keras_model, initializers, report, loss)
+    return PartiallyTrainableModel(inner, keras_model, initializers, report, keras_kwargs)
 
 
 def keras_model_from_state(
@@ -252,3 +267,54 @@ def keras_model_from_state(
     for layer in keras_model.layers:
         layer.trainable = True
     return keras_model
+
+
+def overwrite_weights(held: frozen.PretrainedWeights, model_weights, keras_model: tf.keras.Model):
+    """`model_weights` (a `tff.learning.models.ModelWeights` of `keras_model`, in its
+    trainable / non-trainable order) with every value `held` holds put in its place: the
+    starting point of a run from pretrained weights, for any algorithm."""
+    owner = {}
+    for layer in keras_model.layers:
+        for variable in layer.weights:
+            owner[variable.ref()] = layer.name
+
+    def replaced(variables, values):
+        out = []
+        for variable, value in zip(variables, values):
+            value_held = held.value_for(owner.get(variable.ref(), ""), variable)
+            out.append(np.asarray(value) if value_held is None else value_held)
+        return out
+
+    return tff.learning.models.ModelWeights(
+        trainable=replaced(keras_model.trainable_weights, model_weights.trainable),
+        non_trainable=replaced(keras_model.non_trainable_weights, model_weights.non_trainable),
+    )
+
+
+def initial_state(learning_process, model_fn, held: frozen.PretrainedWeights):
+    """`learning_process.initialize()` with every value `held` holds put in place: the
+    trainable layers it holds start from them (the frozen ones are its values already,
+    checked by fingerprint), so a run starts from the whole pretrained model, as the
+    binaries' `--pretrained_weights` does.
+
+    Args:
+      learning_process: A process built on `model_fn` (FedPT, or TFF's FedAvg on a
+        `tff_fedpt.from_keras_model` model).
+      model_fn: Its model function; each call returns a `PartiallyTrainableModel`.
+      held: The pretrained weights.
+
+    Returns:
+      The state, through `learning_process.set_model_weights`.
+
+    Raises:
+      TypeError: if `model_fn` returns a model without a Keras model.
+    """
+    model = model_fn()
+    if not isinstance(model, PartiallyTrainableModel):
+        raise TypeError(
+            "initial_state: model_fn must return a tff_fedpt.PartiallyTrainableModel "
+            f"(tff_fedpt.from_keras_model); it returned {type(model).__name__}."
+        )
+    state = learning_process.initialize()
+    weights = overwrite_weights(held, learning_process.get_model_weights(state), model.keras_model)
+    return learning_process.set_model_weights(state, weights)

@@ -13,7 +13,7 @@ import tensorflow_federated as tff
 from fedpt_device import protocol
 from fedpt_device.protocol import FINGERPRINT_SIGNATURE as FINGERPRINT
 from fedpt_device.protocol import SEED
-from tff_fedpt import composer, compression, keras_models
+from tff_fedpt import composer, compression, keras_models, weights
 from tff_fedpt import frozen as frozen_lib
 from tff_fedpt._tff_internals import factory_utils, model_delta_client_work
 
@@ -58,9 +58,10 @@ class PretrainedFedPTState(NamedTuple):
     communication: Any
 
 
-def _frozen_initializers_of(model) -> tuple[frozen_lib.FrozenInitializer, ...]:
+def _frozen_sources_of(model) -> tuple[tuple, tuple[int, ...]]:
+    """(the frozen sources of `model`'s frozen tensors, their indices in the seed's draws)."""
     if isinstance(model, keras_models.PartiallyTrainableModel):
-        return model.frozen_initializers
+        return model.frozen_initializers, model.frozen_indices
     if not isinstance(model, tff.learning.models.VariableModel):
         raise TypeError(
             "model_fn must return a tff.learning.models.VariableModel (build it with "
@@ -73,19 +74,37 @@ def _frozen_initializers_of(model) -> tuple[frozen_lib.FrozenInitializer, ...]:
             f"{names} that tff_fedpt cannot regenerate from a seed. Build the model "
             "with tff_fedpt.from_keras_model(..., freeze=...)."
         )
-    return ()
+    return (), ()
+
+
+class _ClientModel(NamedTuple):
+    """What a client trains: its model function, the frozen sources of that model's
+    frozen tensors and their indices in the seed's draws, and its data type."""
+
+    model_fn: Callable
+    sources: tuple
+    indices: tuple
+    data_type: Any
+
+
+def _client_model(model_fn, train_on_features: bool) -> _ClientModel:
+    if train_on_features:
+        from tff_fedpt import features  # imports keras_models, which imports this module
+
+        full_fn = model_fn
+
+        def model_fn():
+            return features.remainder_model(full_fn())
+
+    with tf.Graph().as_default():
+        model = model_fn()
+        sources, indices = _frozen_sources_of(model)
+        data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
+    return _ClientModel(model_fn, sources, indices, data_type)
 
 
 def _build_client_work(
-    model_fn,
-    optimizer,
-    client_weighting,
-    metrics_aggregator,
-    loop_implementation,
-    broadcast_type,
-    data_type,
-    frozen_initializers,
-    expected,
+    client_model: _ClientModel, optimizer, checked, loop_implementation, broadcast_type, expected
 ):
     """ClientWorkProcess: rebuild frozen weights from the seed, train, send delta.
 
@@ -114,6 +133,8 @@ def _build_client_work(
         del state
         return hparams
 
+    model_fn, data_type = client_model.model_fn, client_model.data_type
+
     @tff.tensorflow.computation(hparams_type, broadcast_type, data_type)
     def client_update_computation(hparams, broadcast, dataset):
         checks = []
@@ -129,17 +150,19 @@ def _build_client_work(
             )
         with tf.control_dependencies(checks):  # nothing trains before the check
             trainable = [tf.identity(t) for t in broadcast["trainable"]]
-        frozen = frozen_lib.generate_frozen_weights(frozen_initializers, broadcast[SEED])
+        frozen = frozen_lib.generate_frozen_weights(
+            client_model.sources, broadcast[SEED], client_model.indices
+        )
         initial_weights = ModelWeights(trainable=trainable, non_trainable=list(frozen))
         client_update = model_delta_client_work.build_model_delta_update_with_tff_optimizer(
             model_fn=model_fn,
-            weighting=client_weighting,
+            weighting=checked.client_weighting,
             loop_implementation=loop_implementation,
         )
         return client_update(optimizer, initial_weights, dataset, hparams)
 
     with tf.Graph().as_default():
-        metrics_aggregation_fn = metrics_aggregator(model_fn().metric_finalizers())
+        metrics_aggregation_fn = checked.metrics_aggregator(model_fn().metric_finalizers())
 
     @tff.federated_computation(
         init_fn.type_signature.result,
@@ -160,51 +183,6 @@ def _build_client_work(
     )
 
 
-def _weight_functions(frozen_initializers, fingerprint):
-    """(payload, to_full_weights, from_full_weights) for the composer: the broadcast is
-    the trainable weights and the seed; the full weights add the seed's frozen ones."""
-
-    def payload(weights, seed, fingerprint=None):
-        value = collections.OrderedDict(trainable=weights.trainable, frozen_seed=seed)
-        if fingerprint is not None:
-            value[FINGERPRINT] = fingerprint
-        return value
-
-    def to_full_weights(weights, seed, fingerprint=None):
-        frozen = frozen_lib.generate_frozen_weights(frozen_initializers, seed)
-        return ModelWeights(trainable=list(weights.trainable), non_trainable=list(frozen))
-
-    def from_full_weights(model_weights, seed, fingerprint=None):
-        frozen = frozen_lib.generate_frozen_weights(frozen_initializers, seed)
-        checks = [
-            tf.debugging.assert_equal(
-                given,
-                expected,
-                message=(
-                    f"set_model_weights: frozen (non-trainable) weight {i} "
-                    f"({init.name}) does not match the weights generated from this "
-                    "process's frozen_seed; FedPT cannot accept other frozen values"
-                ),
-            )
-            for i, (given, expected, init) in enumerate(
-                zip(model_weights.non_trainable, frozen, frozen_initializers)
-            )
-        ]
-        with tf.control_dependencies(checks):
-            trainable = [tf.identity(w) for w in model_weights.trainable]
-        return ModelWeights(trainable=trainable, non_trainable=[])
-
-    arity = 2 if fingerprint is None else 3
-    return tuple(_fixed_arity(f, arity) for f in (payload, to_full_weights, from_full_weights))
-
-
-def _fixed_arity(fn, n):
-    """`fn` taking exactly n positional arguments (TFF traces no defaults or varargs)."""
-    if n == 2:
-        return lambda a, b: fn(a, b)
-    return lambda a, b, c: fn(a, b, c)
-
-
 def _checked(
     model_fn,
     client_optimizer_fn,
@@ -215,8 +193,7 @@ def _checked(
     metrics_aggregator,
     broadcast_bits,
 ):
-    """Validates build_fedpt_process's arguments; returns the defaulted ones
-    (server optimizer, weighted aggregator factory, weighting, metrics aggregator)."""
+    """Validates build_fedpt_process's arguments; returns the defaulted ones."""
     if not callable(model_fn) or isinstance(
         model_fn, (tf.keras.Model, tff.learning.models.VariableModel)
     ):
@@ -273,7 +250,16 @@ def _checked(
         metrics_aggregator = tff.learning.metrics.sum_then_finalize
     if not weighted:
         model_aggregator = factory_utils.as_weighted_aggregator(model_aggregator)
-    return server_optimizer_fn, model_aggregator, client_weighting, metrics_aggregator
+    return _Checked(server_optimizer_fn, model_aggregator, client_weighting, metrics_aggregator)
+
+
+class _Checked(NamedTuple):
+    """build_fedpt_process's arguments, defaulted (the aggregator factory weighted)."""
+
+    server_optimizer: tff.learning.optimizers.Optimizer
+    model_aggregator: tff.aggregators.WeightedAggregationFactory
+    client_weighting: tff.learning.ClientWeighting
+    metrics_aggregator: Callable
 
 
 def default_server_optimizer() -> tff.learning.optimizers.Optimizer:
@@ -295,6 +281,7 @@ def build_fedpt_process(
         tff.learning.LoopImplementation.DATASET_REDUCE
     ),
     broadcast_bits: Optional[int] = None,
+    train_on_features: bool = False,
 ) -> tff.learning.templates.LearningProcess:
     """Builds a FedPT learning process (federated training of a partially trainable model).
 
@@ -314,19 +301,14 @@ def build_fedpt_process(
     where `S` is a `tff_fedpt.FedPTState` (trainable `ModelWeights`, the seed,
     component states and cumulative communication), `B*` the client datasets, and
     `M` an `OrderedDict` with `distributor`, `client_work` (training metrics),
-    `aggregator`, `finalizer` and `communication` entries. `communication` holds
-    `clients`, `broadcast_bytes_per_client`, `upload_bytes_per_client`,
-    `round_broadcast_bytes`, `round_upload_bytes`, `cumulative_broadcast_bytes` and
-    `cumulative_upload_bytes`, computed from the TFF types of the values the
-    distributor broadcasts and the aggregator takes from clients
-    (`tff_fedpt.communication.traffic`), so compressed values count with their
-    encoded size.
+    `aggregator`, `finalizer` and `communication` entries; `communication` holds bytes
+    per client and per round, down and up, from the TFF types of what is broadcast and
+    uploaded (`tff_fedpt.communication.traffic`: compressed values at encoded size).
 
     `get_model_weights(state)` returns the full `tff.learning.models.ModelWeights`
     (trainable and the seed's frozen weights), so `build_fed_eval`, Keras export and
-    `tff.simulation.run_training_process` work unchanged. `set_model_weights(state,
-    weights)` takes a full `ModelWeights` and raises if its frozen part is not the
-    seed's.
+    `tff.simulation.run_training_process` work unchanged; `set_model_weights` takes a
+    full `ModelWeights` and raises if its frozen part is not the seed's.
 
     Args:
       model_fn: A no-argument callable returning a new model from
@@ -343,21 +325,23 @@ def build_fedpt_process(
       metrics_aggregator: As in TFF's FedAvg; defaults to
         `tff.learning.metrics.sum_then_finalize`.
       loop_implementation: A `tff.learning.LoopImplementation`.
-      broadcast_bits: If 8 or 16, the trainable weights are broadcast uniformly
-        quantized to that many bits per value (see
-        `tff_fedpt.compression.build_quantized_broadcast_process`); the server keeps
-        them in full precision. For quantized uploads pass
-        `model_aggregator=tff_fedpt.compression.quantized_mean(bits)`.
+      broadcast_bits: If 8 or 16, the trainable weights are broadcast uniformly quantized
+        to that many bits (`compression.build_quantized_broadcast_process`); the server
+        keeps full precision. Quantized uploads: `compression.quantized_mean(bits)`.
+      train_on_features: Clients train the layers after the model's frozen,
+        deterministic prefix on its output (`tff_fedpt.features`): the client datasets
+        hold `(features, y)` (`features.FeatureMap`) instead of `(x, y)`. State, types
+        of the state and broadcast, bytes and `get_model_weights` are unchanged.
 
     Returns:
       A `tff.learning.templates.LearningProcess`.
 
     Raises:
       TypeError: for arguments of the wrong type.
-      ValueError: for invalid values (a seed outside int64, NUM_EXAMPLES weighting
-        with an unweighted aggregator).
+      ValueError: for invalid values (a seed outside int64, NUM_EXAMPLES weighting with
+        an unweighted aggregator, `train_on_features` without a frozen prefix).
     """
-    server_optimizer_fn, model_aggregator, client_weighting, metrics_aggregator = _checked(
+    checked = _checked(
         model_fn,
         client_optimizer_fn,
         server_optimizer_fn,
@@ -368,64 +352,24 @@ def build_fedpt_process(
         broadcast_bits,
     )
     with tf.Graph().as_default():
-        model = model_fn()
-        frozen_initializers = _frozen_initializers_of(model)
-        data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
-    seed_value = np.int64(frozen_seed)
+        frozen_initializers, _ = _frozen_sources_of(model_fn())
+    client_model = _client_model(model_fn, train_on_features)
     fingerprint = frozen_lib.sources_fingerprint(frozen_initializers)
-
-    @tff.tensorflow.computation
-    def initial_model_weights_fn():
-        return ModelWeights(
-            trainable=[tf.identity(v) for v in model_fn().trainable_variables],
-            non_trainable=[],
-        )
-
+    initial_model_weights_fn = _initial_model_weights_fn(model_fn)
     model_weights_type = initial_model_weights_fn.type_signature.result
-    seed_type = tff.TensorType(np.int64)
-    broadcast_fields = [("trainable", model_weights_type.trainable), (SEED, seed_type)]
-    constants = {SEED: seed_value}
-    if fingerprint is not None:
-        broadcast_fields.append(
-            (FINGERPRINT, tff.TensorType(np.int32, [frozen_lib.FINGERPRINT_WORDS]))
-        )
-        constants[FINGERPRINT] = protocol.fingerprint_words(fingerprint)
-    broadcast_type = tff.StructWithPythonType(broadcast_fields, collections.OrderedDict)
-
-    if broadcast_bits is None:
-        distributor = tff.learning.templates.build_broadcast_process(broadcast_type)
-    else:
-        distributor = compression.build_quantized_broadcast_process(broadcast_type, broadcast_bits)
+    broadcast_type, constants, distributor = _broadcast(
+        model_weights_type, frozen_seed, fingerprint, broadcast_bits
+    )
     client_work = _build_client_work(
-        model_fn,
-        client_optimizer_fn,
-        client_weighting,
-        metrics_aggregator,
-        loop_implementation,
-        broadcast_type,
-        data_type,
-        frozen_initializers,
-        fingerprint,
+        client_model, client_optimizer_fn, checked, loop_implementation, broadcast_type, fingerprint
     )
-    aggregator = model_aggregator.create(model_weights_type.trainable, tff.TensorType(np.float32))
+    aggregator = checked.model_aggregator.create(
+        model_weights_type.trainable, tff.TensorType(np.float32)
+    )
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
-        server_optimizer_fn, model_weights_type
+        checked.server_optimizer, model_weights_type
     )
-
-    full_weights_type = tff.StructWithPythonType(
-        [
-            ("trainable", model_weights_type.trainable),
-            (
-                "non_trainable",
-                tff.types.tensorflow_to_type(
-                    [tf.TensorSpec(init.shape, init.dtype) for init in frozen_initializers]
-                ),
-            ),
-        ],
-        ModelWeights,
-    )
-
-    payload, to_full_weights, from_full_weights = _weight_functions(
+    payload, to_full_weights, from_full_weights = weights.weight_functions(
         frozen_initializers, fingerprint
     )
     return composer.compose_learning_process(
@@ -439,73 +383,51 @@ def build_fedpt_process(
         payload=payload,
         to_full_weights=to_full_weights,
         from_full_weights=from_full_weights,
-        full_weights_type=full_weights_type,
-        check_next=None if fingerprint is None else _next_check(fingerprint),
-        check_set_model_weights=_set_model_weights_check(frozen_initializers),
+        full_weights_type=_full_weights_type(model_weights_type, frozen_initializers),
+        check_next=None if fingerprint is None else weights.next_check(fingerprint),
+        check_set_model_weights=weights.set_model_weights_check(frozen_initializers),
     )
 
 
-def state_fingerprint(state) -> str | None:
-    """The pretrained fingerprint a FedPT state carries (hex), or None."""
-    words = getattr(state, FINGERPRINT, None)
-    return None if words is None else protocol.fingerprint_hex(words)
+def _initial_model_weights_fn(model_fn):
+    @tff.tensorflow.computation
+    def initial_model_weights_fn():
+        return ModelWeights(
+            trainable=[tf.identity(v) for v in model_fn().trainable_variables],
+            non_trainable=[],
+        )
+
+    return initial_model_weights_fn
 
 
-def _next_check(fingerprint):
-    """Refuses, in one Python line, a state made with other pretrained values (each
-    client checks it again in the computation)."""
+def _broadcast(model_weights_type, frozen_seed, fingerprint, broadcast_bits):
+    """(the broadcast's type, its constant fields, the distributor): the trainable
+    weights, the seed and, with pretrained frozen values, their fingerprint."""
+    broadcast_fields = [
+        ("trainable", model_weights_type.trainable),
+        (SEED, tff.TensorType(np.int64)),
+    ]
+    constants = {SEED: np.int64(frozen_seed)}
+    if fingerprint is not None:
+        broadcast_fields.append(
+            (FINGERPRINT, tff.TensorType(np.int32, [frozen_lib.FINGERPRINT_WORDS]))
+        )
+        constants[FINGERPRINT] = protocol.fingerprint_words(fingerprint)
+    broadcast_type = tff.StructWithPythonType(broadcast_fields, collections.OrderedDict)
+    if broadcast_bits is None:
+        distributor = tff.learning.templates.build_broadcast_process(broadcast_type)
+    else:
+        distributor = compression.build_quantized_broadcast_process(broadcast_type, broadcast_bits)
+    return broadcast_type, constants, distributor
 
-    def check(state, client_data):
-        del client_data
-        held = state_fingerprint(state)
-        if held is not None and held != fingerprint:
-            raise frozen_lib.FingerprintMismatchError(
-                protocol.mismatch_message("next", held, fingerprint)
-            )
 
-    return check
-
-
-def _set_model_weights_check(records):
-    """Names a frozen weight that is not the seed's, in Python, before TFF runs
-    `set_model_weights` (whose own check would surface as a buried gRPC error)."""
-
-    def check(state, model_weights):
-        given = list(getattr(model_weights, "non_trainable", None) or [])
-        seed = getattr(state, SEED, None)
-        if seed is not None and len(given) != len(records):
-            raise ValueError(
-                f"set_model_weights: {len(given)} frozen (non-trainable) weights received; "
-                f"this process has {len(records)} ({[r.name for r in records]})."
-            )
-        if seed is not None and given:
-            expected = frozen_lib.generate_frozen_weights(records, np.int64(seed))
-            for i, (value, want, record) in enumerate(zip(given, expected, records)):
-                value = np.asarray(value)
-                if value.shape != tuple(record.shape):
-                    raise ValueError(
-                        f"set_model_weights: frozen weight {i} ({record.name}) has shape "
-                        f"{value.shape}; expected {tuple(record.shape)}."
-                    )
-                held = record.pretrained_value
-                if held is not None:
-                    # TFF's runtime compares pretrained values exactly; so does this check.
-                    if not np.array_equal(value, held):
-                        diff = float(np.max(np.abs(value - held)))
-                        raise ValueError(
-                            f"set_model_weights: frozen weight {i} ({record.name}) is not the "
-                            f"pretrained value this process holds (max difference {diff:.3g}); "
-                            "FedPT keeps pretrained frozen values as they are."
-                        )
-                    continue
-                # Tolerance: the QR behind orthogonal initializers differs by float32
-                # ulps between eager TensorFlow and TFF's runtime (which checks exactly).
-                if not np.allclose(value, np.asarray(want), rtol=0, atol=1e-6):
-                    diff = float(np.max(np.abs(value - np.asarray(want))))
-                    raise ValueError(
-                        f"set_model_weights: frozen weight {i} ({record.name}) is not the one "
-                        f"frozen_seed={int(seed)} generates (max difference {diff:.3g}); "
-                        "FedPT regenerates frozen weights from the seed and cannot take others."
-                    )
-
-    return check
+def _full_weights_type(model_weights_type, frozen_initializers):
+    """The type of `get_model_weights`: the trainable weights and every frozen one."""
+    frozen_specs = [tf.TensorSpec(init.shape, init.dtype) for init in frozen_initializers]
+    return tff.StructWithPythonType(
+        [
+            ("trainable", model_weights_type.trainable),
+            ("non_trainable", tff.types.tensorflow_to_type(frozen_specs)),
+        ],
+        ModelWeights,
+    )

@@ -7,7 +7,7 @@
     pretrained.py   sources the clients already hold: `PretrainedWeights`, `PretrainedValue`
     store.py        the pretrained-weights file and the remote workers' store
     fingerprint.py  the fingerprint that travels in place of pretrained values
-    prefix.py       the frozen prefix: `frozen_prefix`, `split_model` (issue #35's first step)
+    prefix.py       the frozen prefix: `frozen_prefix`, `split_model` (`tff_fedpt.features`)
 
 Adding a frozen-value source (say, a quantized pretrained backbone) is one class that
 implements `FrozenSource`, handed to the model by a `PretrainedWeights` whose `source_for`
@@ -15,7 +15,7 @@ returns it (docs/pretrained.md, "Adding a frozen source").
 """
 
 from tff_fedpt.frozen.fingerprint import FINGERPRINT_WORDS, fingerprint, sources_fingerprint
-from tff_fedpt.frozen.prefix import PrefixSplit, frozen_prefix, split_model
+from tff_fedpt.frozen.prefix import PrefixSplit, frozen_prefix, prefix_end, split_model
 from tff_fedpt.frozen.pretrained import (
     FingerprintMismatchError,
     PretrainedOptions,
@@ -63,6 +63,7 @@ __all__ = [
     "frozen_prefix",
     "generate_frozen_weights",
     "parse_freeze",
+    "prefix_end",
     "resolve_freeze",
     "short_name",
     "sources_fingerprint",

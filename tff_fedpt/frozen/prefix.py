@@ -1,13 +1,12 @@
 """The frozen prefix of a model: the longest run of its first layers whose output is a
 deterministic function of the input, so that it could be computed once per example
-instead of in every epoch of every round (issue #35's detection and split; the
-simulation and device paths that would use it are not built yet).
+instead of in every epoch of every round (`tff_fedpt.features` trains on it).
 
 A layer belongs to the prefix when it trains nothing (every weight frozen, or none),
 draws nothing at training time (no dropout, noise or random augmentation), keeps no
-state across batches, and reads only the previous layer's output, which nothing else
-reads. The prefix ends at the first layer that breaks one of these, and is worth
-splitting only if it holds a frozen layer with weights.
+state across batches, passes no Keras mask on (features would lose it), and reads only
+the previous layer's output, which nothing else reads. The prefix ends at the first
+layer that breaks one of these, and is worth splitting only if it holds a frozen layer with weights.
 """
 
 from __future__ import annotations
@@ -83,12 +82,16 @@ def _why_not(layer, frozen_names: set[str], previous) -> Optional[str]:
         return f"layer {layer.name!r} ({kind}) draws at training time"
     if getattr(layer, "stateful", False):
         return f"layer {layer.name!r} ({kind}) keeps state across batches"
+    if getattr(layer.output, "_keras_mask", None) is not None:
+        return f"layer {layer.name!r} ({kind}) passes a Keras mask on"
     if len(layer.inbound_nodes) != 1 or layer.input is not previous:
         return f"layer {layer.name!r} ({kind}) reads more than the previous layer's output"
     return None
 
 
-def frozen_prefix(keras_model: tf.keras.Model, freeze: FreezeLike) -> Optional[PrefixSplit]:
+def frozen_prefix(
+    keras_model: tf.keras.Model, freeze: FreezeLike = None, *, frozen_names=None
+) -> Optional[PrefixSplit]:
     """The frozen prefix of `keras_model` under `freeze` (see the module docstring), or
     None when the model has none worth splitting (its first layer trains, or the run of
     deterministic first layers holds no frozen weight).
@@ -96,10 +99,39 @@ def frozen_prefix(keras_model: tf.keras.Model, freeze: FreezeLike) -> Optional[P
     Args:
       keras_model: A built functional or Sequential model with one input and one output.
       freeze: What `tff_fedpt.from_keras_model` would freeze.
+      frozen_names: The frozen layers' names instead of `freeze` (a model already
+        resolved: `PartiallyTrainableModel.freeze_report.frozen_layer_names`).
     """
-    if len(keras_model.inputs) != 1 or len(keras_model.outputs) != 1:
+    layers, stopped_at = _walk(keras_model, _frozen_names(keras_model, freeze, frozen_names))
+    if not any(layer.weights for layer in layers):
         return None
-    frozen_names = set(resolve_freeze(keras_model, freeze).frozen_layer_names)
+    x = keras_model.inputs[0]
+    output = layers[-1].output
+    return PrefixSplit(
+        layers=tuple(layer.name for layer in layers),
+        feature_shape=tuple(output.shape[1:]),
+        feature_dtype=output.dtype.name,
+        input_bytes_per_example=_bytes(x.shape[1:], x.dtype),
+        bytes_per_example=_bytes(output.shape[1:], output.dtype),
+        stopped_at=stopped_at,
+    )
+
+
+def prefix_end(keras_model: tf.keras.Model, freeze: FreezeLike = None, *, frozen_names=None) -> str:
+    """Why the run of frozen, deterministic first layers ends where it does."""
+    return _walk(keras_model, _frozen_names(keras_model, freeze, frozen_names))[1]
+
+
+def _frozen_names(keras_model, freeze, frozen_names) -> set[str]:
+    if frozen_names is not None:
+        return set(frozen_names)
+    return set(resolve_freeze(keras_model, freeze).frozen_layer_names)
+
+
+def _walk(keras_model, frozen_names: set[str]) -> tuple[list, str]:
+    """(the prefix's layers, why it ends there)."""
+    if len(keras_model.inputs) != 1 or len(keras_model.outputs) != 1:
+        return [], "the model has more than one input or output"
     previous = keras_model.inputs[0]
     layers, stopped_at = [], "the model's output"
     body = [
@@ -114,18 +146,7 @@ def frozen_prefix(keras_model: tf.keras.Model, freeze: FreezeLike) -> Optional[P
             break
         layers.append(layer)
         previous = layer.output
-    if not any(layer.weights for layer in layers):
-        return None
-    x = keras_model.inputs[0]
-    output = layers[-1].output
-    return PrefixSplit(
-        layers=tuple(layer.name for layer in layers),
-        feature_shape=tuple(output.shape[1:]),
-        feature_dtype=output.dtype.name,
-        input_bytes_per_example=_bytes(x.shape[1:], x.dtype),
-        bytes_per_example=_bytes(output.shape[1:], output.dtype),
-        stopped_at=stopped_at,
-    )
+    return layers, stopped_at
 
 
 def split_model(

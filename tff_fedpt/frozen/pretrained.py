@@ -224,57 +224,12 @@ class PretrainedWeights(Mapping):
             )
         return held.astype(variable.dtype.as_numpy_dtype, copy=False)
 
-    def overwrite(self, model_weights, keras_model: tf.keras.Model):
-        """`model_weights` (a `tff.learning.models.ModelWeights` of `keras_model`, in its
-        trainable / non-trainable order) with every value this holds put in its place: the
-        starting point of a run from pretrained weights, for any algorithm."""
-        import tensorflow_federated as tff
-
-        owner = {}
-        for layer in keras_model.layers:
-            for variable in layer.weights:
-                owner[variable.ref()] = layer.name
-
-        def replaced(variables, values):
-            out = []
-            for variable, value in zip(variables, values):
-                held = self.value_for(owner.get(variable.ref(), ""), variable)
-                out.append(np.asarray(value) if held is None else held)
-            return out
-
-        return tff.learning.models.ModelWeights(
-            trainable=replaced(keras_model.trainable_weights, model_weights.trainable),
-            non_trainable=replaced(keras_model.non_trainable_weights, model_weights.non_trainable),
-        )
-
     def initial_state(self, learning_process, model_fn):
-        """`learning_process.initialize()` with every value held here put in place: the
-        trainable layers these weights hold start from them (the frozen ones are theirs
-        already, checked by fingerprint), so a run starts from the whole pretrained model,
-        as the binaries' `--pretrained_weights` does.
-
-        Args:
-          learning_process: A process built on `model_fn` (FedPT, or TFF's FedAvg on a
-            `tff_fedpt.from_keras_model` model).
-          model_fn: Its model function; each call returns a `PartiallyTrainableModel`.
-
-        Returns:
-          The state, through `learning_process.set_model_weights`.
-
-        Raises:
-          TypeError: if `model_fn` returns a model without a Keras model.
-        """
+        """`learning_process.initialize()` with every value held here put in place
+        (`tff_fedpt.keras_models.initial_state`)."""
         from tff_fedpt import keras_models  # imports this module
 
-        model = model_fn()
-        if not isinstance(model, keras_models.PartiallyTrainableModel):
-            raise TypeError(
-                "initial_state: model_fn must return a tff_fedpt.PartiallyTrainableModel "
-                f"(tff_fedpt.from_keras_model); it returned {type(model).__name__}."
-            )
-        state = learning_process.initialize()
-        weights = self.overwrite(learning_process.get_model_weights(state), model.keras_model)
-        return learning_process.set_model_weights(state, weights)
+        return keras_models.initial_state(learning_process, model_fn, self)
 
     def assign_to(self, keras_model: tf.keras.Model) -> int:
         """Assigns the held values to `keras_model`'s variables (eagerly); returns how many."""

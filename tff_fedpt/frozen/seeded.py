@@ -264,7 +264,7 @@ def frozen_initializer_for(layer, variable: tf.Variable) -> FrozenInitializer:
 
 
 def generate_frozen_weights(
-    initializers: Sequence[FrozenInitializer], frozen_seed
+    initializers: Sequence[FrozenInitializer], frozen_seed, indices: Sequence[int] | None = None
 ) -> list[tf.Tensor]:
     """Draws every frozen variable from `frozen_seed` with stateless random ops.
 
@@ -276,12 +276,15 @@ def generate_frozen_weights(
     Args:
       initializers: One `FrozenInitializer` per frozen variable, in model order.
       frozen_seed: An integer (Python or scalar int64 tensor).
+      indices: Each initializer's index in the whole model's frozen variables (default
+        0, 1, ...): a model's part draws its tensors as the whole model does.
 
     Returns:
       A list of tensors, one per entry of `initializers`.
     """
     seed = tf.cast(frozen_seed, tf.int64)
+    indices = range(len(initializers)) if indices is None else indices
     return [
         init.generate(tf.stack([seed, tf.constant(i, tf.int64)]))
-        for i, init in enumerate(initializers)
+        for i, init in zip(indices, initializers)
     ]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import adapters, communication, frozen, keras_models, process
+from tff_fedpt import adapters, communication, features, frozen, keras_models, process
 from tff_fedpt.tasks import Task
 from tff_fedpt.training import config as config_lib
 from tff_fedpt.training.config import ConfigError
@@ -51,6 +51,7 @@ class Algorithm:
       name: The registry name (the value of --algorithm).
       uses_freeze: Whether --freeze means something to it (FedPT, small model).
       compressible: Whether --upload_bits / --broadcast_bits apply.
+      feature_trainable: Whether --train_on_features applies (its `client_input`).
       options: Its own options group (a frozen dataclass of `option` fields), added to
         `ExperimentConfig` when the algorithm is registered; None: none.
     """
@@ -58,6 +59,7 @@ class Algorithm:
     name: str = ""
     uses_freeze: bool = False
     compressible: bool = False
+    feature_trainable: bool = False
     options: Optional[type] = None
 
     def check(self, config: ExperimentConfig, task: Task) -> None:
@@ -90,6 +92,11 @@ class Algorithm:
     def eval_keras_model(self, model_fn, keras_model_fn) -> tf.keras.Model:
         """A Keras model with the same trainable / non-trainable split as the weights."""
         return keras_model_fn()
+
+    def client_input(self, model_fn, config: ExperimentConfig) -> Optional[features.FeatureMap]:
+        """What the client datasets (and the test set) pass through once before training:
+        the frozen prefix's `FeatureMap` when the process trains on features, else None."""
+        return None
 
 
 _REGISTRY: dict[str, Algorithm] = {}
@@ -208,6 +215,14 @@ class FedPT(Algorithm):
     name = "fedpt"
     uses_freeze = True
     compressible = True
+    feature_trainable = True
+
+    def check(self, config, task):
+        super().check(config, task)
+        if config.train_on_features == "on":
+            self._on_features(
+                self.model_fn(config, task, self.keras_model_fn(config, task)), config
+            )
 
     def model_fn(self, config, task, keras_model_fn):
         return tff_model_fn(keras_model_fn, task, freeze=freeze_spec_of(config, task))
@@ -221,7 +236,23 @@ class FedPT(Algorithm):
             model_aggregator=parts.model_aggregator,
             client_weighting=parts.client_weighting,
             broadcast_bits=config.broadcast_bits,
+            train_on_features=self._on_features(model_fn, config),
         )
+
+    def client_input(self, model_fn, config):
+        if not self._on_features(model_fn, config):
+            return None
+        return features.FeatureMap(
+            model_fn, config.frozen_seed, memory_bytes=config.features_memory_mb << 20
+        )
+
+    @staticmethod
+    def _on_features(model_fn, config) -> bool:
+        with tf.Graph().as_default():
+            try:
+                return features.wanted(config.train_on_features, model_fn())
+            except features.NoPrefixError as e:
+                raise ConfigError(str(e), ["train_on_features"]) from None
 
     def eval_keras_model(self, model_fn, keras_model_fn):
         return model_fn().keras_model  # built with the frozen layers frozen

@@ -24,7 +24,7 @@ import typing
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
-from tff_fedpt import adapters, compression, privacy, runtime
+from tff_fedpt import adapters, compression, features, privacy, runtime
 from tff_fedpt import frozen as frozen_lib
 from tff_fedpt.options import group_of, option, value_type
 
@@ -127,6 +127,7 @@ _LIBRARY_GROUPS: tuple[type, ...] = (
     compression.CompressionOptions,
     frozen_lib.PretrainedOptions,
     adapters.AdapterOptions,
+    features.FeatureOptions,
 )
 _registered: list[type] = []
 _composed: Optional[type] = None

@@ -7,6 +7,7 @@ import functools
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_fedpt import frozen
 from tff_fedpt.tasks import Task
 
 
@@ -14,15 +15,24 @@ class Evaluator:
     """Evaluates `ModelWeights` on a Keras model with the task's loss and metrics.
 
     `keras_model` must have the same trainable / non-trainable split as the
-    `ModelWeights` it is given (for FedPT: the layers of the freeze spec frozen).
+    `ModelWeights` it is given (for FedPT: the layers of the freeze spec frozen). With
+    `features` (a `tff_fedpt.features.FeatureMap` of the same model), the test set passes
+    through the frozen prefix once and each evaluation runs the layers after it.
     """
 
-    def __init__(self, keras_model: tf.keras.Model, task: Task, batch_size: int = 256):
+    def __init__(
+        self, keras_model: tf.keras.Model, task: Task, batch_size: int = 256, *, features=None
+    ):
+        self._weights_model = keras_model
         self._keras_model = keras_model
         self._loss_fn = task.loss_fn()
         self._loss = tf.keras.metrics.Mean(name="loss")
         self._metrics = [self._loss, *task.metrics_fn()]
-        self._dataset = task.test_batches(batch_size)
+        if features is None:
+            self._dataset = task.test_batches(batch_size)
+        else:
+            self._keras_model = frozen.split_model(keras_model, features.split)[1]
+            self._dataset = features(task.to_model_input(task.test_data)).batch(batch_size)
         # Each evaluator traces once, for its own model. A partial, not a closure: TF
         # counts traces by Python code object, so the closures of a grid's evaluators
         # (one per run, in one process) added up to "5 out of the last 5 calls triggered
@@ -30,7 +40,7 @@ class Evaluator:
         self._run = tf.function(functools.partial(_evaluate, self))
 
     def __call__(self, weights: tff.learning.models.ModelWeights) -> dict[str, float]:
-        weights.assign_weights_to(self._keras_model)
+        weights.assign_weights_to(self._weights_model)
         return {name: float(value) for name, value in self._run(self._dataset).items()}
 
 

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any, Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import communication, compression, frozen, privacy, runtime
+from tff_fedpt import (
+    communication,
+    compression,
+    features,
+    frozen,
+    keras_models,
+    privacy,
+    runtime,
+)
 from tff_fedpt.tasks import Task
 from tff_fedpt.training import algorithms, outputs
 from tff_fedpt.training import config as config_lib
@@ -50,6 +58,8 @@ class Experiment:
       privacy: The DP mechanism of one round (None without DP).
       target_delta: Delta at which epsilon is reported.
       pretrained: The pretrained values the run starts from (None: none).
+      client_input: What every client dataset and the test set pass through once before
+        training (`features.FeatureMap` when the process trains on features), or None.
       row_annotations: Functions round_num -> dict of extra metrics for the round's row
         (with DP: `privacy.RoundAccounting`, the epsilon spent so far).
       after_round: Functions of round_num run after the round is saved (with
@@ -68,6 +78,7 @@ class Experiment:
     privacy: Optional[privacy.PrivacySetting]
     target_delta: float
     pretrained: Optional[frozen.PretrainedWeights] = None
+    client_input: Optional[features.FeatureMap] = None
     row_annotations: tuple[Callable[[int], dict], ...] = ()
     after_round: tuple[Callable[[int], Any], ...] = ()
 
@@ -75,7 +86,9 @@ class Experiment:
         """Test-set evaluation of the process's model weights (the loop calls it with
         `get_model_weights(state)` every --rounds_per_eval rounds)."""
         return Evaluator(
-            self.algorithm.eval_keras_model(self.model_fn, self.keras_model_fn), self.task
+            self.algorithm.eval_keras_model(self.model_fn, self.keras_model_fn),
+            self.task,
+            features=self.client_input,
         )
 
     @property
@@ -126,7 +139,9 @@ class Experiment:
         if self.pretrained is None:
             return state
         keras_model = self.algorithm.eval_keras_model(self.model_fn, self.keras_model_fn)
-        weights = self.pretrained.overwrite(self.process.get_model_weights(state), keras_model)
+        weights = keras_models.overwrite_weights(
+            self.pretrained, self.process.get_model_weights(state), keras_model
+        )
         return self.process.set_model_weights(state, weights)
 
 
@@ -175,9 +190,16 @@ def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
             weighted=config.client_weighting == "num_examples",
             clients_per_round=config.clients_per_round,
         )
+        config.group(features.FeatureOptions).check(
+            algorithm=config.algorithm, supported=algorithm.feature_trainable
+        )
     except (ValueError, TypeError) as e:
         raise config_lib.group_error(
-            e, compression.CompressionOptions, privacy.DPOptions, also=_DP_ALSO
+            e,
+            compression.CompressionOptions,
+            privacy.DPOptions,
+            features.FeatureOptions,
+            also=_DP_ALSO,
         ) from None
     return config
 
@@ -402,6 +424,7 @@ def build_parts(prepared: Prepared, model_aggregator=None) -> Experiment:
         cost=algorithm.communication_cost(learning_process),
         fedavg_cost=communication.fedavg_communication_cost(full_model_fn),
         freeze_report=report,
+        client_input=algorithm.client_input(model_fn, config),
         privacy=setting,
         target_delta=prepared.target_delta,
     ).for_run(prepared)

@@ -188,7 +188,7 @@ def run(
         )
         evaluator = experiment.evaluator()
         client_ids = list(task.train_data.client_ids)
-        datasets = ClientDatasets(task, options)
+        datasets = ClientDatasets(task, options, experiment.client_input)
         if on_start is not None:
             on_start(version + 1)
         saved = done = version

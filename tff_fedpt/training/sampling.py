@@ -32,11 +32,13 @@ class ClientDatasets:
     """Builds each round's client datasets; each client's input map is built once.
 
     Tracing the task's map function anew every round grows memory, so the mapped
-    (x, y) dataset of a client is kept after its first use.
+    (x, y) dataset of a client is kept after its first use; `client_input` (the frozen
+    prefix's `features.FeatureMap`) maps it once more, then it is kept.
     """
 
-    def __init__(self, task: Task, config: LoopOptions):
+    def __init__(self, task: Task, config: LoopOptions, client_input=None):
         self._task = task
+        self._client_input = client_input
         self._preprocessing = Preprocessing(
             batch_size=config.client_batch_size,
             epochs=config.client_epochs_per_round,
@@ -48,9 +50,12 @@ class ClientDatasets:
         data = []
         for client_id, seed in zip(client_ids, seeds):
             if client_id not in self._mapped:
-                self._mapped[client_id] = self._task.to_model_input(
+                mapped = self._task.to_model_input(
                     self._task.train_data.create_tf_dataset_for_client(client_id)
                 )
+                if self._client_input is not None:
+                    mapped = self._client_input(mapped)
+                self._mapped[client_id] = mapped
             data.append(
                 self._task.client_dataset(
                     self._mapped[client_id], self._preprocessing, seed, mapped=True

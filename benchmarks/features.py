@@ -1,0 +1,88 @@
+"""Benchmark section `features`: what training on the frozen prefix's output saves."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import tensorflow_federated as tff
+
+import tff_fedpt
+from benchmarks.common import BenchmarkError, fedpt_model_fn, median_round_seconds, tff_model_fn
+from tff_fedpt import adapters, features
+from tff_fedpt.tasks import fashion_mnist, load_task
+
+CONVS = ("conv1", "conv2")
+
+
+def _adapted(rank, mode):
+    def build():
+        return adapters.add_adapters(fashion_mnist.cnn(0, 128), "dense128", rank=rank, mode=mode)
+
+    return build
+
+
+# (label, Keras model builder, FedPT freeze preset, layers TFF's FedAvg sets trainable=False)
+SETTINGS = (
+    ("head only (convs + dense frozen)", lambda: fashion_mnist.cnn(0, 128), "all_but_output",
+     (*CONVS, "dense128")),
+    ("LoRA r4 on dense, convs frozen", _adapted(4, "lora"), "convs", CONVS),
+    ("FFA-LoRA r16 on dense, convs frozen", _adapted(16, "ffa"), "convs", CONVS),
+)  # fmt: skip
+
+
+def features_rounds(params, log):
+    """Fashion-MNIST's pretrained-backbone settings (docs/fashion_pretrained.md) on 10
+    real clients (the first 10 of the Dirichlet(0.5) split, batch 20, one epoch): the
+    median round time of FedPT on features, FedPT on inputs, and TFF's own FedAvg with the
+    same layers `trainable=False`, in one run; and the one-time cost of the features.
+    The frozen values are seeded here: a round's compute does not depend on them."""
+    data_kwargs = {"num_clients": params.fashion_num_clients}
+    if params.fashion_data_dir:
+        data_kwargs["data_dir"] = params.fashion_data_dir
+    task = load_task("fashion_mnist", **data_kwargs)
+    ids = task.train_data.client_ids[:10]
+    if len(ids) < 10:
+        raise BenchmarkError(f"--fashion_num_clients: the section takes 10; received {len(ids)}.")
+    mapped = [task.to_model_input(task.train_data.create_tf_dataset_for_client(c)) for c in ids]
+    inputs = [m.batch(20) for m in mapped]
+    examples = sum(int(m.reduce(0, lambda n, _: n + 1)) for m in mapped)
+    spec = inputs[0].element_spec
+    sgd = tff.learning.optimizers.build_sgdm(0.2)
+    what = f"10 clients ({examples} examples)"
+    rows = []
+    for label, build, preset, keras_frozen in SETTINGS:
+        model_fn = fedpt_model_fn(build, spec, fashion_mnist.PRESETS["cnn"][preset])
+        start = time.perf_counter()
+        feature_map = features.FeatureMap(model_fn, 0)
+        on_features = [feature_map(m).batch(20) for m in mapped]
+        feature_s = time.perf_counter() - start
+        log(f"  {label}: features of {examples} examples in {feature_s:.2f} s")
+        fedavg = tff.learning.algorithms.build_weighted_fed_avg(
+            tff_model_fn(build, spec, keras_frozen), sgd
+        )
+        fedpt = tff_fedpt.build_fedpt_process(model_fn, sgd)
+        fedpt_features = tff_fedpt.build_fedpt_process(model_fn, sgd, train_on_features=True)
+        runs = (
+            ("TFF FedAvg, same layers trainable=False", fedavg, inputs),
+            ("FedPT on inputs", fedpt, inputs),
+            ("FedPT on features", fedpt_features, on_features),
+        )
+        reference = None
+        for name, process, data in runs:
+            seconds = median_round_seconds(process, data, params.repeats)
+            reference = reference or seconds
+            log(f"  {label}, {name}: {seconds:.2f} s per round")
+            rows.append(_row(f"round time, {what}, {label}: {name}", seconds, reference))
+        shape = feature_map.split.feature_shape
+        rows.append(_row(f"features once, {what}, {label} ({shape})", feature_s, reference))
+    return rows
+
+
+def _row(measure: str, seconds: float, fedavg_seconds: float) -> collections.OrderedDict:
+    return collections.OrderedDict(
+        measure=measure,
+        value=round(seconds, 3),
+        unit="s",
+        vs_fedavg=round(seconds / fedavg_seconds, 3),
+    )
