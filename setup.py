@@ -23,7 +23,7 @@ setuptools.setup(
         ]
     ),
     # Built on first use by tff_fedpt.remote.start_worker (binds TFF's worker to one address).
-    package_data={"tff_fedpt": ["_bind_shim.c"]},
+    package_data={"tff_fedpt.remote": ["_bind_shim.c"]},
     python_requires=">=3.9,<3.12",
     install_requires=[
         # TFF 0.87.0 itself is installed with --no-deps: its jaxlib==0.4.14 pin has no

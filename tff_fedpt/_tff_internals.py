@@ -8,7 +8,7 @@ TFF 0.87 does not expose these through its public API; the package uses them for
   (`factory_utils`);
 * the local runtime (`context_stack_impl`, `runtime_error_context`, `executor_factory`:
   a TFF worker that dies with its parent);
-* remote workers (`remote.py`: the execution contexts, executors and compilers).
+* remote workers (`remote/`: the execution contexts, executors and compilers).
 
 `USED` lists each attribute the package reads; `tests/test_tff_internals.py` checks them
 all, so an upgrade of TFF that moves one fails there, by name, rather than deep in a run.
