@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from fedpt_device.protocol import (
+    FEATURES_SIGNATURE,
     FINGERPRINT_SIGNATURE,
     SEED,
     SIGNATURES,
@@ -39,8 +40,12 @@ class Client:
 
     def __init__(self, interpreter):
         self._interpreter = interpreter
-        self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
-        self._inputs = {s: self._runners[s].get_input_details() for s in SIGNATURES}
+        found = self._interpreter.get_signature_list()
+        names = [*SIGNATURES, *((FEATURES_SIGNATURE,) if FEATURES_SIGNATURE in found else ())]
+        self._runners = {s: self._interpreter.get_signature_runner(s) for s in names}
+        self._inputs = {s: self._runners[s].get_input_details() for s in names}
+        # A file that trains on the frozen prefix's output (its `features` signature).
+        self.trains_on_features = FEATURES_SIGNATURE in found
         self.fingerprint = None
         if FINGERPRINT_SIGNATURE in self._interpreter.get_signature_list():
             words = self._interpreter.get_signature_runner(FINGERPRINT_SIGNATURE)()["fingerprint"]
@@ -141,6 +146,30 @@ class Client:
         self._trained = True
         return float(out["loss"])
 
+    def features(self, x) -> np.ndarray:
+        """The frozen prefix's output for examples `x`, which `train` and `evaluate` take
+        (`x_is_features=True`) in place of `x` in this round and the next ones: the
+        prefix is frozen, so an app computes them once per example and keeps them."""
+        if not self.trains_on_features:
+            raise DeviceError(
+                "features: this file has no features signature (it trains on inputs; "
+                "export it with train_on_features=True)."
+            )
+        if not self._started:
+            raise DeviceError("features: called before start_round (the frozen values).")
+        x = np.asarray(x)
+        fixed = int(self._inputs[FEATURES_SIGNATURE]["x"]["shape_signature"][0])
+        step = fixed if fixed > 0 else max(len(x), 1)
+        parts = []
+        for start in range(0, len(x), step):
+            batch = x[start : start + step]
+            short = step - len(batch) if fixed > 0 else 0
+            if short:  # a fixed batch dimension: pad the last batch, keep its own rows
+                batch = np.concatenate([batch, np.zeros((short, *batch.shape[1:]), batch.dtype)])
+            out = self._runners[FEATURES_SIGNATURE](x=self._check(FEATURES_SIGNATURE, "x", batch))
+            parts.append(out["features"][: len(batch) - short])
+        return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
     def evaluate(self, x, y) -> dict[str, np.ndarray]:
         if not self._started:
             raise DeviceError("evaluate: called before start_round (no broadcast received).")
@@ -174,12 +203,22 @@ class Client:
         batch_size: int,
         epochs: int = 1,
         shuffle_seed: Optional[int] = None,
+        x_is_features: bool = False,
     ) -> DeviceUpdate:
         """A client's local training from numpy arrays, as a device does it.
 
         Batches of `batch_size` in order (or shuffled per epoch with `shuffle_seed`), the
-        last batch of an epoch possibly smaller; returns the update to upload.
+        last batch of an epoch possibly smaller; returns the update to upload. A file that
+        trains on features (`trains_on_features`) maps `x` through its frozen prefix once
+        first, unless `x_is_features` (`x` is what `features` returned, kept by the app).
         """
+        if self.trains_on_features and not x_is_features:
+            x = self.features(x)
+        elif x_is_features and not self.trains_on_features:
+            raise DeviceError(
+                "train: x_is_features=True, but this file trains on inputs (no features "
+                "signature)."
+            )
         if len(x) != len(y) or len(x) == 0:
             raise DeviceError(
                 f"train: x and y need the same, non-zero length; got {len(x)}, {len(y)}."

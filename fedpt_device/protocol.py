@@ -19,6 +19,10 @@ SIGNATURES = ("start_round", "train", "evaluate", "get_update", "frozen_weights"
 # Only in files whose frozen part is (in part) pretrained: the values ship inside the file,
 # once, with the app; this signature returns their fingerprint, checked each round.
 FINGERPRINT_SIGNATURE = "frozen_fingerprint"
+# Only in files that train on the frozen prefix's output: x -> {"features": ...}, run once
+# per local example (after a start_round, which fills the frozen values), its output kept
+# by the app and given to train and evaluate in place of x.
+FEATURES_SIGNATURE = "features"
 SEED = "frozen_seed"
 
 

@@ -42,6 +42,12 @@ flags.DEFINE_enum(
     list(tff_fedpt.frozen.GENERATORS),
     "How the frozen part is drawn (default: portable with --builtins_only, else philox).",
 )
+flags.DEFINE_bool(
+    "train_on_features",
+    False,
+    "Train the layers after the model's frozen prefix on its output: a `features` "
+    "signature the app runs once per example (docs/features.md).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -59,7 +65,11 @@ def _export(spec, freeze, optimizer, builtins_only):
         trainable = sum(v.shape.num_elements() for v in model.trainable_variables)
         frozen = sum(v.shape.num_elements() for v in model.non_trainable_variables)
     content = device.export_tflite(
-        model_fn, optimizer, batch_size=FLAGS.batch_size, builtins_only=builtins_only
+        model_fn,
+        optimizer,
+        batch_size=FLAGS.batch_size,
+        builtins_only=builtins_only,
+        train_on_features=FLAGS.train_on_features,
     )
     return content, trainable, frozen
 

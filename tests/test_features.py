@@ -179,3 +179,114 @@ def test_a_run_on_features_gives_the_rows_of_a_run_on_inputs(tmp_path):
         training.build_experiment(
             config.replace(algorithm="fedavg", freeze="none", train_on_features="on"), task
         )
+
+
+# ---------------------------------------------------------------------------
+# The device: a `features` signature, and train / evaluate on features.
+
+DIGITS_SPEC = (tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int32))
+
+
+def _digits_fn(generator="philox"):
+    from tff_fedpt.tasks import digits
+
+    def model_fn():
+        return tff_fedpt.from_keras_model(
+            digits.cnn(0, 64),
+            loss=models.loss(),
+            input_spec=DIGITS_SPEC,
+            freeze=frozen_lib.FreezeSpec(layers=("conv1", "conv2"), generator=generator),
+        )
+
+    return model_fn
+
+
+def _digits_clients(seed):
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.random((12, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 12).astype(np.int32))
+        for _ in range(3)
+    ]
+
+
+def _reference_round(process, state, feature_map, data, batch):
+    datasets = [feature_map(tf.data.Dataset.from_tensor_slices(d)).batch(batch) for d in data]
+    return process.next(state, datasets)
+
+
+def _assert_same_trainable(out, ref):
+    for a, b in zip(
+        out.state.global_model_weights.trainable, ref.state.global_model_weights.trainable
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_device_round_on_features_equals_process_next():
+    """The Flex file: start_round, features once per example, train on them; two rounds
+    of three devices equal the features process's `next` to 1e-5. Kept features (an app's
+    store) give the same update as features computed in train."""
+    from tff_fedpt import device
+
+    model_fn, optimizer = _digits_fn(), tff.learning.optimizers.build_sgdm(0.1, momentum=0.9)
+    process = tff_fedpt.build_fedpt_process(
+        model_fn, optimizer, frozen_seed=4, train_on_features=True
+    )
+    tflite = device.export_tflite(model_fn, optimizer, train_on_features=True)
+    feature_map = features.FeatureMap(model_fn, 4)
+    state = process.initialize()
+    for round_num in range(2):
+        data = _digits_clients(round_num)
+        payload = device.broadcast_payload(process, state)
+        updates = []
+        for x, y in data:
+            client = device.DeviceClient(tflite)
+            assert client.trains_on_features
+            client.start_round(payload["trainable"], payload["frozen_seed"])
+            updates.append(client.train(x, y, batch_size=4))
+        kept = device.DeviceClient(tflite)
+        kept.start_round(payload["trainable"], payload["frozen_seed"])
+        stored = kept.features(data[0][0])
+        assert stored.shape == (12, 512)
+        again = kept.train(stored, data[0][1], batch_size=4, x_is_features=True)
+        np.testing.assert_array_equal(again.delta[0], updates[0].delta[0])
+        out = device.apply_device_updates(process, state, updates)
+        ref = _reference_round(process, state, feature_map, data, 4)
+        _assert_same_trainable(out, ref)
+        state = ref.state
+    with pytest.raises(protocol_error(), match="features: argument 'x' has shape"):
+        kept.features(np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(protocol_error(), match="expected \\(None, 512\\)"):
+        kept.train(np.zeros((2, 8, 8, 1), np.float32), data[0][1][:2], batch_size=2,
+                   x_is_features=True)  # fmt: skip
+
+
+def protocol_error():
+    from fedpt_device import protocol
+
+    return protocol.DeviceError
+
+
+def test_a_builtin_only_features_file_trains_on_the_slim_runtime(tmp_path):
+    """Builtins only (portable generator, fixed batch): no Flex op, and
+    `python -m fedpt_device` on the slim runtime (which maps x through the features
+    signature itself) equals the features process's `next` to 1e-5."""
+    from tests.test_portable import _run_slim
+    from tff_fedpt import device
+
+    model_fn, optimizer = _digits_fn("portable"), tff.learning.optimizers.build_sgdm(0.1)
+    process = tff_fedpt.build_fedpt_process(
+        model_fn, optimizer, frozen_seed=2, train_on_features=True
+    )
+    tflite = device.export_tflite(
+        model_fn, optimizer, batch_size=4, builtins_only=True, train_on_features=True
+    )
+    assert device.flex_ops(tflite) == []
+    path = tmp_path / "client.tflite"
+    path.write_bytes(tflite)
+    state = process.initialize()
+    data = _digits_clients(5)
+    updates = _run_slim(tmp_path, path, device.broadcast_payload(process, state), data, 4)
+    out = device.apply_device_updates(process, state, updates)
+    _assert_same_trainable(
+        out, _reference_round(process, state, features.FeatureMap(model_fn, 2), data, 4)
+    )

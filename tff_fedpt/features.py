@@ -108,10 +108,17 @@ def wanted(mode: str, model) -> bool:
 
 
 def remainder_model(model, split: Optional[frozen.PrefixSplit] = None):
-    """The layers after `model`'s frozen prefix as a `PartiallyTrainableModel` over
-    features: the same layer objects (so the same variables and trainable weights, in the
-    same order), the same loss and metrics, and as frozen sources the full model's own
-    for the remainder's frozen tensors, with their indices in the full model (so each is
+    """`split_models(model, split)[1]`: the part after the prefix, over features."""
+    return split_models(model, split)[1]
+
+
+def split_models(model, split: Optional[frozen.PrefixSplit] = None):
+    """(the prefix as a Keras model, the layers after it as a `PartiallyTrainableModel`
+    over features), split once (a second split would find the layers called twice).
+
+    The remainder has the same layer objects (so the same variables and trainable
+    weights, in the same order), the same loss and metrics, and as frozen sources the full
+    model's own for its frozen tensors, with their indices in the full model (so each is
     drawn from the seed exactly as in the full model).
 
     Args:
@@ -121,13 +128,13 @@ def remainder_model(model, split: Optional[frozen.PrefixSplit] = None):
     from tff_fedpt import keras_models  # imports this package's frozen sources
 
     split = split or required_split(model)
-    _, rest = frozen.split_model(model.keras_model, split)
+    prefix, rest = frozen.split_model(model.keras_model, split)
     kwargs = dict(model.keras_kwargs)
     kwargs["input_spec"] = _features_input_spec(kwargs["input_spec"], split)
     inner = tff.learning.models.from_keras_model(rest, **kwargs)
     index = {v.ref(): i for i, v in enumerate(model.keras_model.non_trainable_weights)}
     indices = tuple(index[v.ref()] for v in rest.non_trainable_weights)
-    return keras_models.PartiallyTrainableModel(
+    return prefix, keras_models.PartiallyTrainableModel(
         inner,
         rest,
         [model.frozen_initializers[i] for i in indices],

@@ -12,8 +12,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedpt_device.protocol import FINGERPRINT_SIGNATURE, SIGNATURES, DeviceError
-from tff_fedpt import builtin_ops, keras_models
+from fedpt_device.protocol import (
+    FEATURES_SIGNATURE,
+    FINGERPRINT_SIGNATURE,
+    SIGNATURES,
+    DeviceError,
+)
+from tff_fedpt import builtin_ops, features, keras_models
 from tff_fedpt.device.module import ClientModule
 
 
@@ -24,6 +29,7 @@ def export_tflite(
     client_weighting: tff.learning.ClientWeighting = tff.learning.ClientWeighting.NUM_EXAMPLES,
     batch_size: Optional[int] = None,
     builtins_only: bool = False,
+    train_on_features: bool = False,
 ) -> bytes:
     """Converts a FedPT client into a TensorFlow Lite flatbuffer (see the module doc).
 
@@ -39,6 +45,10 @@ def export_tflite(
         portable generator (`FreezeSpec(generator="portable")`); ReLU, max pooling,
         convolution and the loss get gradients written in builtins
         (`tff_fedpt.builtin_ops`).
+      train_on_features: The file trains the part after the model's frozen prefix on
+        the prefix's output (`tff_fedpt.features`), as the process built with the same
+        flag: a `features` signature (x -> features, run once per local example after a
+        start_round) is added, and train and evaluate take features in place of x.
 
     Returns:
       The `.tflite` file's bytes. Without `builtins_only`, ops that TensorFlow Lite
@@ -83,15 +93,26 @@ def export_tflite(
         if isinstance(model.input_spec, collections.abc.Mapping)
         else tuple(model.input_spec)
     )
+    trained, extra = model, {}
+    if train_on_features:
+        split = features.required_split(model)
+        prefix, trained = features.split_models(model, split)
+        extra = dict(frozen_model=model, prefix=(prefix, fixed(x_spec)))
+        x_spec = tf.TensorSpec([None, *split.feature_shape], split.feature_dtype)
     module = ClientModule(
-        model,
+        trained,
         client_optimizer,
         client_weighting,
         (fixed(x_spec), fixed(y_spec)),
         builtins_only=builtins_only,
+        **extra,
     )
     with tempfile.TemporaryDirectory() as directory:
-        names = SIGNATURES if module.fingerprint is None else (*SIGNATURES, FINGERPRINT_SIGNATURE)
+        names = (
+            *SIGNATURES,
+            *((FINGERPRINT_SIGNATURE,) if module.fingerprint is not None else ()),
+            *((FEATURES_SIGNATURE,) if train_on_features else ()),
+        )
         try:
             signatures = {name: getattr(module, name).get_concrete_function() for name in names}
         except NotImplementedError as e:  # a builtin gradient's limits (builtin_ops)

@@ -14,9 +14,20 @@ from tff_fedpt.device.state import FrozenStores, OptimizerState
 
 class ClientModule(tf.Module):
     """The device's state and its signatures: start_round, train, evaluate, get_update,
-    frozen_weights (and frozen_fingerprint with pretrained frozen values)."""
+    frozen_weights (and frozen_fingerprint with pretrained frozen values; and features
+    with `prefix`, when `model` is the part after the frozen prefix of `frozen_model`)."""
 
-    def __init__(self, model, optimizer, client_weighting, batch_spec, builtins_only=False):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        client_weighting,
+        batch_spec,
+        builtins_only=False,
+        *,
+        frozen_model=None,
+        prefix=None,
+    ):
         super().__init__()
         self._builtins_only = builtins_only
         # Not tracked: SavedModel would trace the Keras layers' own call functions, which
@@ -26,7 +37,9 @@ class ClientModule(tf.Module):
         self._local_variables = list(model.local_variables)
         self._uniform = client_weighting == tff.learning.ClientWeighting.UNIFORM
         self._trainable = list(model.trainable_variables)
-        self._frozen = FrozenStores(model)
+        # Every frozen tensor of the whole model, the prefix's too: its features are
+        # computed on the device from the same seed or pretrained values.
+        self._frozen = FrozenStores(frozen_model or model)
         self._initial = [
             tf.Variable(tf.zeros([0], v.dtype), shape=tf.TensorShape(None), name=f"initial_{i}")
             for i, v in enumerate(self._trainable)
@@ -47,6 +60,9 @@ class ClientModule(tf.Module):
         self.evaluate = tf.function(self._evaluate, input_signature=[x_spec, y_spec])
         self.get_update = tf.function(self._get_update, input_signature=[])
         self.frozen_weights = tf.function(self._frozen.values, input_signature=[])
+        if prefix is not None:
+            object.__setattr__(self, "_prefix", prefix[0])
+            self.features = tf.function(self._features, input_signature=[prefix[1]])
         self.fingerprint = self._frozen.fingerprint
         if self.fingerprint is not None:
             words = protocol.fingerprint_words(self.fingerprint)
@@ -85,6 +101,10 @@ class ClientModule(tf.Module):
         self._optimizer.step(self._trainable, gradients)
         self._num_examples.assign_add(tf.shape(y, out_type=tf.int64)[0])
         return {"loss": loss}
+
+    def _features(self, x):
+        self._frozen.bind()
+        return {"features": self._prefix(x, training=False)}
 
     def _evaluate(self, x, y):
         self._frozen.bind()
