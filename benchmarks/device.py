@@ -50,6 +50,11 @@ def _measure_client(content, runtime, steps, shape, classes, repeats=3):
         peak_mib=statistics.median(r["peak_kib"] for r in runs) / 1024,
         loaded_mib=statistics.median(r["loaded_kib"] for r in runs) / 1024,
         step_ms=statistics.median(r["step_s"] for r in runs) * 1000,
+        features_ms=(
+            None
+            if runs[0].get("features_s") is None
+            else statistics.median(r["features_s"] for r in runs) * 1000
+        ),
     )
 
 
@@ -137,15 +142,22 @@ def device_slim(params, log):
         portable = tff_fedpt.FreezeSpec(layers=layers, generator="portable")
         # (client, freeze, builtins only, runtime); the builtin file also in TensorFlow's
         # interpreter, which separates what the file costs from what the runtime costs
-        for client, freeze, builtins_only, where in (
+        clients = [
             ("flex_fedavg", None, False, "tensorflow"),
             ("flex_fedpt", tff_fedpt.FreezeSpec(layers=layers), False, "tensorflow"),
             ("builtin_fedpt_slim", portable, True, "slim"),
             ("builtin_fedpt_in_tf_interpreter", portable, True, "tensorflow"),
-        ):
+        ]
+        if layers[0] == "conv1":  # a frozen prefix: the features file too
+            clients.append(("builtin_fedpt_slim_on_features", portable, True, "slim"))
+        for client, freeze, builtins_only, where in clients:
             model_fn = fedpt_model_fn(lambda: spec.build(0), spec.input_spec, freeze)
             content = device.export_tflite(
-                model_fn, sgd, batch_size=20, builtins_only=builtins_only
+                model_fn,
+                sgd,
+                batch_size=20,
+                builtins_only=builtins_only,
+                train_on_features=client.endswith("_on_features"),
             )
             measured[client] = _measure_client(content, where, params.device_steps, (28, 28, 1), 62)
             measured[client].update(
@@ -166,6 +178,7 @@ def device_slim(params, log):
                     after_start_round_mib=m["loaded_mib"],
                     step_ms=m["step_ms"],
                     step_vs_flex_fedavg=m["step_ms"] / base["step_ms"],
+                    features_once_ms=m["features_ms"],
                 )
             )
     return rows
