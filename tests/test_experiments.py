@@ -196,3 +196,34 @@ def test_write_report_refuses_a_short_grid_over_a_long_one(tmp_path):
     longer = [{"run": "a", "rounds": 300}, {"run": "b", "rounds": 100}]
     grid.write_report(grid.Report(["# longer"], {"sections": {"x": longer}}), docs, "runs")
     assert _read(os.path.join(docs, "results.md")) == "# longer\n"
+
+
+def test_summarize_seeds_gives_mean_and_spread_of_final_and_last_five(tmp_path):
+    """scripts/summarize_seeds.py: per setting, the mean and sample SD over its runs of the
+    final accuracy and of the mean of the last five evaluations; a run without evaluations
+    is one line naming it."""
+    import sys
+
+    from tests import scripts
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _store_run(tmp_path, "a_s1", [0.1, 0.5, 0.5, 0.5, 0.5, 0.7])  # last 5: 0.54
+    _store_run(tmp_path, "a_s2", [0.2, 0.6, 0.6, 0.6, 0.6, 0.5])  # last 5: 0.58
+    _store_run(tmp_path, "b_s1", [0.3])
+    out = tmp_path / "summary.json"
+    script = [sys.executable, os.path.join(root, "scripts", "summarize_seeds.py")]
+    result = scripts.run(
+        [*script, f"--root_output_dir={tmp_path}", "--groups=A=a_s1,a_s2;B=b_s1", f"--output={out}"]
+    )
+    assert result.returncode == 0, result.stderr
+    a, b = json.loads(out.read_text())
+    assert (a["label"], a["seeds"], b["seeds"]) == ("A", 2, 1)
+    assert a["final_mean"] == pytest.approx(0.6) and a["final_sd"] == pytest.approx(
+        0.1414, abs=1e-4
+    )
+    assert a["last5_mean"] == pytest.approx(0.56) and b["final_sd"] == 0.0
+    assert "| A | 2 | 0.6000 ± 0.1414 | 0.5600 ± 0.0283 |" in result.stdout
+    result = scripts.run(
+        [*script, f"--root_output_dir={tmp_path}", "--groups=A=nope", f"--output={out}"]
+    )
+    assert result.returncode == 2 and "run 'nope' has no evaluation" in result.stderr
