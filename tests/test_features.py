@@ -2,6 +2,7 @@
 and trajectory as the full model's FedPT process, with the prefix run once per example."""
 
 import collections
+import gc
 
 import numpy as np
 import pytest
@@ -125,6 +126,9 @@ def test_features_past_the_memory_bound_go_to_files_and_read_back_the_same(tmp_p
         np.testing.assert_array_equal(x["x"], y["x"])
         np.testing.assert_array_equal(x["y"], y["y"])
     assert in_memory(data.take(0)).cardinality() == 0
+    kept = features.FeatureMap(model_fn, 3, memory_bytes=0)(data)  # the map itself dropped
+    gc.collect()
+    assert len(list(kept)) == 9  # its temporary files stay until exit
 
 
 def test_a_model_without_a_frozen_prefix_is_refused_in_one_line():

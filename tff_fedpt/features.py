@@ -14,11 +14,11 @@ trajectory is the full model's (tests/test_features.py, to 1e-5).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import shutil
 import tempfile
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Optional
 
@@ -226,7 +226,8 @@ class FeatureMap:
     def _on_disk(self, f, y, element_spec) -> tf.data.Dataset:
         if self._directory is None:
             self._directory = tempfile.mkdtemp(prefix="fedpt_features_")
-            weakref.finalize(self, shutil.rmtree, self._directory, True)
+            # At exit, not with this object: its datasets outlive it and read the files.
+            atexit.register(shutil.rmtree, self._directory, True)
         os.makedirs(self._directory, exist_ok=True)
         path = os.path.join(self._directory, f"client_{self.files:06d}.tfrecord")
         self.files += 1
