@@ -122,7 +122,7 @@ def get(name: str) -> Algorithm:
     if name not in _REGISTRY:
         raise ConfigError(
             f"algorithm: unknown algorithm {name!r}; valid: {list(names())} (an algorithm "
-            "outside tff_fedpt is registered by its package, e.g. baselines.register()).",
+            "outside tff_fedpt is registered by the package that defines it).",
             ["algorithm"],
         )
     return _REGISTRY[name]
