@@ -22,13 +22,13 @@ def _adapted(rank, mode):
     return build
 
 
-# (label, Keras model builder, FedPT freeze preset, layers TFF's FedAvg sets trainable=False)
-SETTINGS = (
-    ("head only (convs + dense frozen)", lambda: fashion_mnist.cnn(0, 128), "all_but_output",
-     (*CONVS, "dense128")),
-    ("LoRA r4 on dense, convs frozen", _adapted(4, "lora"), "convs", CONVS),
-    ("FFA-LoRA r16 on dense, convs frozen", _adapted(16, "ffa"), "convs", CONVS),
-)  # fmt: skip
+# name: (label, Keras model builder, FedPT freeze preset, layers TFF's FedAvg freezes)
+SETTINGS = {
+    "head": ("head only (convs + dense frozen)", lambda: fashion_mnist.cnn(0, 128),
+             "all_but_output", (*CONVS, "dense128")),
+    "lora4": ("LoRA r4 on dense, convs frozen", _adapted(4, "lora"), "convs", CONVS),
+    "ffa16": ("FFA-LoRA r16 on dense, convs frozen", _adapted(16, "ffa"), "convs", CONVS),
+}  # fmt: skip
 
 
 def features_rounds(params, log):
@@ -46,6 +46,9 @@ def features_rounds(params, log):
     ids = task.train_data.client_ids[:10]
     if len(ids) < 10:
         raise BenchmarkError(f"--fashion_num_clients: the section takes 10; received {len(ids)}.")
+    unknown = sorted(set(params.features_settings) - set(SETTINGS))
+    if unknown:
+        raise BenchmarkError(f"--features_settings: unknown {unknown}; valid: {list(SETTINGS)}.")
     mapped = [task.to_model_input(task.train_data.create_tf_dataset_for_client(c)) for c in ids]
     inputs = [m.batch(20) for m in mapped]
     examples = sum(int(m.reduce(0, lambda n, _: n + 1)) for m in mapped)
@@ -53,7 +56,7 @@ def features_rounds(params, log):
     sgd = tff.learning.optimizers.build_sgdm(0.2)
     what = f"10 clients ({examples} examples)"
     rows = []
-    for label, build, preset, keras_frozen in SETTINGS:
+    for label, build, preset, keras_frozen in (SETTINGS[s] for s in params.features_settings):
         model_fn = fedpt_model_fn(build, spec, fashion_mnist.PRESETS["cnn"][preset])
         start = time.perf_counter()
         feature_map = features.FeatureMap(model_fn, 0)

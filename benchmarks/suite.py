@@ -25,6 +25,9 @@ class Params:
     fashion_data_dir: Optional[str] = option(None, "Fashion-MNIST IDX files (default: Debian's).")
     fashion_rounds: int = option(20, "Rounds of each Fashion-MNIST peak-memory run.")
     fashion_num_clients: int = option(1000, "Clients of the Fashion-MNIST split.")
+    features_settings: tuple[str, ...] = option(
+        ("head", "lora4", "ffa16"), "Settings of the features section (head, lora4, ffa16)."
+    )
     shakespeare_cache_dir: Optional[str] = option(
         None, "Directory of shakespeare.sqlite (default: TFF's, then `make data`'s)."
     )
