@@ -6,9 +6,9 @@ a pretrained backbone, a frozen embedding), their output for an example never ch
 A process built with `build_fedpt_process(..., train_on_features=True)` trains the rest
 of the model (`remainder_model`) on that output; `FeatureMap` computes it once per
 example for the client datasets (and, in `tff_fedpt.training`, for the test set:
-`Evaluator(..., features=)`). The process's state, broadcast, upload, bytes and `get_model_weights` are those of
-the full model's FedPT process; only the client datasets change (features in place of
-inputs). This is an execution choice, like a cache: on a model without randomness the
+`Evaluator(..., features=)`). The process's state, broadcast, upload, bytes and
+`get_model_weights` are those of the full model's FedPT process; only the client
+datasets change (features in place of inputs). This is an execution choice, like a cache: on a model without randomness the
 trajectory is the full model's (tests/test_features.py, to 1e-5).
 """
 
