@@ -8,8 +8,9 @@ of the model (`remainder_model`) on that output; `FeatureMap` computes it once p
 example for the client datasets (and, in `tff_fedpt.training`, for the test set:
 `Evaluator(..., features=)`). The process's state, broadcast, upload, bytes and
 `get_model_weights` are those of the full model's FedPT process; only the client
-datasets change (features in place of inputs). This is an execution choice, like a cache: on a model without randomness the
-trajectory is the full model's (tests/test_features.py, to 1e-5).
+datasets change (features in place of inputs). This is an execution choice, like a
+cache: on a model without randomness the trajectory is the full model's
+(tests/test_features.py, to 1e-5).
 """
 
 from __future__ import annotations
