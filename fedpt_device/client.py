@@ -11,6 +11,7 @@ installed. `tff_fedpt.device.DeviceClient` is the same client on TensorFlow's in
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from typing import Optional
 
@@ -30,6 +31,11 @@ from fedpt_device.protocol import (
     read_file_header,
     trainable_name,
 )
+
+
+def _described(identity: dict) -> str:
+    fingerprint = identity["frozen_fingerprint"] or "none"
+    return f"frozen seed {identity[SEED]}, pretrained fingerprint {fingerprint}"
 
 
 class Client:
@@ -136,7 +142,7 @@ class Client:
         }
         kwargs[SEED] = self._check("start_round", SEED, np.asarray(seed))
         self._runners["start_round"](**kwargs)
-        self._started, self._trained = True, False
+        self._started, self._trained, self._seed = True, False, int(seed)
 
     def train_step(self, x, y) -> float:
         """One optimizer step on one batch; returns the loss."""
@@ -169,6 +175,73 @@ class Client:
             out = self._runners[FEATURES_SIGNATURE](x=self._check(FEATURES_SIGNATURE, "x", batch))
             parts.append(out["features"][: len(batch) - short])
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+    def save_features(self, path: str | os.PathLike, x) -> np.ndarray:
+        """Computes `features(x)`, writes them to `path` (an .npz, whole or not at all)
+        with what identifies the frozen prefix that made them, and returns them.
+        `load_features` refuses the file on a client whose prefix computes otherwise."""
+        values = self.features(x)
+        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(f, features=values, probe=self._probe(), **self._identity())
+        os.replace(tmp, path)
+        return values
+
+    def load_features(self, path: str | os.PathLike) -> np.ndarray:
+        """Features kept by `save_features`, for `train(..., x_is_features=True)`.
+
+        Raises:
+          DeviceError: for a file that cannot be read or lacks a key, or features made by
+            another frozen prefix (other layers, seed or pretrained values: its output on
+            a fixed probe input differs from this file's), or of another shape.
+        """
+        if not self._started:
+            raise DeviceError("load_features: called before start_round (the frozen values).")
+        try:
+            with np.load(path) as f:
+                stored = dict(f)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise DeviceError(
+                f"load_features: cannot read {path}: {type(e).__name__}: {e}"
+            ) from None
+        missing = [k for k in ("features", "probe", *self._identity()) if k not in stored]
+        if missing:
+            raise DeviceError(
+                f"load_features: {path} lacks {missing}; write it with save_features."
+            )
+        probe = self._probe()
+        made_by = {k: stored[k].item() for k in self._identity()}
+        if stored["probe"].shape != probe.shape or not np.allclose(
+            stored["probe"], probe, rtol=1e-4, atol=1e-5
+        ):
+            raise DeviceError(
+                f"load_features: {path} holds features of another frozen prefix "
+                f"({_described(made_by)}); this client's file and broadcast give "
+                f"{_described(self._identity())}, and the two compute different features. "
+                "Compute them again with save_features."
+            )
+        values, detail = stored["features"], self._inputs["train"]["x"]
+        wanted = tuple(int(d) for d in detail["shape_signature"][1:])
+        if values.dtype != detail["dtype"] or values.shape[1:] != wanted:
+            raise DeviceError(
+                f"load_features: {path} holds {values.dtype} features of shape "
+                f"{values.shape[1:]} per example; this file trains on "
+                f"{np.dtype(detail['dtype']).name} of shape {wanted}."
+            )
+        return values
+
+    def _identity(self) -> dict:
+        return {SEED: self._seed, "frozen_fingerprint": self.fingerprint or ""}
+
+    def _probe(self) -> np.ndarray:
+        """The frozen prefix's output on a fixed input: its layers and frozen values at
+        work, which a stored seed or fingerprint alone would not show."""
+        detail = self._inputs[FEATURES_SIGNATURE]["x"]
+        shape = [int(d) if d > 0 else 1 for d in detail["shape_signature"]]
+        dtype, rng = np.dtype(detail["dtype"]), np.random.default_rng(0)
+        x = rng.uniform(0, 1, shape) if dtype.kind == "f" else rng.integers(0, 2, shape)
+        out = self._runners[FEATURES_SIGNATURE](x=x.astype(dtype))["features"]
+        return np.asarray(out[:1], np.float64).ravel()[:256]
 
     def evaluate(self, x, y) -> dict[str, np.ndarray]:
         if not self._started:

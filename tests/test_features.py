@@ -225,10 +225,11 @@ def _assert_same_trainable(out, ref):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_a_device_round_on_features_equals_process_next():
+def test_a_device_round_on_features_equals_process_next(tmp_path):
     """The Flex file: start_round, features once per example, train on them; two rounds
     of three devices equal the features process's `next` to 1e-5. Kept features (an app's
-    store) give the same update as features computed in train."""
+    store) give the same update as features computed in train; a stored-features file is
+    refused by a client whose frozen prefix computes otherwise (another frozen seed)."""
     from tff_fedpt import device
 
     model_fn, optimizer = _digits_fn(), tff.learning.optimizers.build_sgdm(0.1, momentum=0.9)
@@ -259,6 +260,16 @@ def test_a_device_round_on_features_equals_process_next():
         state = ref.state
     with pytest.raises(protocol_error(), match="features: argument 'x' has shape"):
         kept.features(np.zeros((2, 8, 8), np.float32))
+    path = tmp_path / "kept.npz"
+    np.testing.assert_array_equal(kept.save_features(path, data[0][0]), stored)
+    np.testing.assert_array_equal(kept.load_features(path), stored)
+    other = device.DeviceClient(tflite)
+    other.start_round(payload["trainable"], 5)  # other frozen values, same layers and shapes
+    with pytest.raises(protocol_error(), match=r"another frozen prefix \(frozen seed 4, "):
+        other.load_features(path)
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(protocol_error(), match="load_features: cannot read .*cut.npz"):
+        kept.load_features(tmp_path / "cut.npz")
     with pytest.raises(protocol_error(), match="expected \\(None, 512\\)"):
         kept.train(np.zeros((2, 8, 8, 1), np.float32), data[0][1][:2], batch_size=2,
                    x_is_features=True)  # fmt: skip
