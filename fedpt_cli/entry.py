@@ -4,6 +4,7 @@ during the run; 130: interrupted). Scripts stay flags plus a call."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -133,6 +134,18 @@ def check_sections(sections, valid) -> None:
     unknown = set(sections) - set(valid)
     if unknown:
         raise ScriptError(f"--sections: unknown {sorted(unknown)}; valid: {list(valid)}.")
+
+
+def check_training_flags(values, integers=("epochs", "batch_size")) -> None:
+    """Central training's flags: each of `integers` >= 1 and --learning_rate a finite
+    number > 0 (`values`: absl's FLAGS)."""
+    for name in integers:
+        if values[name].value < 1:
+            raise ScriptError(f"--{name} must be >= 1; received {values[name].value}.")
+    if not (math.isfinite(values.learning_rate) and values.learning_rate > 0):
+        raise ScriptError(
+            f"--learning_rate must be a finite number > 0; received {values.learning_rate}."
+        )
 
 
 def log(line: str) -> None:

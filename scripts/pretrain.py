@@ -17,7 +17,6 @@ clients are the roles of the other plays.
 from fedpt_cli import entry
 
 import json
-import math
 import os
 
 import numpy as np
@@ -56,13 +55,7 @@ def _accuracy(model, x, y) -> float:
 
 def _check_flags() -> str:
     """The checks that need no data; returns the output path."""
-    for name in ("epochs", "batch_size", "dense_units"):
-        if FLAGS[name].value < 1:
-            raise entry.ScriptError(f"--{name} must be >= 1; received {FLAGS[name].value}.")
-    if not (math.isfinite(FLAGS.learning_rate) and FLAGS.learning_rate > 0):
-        raise entry.ScriptError(
-            f"--learning_rate must be a finite number > 0; received {FLAGS.learning_rate}."
-        )
+    entry.check_training_flags(FLAGS, ("epochs", "batch_size", "dense_units"))
     output = os.path.abspath(FLAGS.output)
     if os.path.isdir(output):
         raise entry.ScriptError(f"--output={FLAGS.output} is a directory; name a file (.npz).")

@@ -361,3 +361,41 @@ def fashion_mnist_weights_fingerprint(path):
     from tff_fedpt import frozen
 
     return frozen.PretrainedWeights.load(path).fingerprint()
+
+
+def test_central_probe_trains_the_head_or_every_weight_from_the_pretrained_model(tmp_path):
+    """scripts/central_probe.py: the clients' examples of the binaries' split pooled, the
+    pretrained model's output layer (or every weight) trained; bad inputs one line."""
+    import json
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    write_fashion(str(tmp_path / "data"))
+    weights = str(tmp_path / "cnn8.npz")
+    frozen.PretrainedWeights.from_keras_model(fashion_mnist.cnn(0, 8)).save(weights)
+
+    def probe(*args):
+        return scripts.run(
+            [sys.executable, os.path.join(root, "scripts", "central_probe.py"),
+             f"--data_dir={tmp_path}/data", "--dense_units=8", "--epochs=1", *args],
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+    for train, parameters in (
+        ("head", 8 * 10 + 10),
+        ("all", fashion_mnist.cnn(0, 8).count_params()),
+    ):
+        out = tmp_path / f"{train}.json"
+        result = probe(f"--pretrained_weights={weights}", f"--train={train}", f"--output={out}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = json.loads(out.read_text())
+        assert summary["examples"] == 96 and summary["trainable_parameters"] == parameters
+        assert len(summary["test_accuracy_by_epoch"]) == 2
+    for args, words in (
+        ([f"--pretrained_weights={tmp_path}/none.npz"], "none.npz"),
+        ([f"--pretrained_weights={weights}", "--dense_units=16"], "--dense_units"),
+        ([], "--pretrained_weights is required"),
+    ):
+        result = probe(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and words in lines[0], result.stderr
