@@ -11,10 +11,10 @@ updates.npz receives each client's upload (`delta_000_000`.., `weight_000`,
 import argparse
 import os
 import sys
-import zipfile
 
 import numpy as np
 
+from fedpt_device import npz
 from fedpt_device.client import SlimDeviceClient
 from fedpt_device.protocol import FINGERPRINT_SIGNATURE, SEED, DeviceError
 
@@ -26,11 +26,7 @@ def _fail(message: str) -> int:
 
 def _read_round(path: str) -> dict:
     """The round file's arrays, with every key a round needs (DeviceError otherwise)."""
-    try:
-        with np.load(path) as f:
-            data = dict(f)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DeviceError(f"cannot read --round={path}: {type(e).__name__}: {e}") from None
+    data = npz.read(path, named=f"--round={path}")
     missing = [k for k in (SEED, "batch_size") if k not in data]
     if not any(k.startswith("trainable_") for k in data):
         missing.append("trainable_000...")
@@ -44,14 +40,6 @@ def _read_round(path: str) -> dict:
             "`python -m fedpt_device --help` for its keys."
         )
     return data
-
-
-def _write_updates(path: str, arrays: dict) -> None:
-    """Writes exactly `path` (np.savez would add .npz to another name), whole or not."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -81,7 +69,7 @@ def main(argv=None) -> int:
     except DeviceError as e:
         return _fail(str(e))
     try:
-        _write_updates(args.updates, out)
+        npz.write(args.updates, out)
     except OSError as e:
         return _fail(f"cannot write --updates={args.updates}: {e}")
     if args.check_no_tensorflow and "tensorflow" in sys.modules:

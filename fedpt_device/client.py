@@ -11,12 +11,12 @@ installed. `tff_fedpt.device.DeviceClient` is the same client on TensorFlow's in
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
 
+from fedpt_device import npz
 from fedpt_device.protocol import (
     FEATURES_SIGNATURE,
     FINGERPRINT_SIGNATURE,
@@ -181,10 +181,7 @@ class Client:
         with what identifies the frozen prefix that made them, and returns them.
         `load_features` refuses the file on a client whose prefix computes otherwise."""
         values = self.features(x)
-        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez(f, features=values, probe=self._probe(), **self._identity())
-        os.replace(tmp, path)
+        npz.write(path, dict(features=values, probe=self._probe(), **self._identity()))
         return values
 
     def load_features(self, path: str | os.PathLike) -> np.ndarray:
@@ -195,15 +192,11 @@ class Client:
             another frozen prefix (other layers, seed or pretrained values: its output on
             a fixed probe input differs from this file's), or of another shape.
         """
+        if not self.trains_on_features:
+            raise DeviceError("load_features: this file trains on inputs (no features signature).")
         if not self._started:
             raise DeviceError("load_features: called before start_round (the frozen values).")
-        try:
-            with np.load(path) as f:
-                stored = dict(f)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise DeviceError(
-                f"load_features: cannot read {path}: {type(e).__name__}: {e}"
-            ) from None
+        stored = npz.read(path, context="load_features: ")
         missing = [k for k in ("features", "probe", *self._identity()) if k not in stored]
         if missing:
             raise DeviceError(
