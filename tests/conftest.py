@@ -62,6 +62,7 @@ SLOWEST = {
     "test_privacy.py::test_calibration_reaches_target_within_one_percent[poisson-pld]": 27,
     "test_fashion_mnist.py::test_binary_on_tiny_files_and_a_truncated_file": 26,
     "test_fashion_mnist.py::test_public_split_pretraining_and_a_pretrained_fedpt_run": 25,
+    "test_fashion_mnist.py::test_central_probe_trains_the_head_or_every_weight": 30,
     "test_binaries.py::test_stackoverflow_binary_smoke[transformer-attention]": 22,
     "test_privacy.py::test_resume_keeps_dp_state_and_epsilon": 21,
     "test_compression.py::test_dp_with_quantized_broadcast_trains_and_accounts": 21,

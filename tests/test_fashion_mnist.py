@@ -363,7 +363,7 @@ def fashion_mnist_weights_fingerprint(path):
     return frozen.PretrainedWeights.load(path).fingerprint()
 
 
-def test_central_probe_trains_the_head_or_every_weight_from_the_pretrained_model(tmp_path):
+def test_central_probe_trains_the_head_or_every_weight(tmp_path):
     """scripts/central_probe.py: the clients' examples of the binaries' split pooled, the
     pretrained model's output layer (or every weight) trained; bad inputs one line."""
     import json
