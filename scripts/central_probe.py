@@ -43,17 +43,13 @@ FLAGS = flags.FLAGS
 
 
 def _clients_examples():
-    arrays = fashion_mnist.load_arrays(FLAGS.data_dir)
     try:
-        _, held = fashion_mnist.split_public(
-            len(arrays["train_labels"]), FLAGS.public_fraction, FLAGS.seed
+        data = fashion_mnist.client_examples(
+            FLAGS.data_dir, public_fraction=FLAGS.public_fraction, seed=FLAGS.seed
         )
     except ValueError as e:
         raise entry.ScriptError(f"--public_fraction: {e}") from None
-    x = arrays["train_images"][held].astype(np.float32)[..., np.newaxis] / 255.0
-    test_x = arrays["test_images"].astype(np.float32)[..., np.newaxis] / 255.0
-    y, test_y = (arrays[k].astype(np.int32) for k in ("train_labels", "test_labels"))
-    return x, y[held], test_x, test_y
+    return data["x"], data["y"], data["test_x"], data["test_y"]
 
 
 def main():

@@ -207,6 +207,26 @@ def public_data(
     }
 
 
+def client_examples(
+    data_dir: Optional[str] = None, *, public_fraction: float = 0.2, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The clients' training examples pooled (what `split_public` leaves after the
+    server's hold-out, before `partition`), and the test set, as `public_data` gives them.
+
+    Raises:
+      ValueError: for a fraction outside [0, 1).
+    """
+    split_public(0, public_fraction, seed)  # checks the fraction before reading files
+    arrays = load_arrays(data_dir)
+    _, held = split_public(len(arrays["train_labels"]), public_fraction, seed)
+    return {
+        "x": _images(arrays["train_images"][held]),
+        "y": arrays["train_labels"][held].astype(np.int32),
+        "test_x": _images(arrays["test_images"]),
+        "test_y": arrays["test_labels"].astype(np.int32),
+    }
+
+
 def _images(array: np.ndarray) -> np.ndarray:
     return (array.astype(np.float32) / 255.0)[..., np.newaxis]
 
