@@ -39,10 +39,12 @@ def tff_runtime():
 # The slowest tests are therefore dealt out first, longest first, each to the slice
 # with the least of them so far (a stale name here only loses that test its place).
 SLOWEST = {
-    "test_shakespeare.py::test_grid_runs_and_report_regenerate_on_tiny_files": 110,
+    "test_shakespeare.py::test_grid_runs_and_report_regenerate_on_tiny_files": 90,
     "test_shakespeare.py::test_pretrain_on_public_plays_then_the_binary_trains_from_it": 68,
     "test_shakespeare.py::test_words_binary_trains_fedpt_with_adapters_on_its_dense_layers": 60,
-    "test_shakespeare.py::test_experiment_driver_ctrl_c_is_one_line_and_exit_130": 47,
+    "test_shakespeare.py::test_char_model_device_round_equals_process_next": 45,
+    "test_shakespeare.py::test_round_time_benchmark_section_on_tiny_files": 30,
+    "test_fashion_experiments.py::test_experiment_driver_ctrl_c_is_one_line_and_exit_130": 15,
     "test_pretrained_experiments.py::test_grid_report_and_refusal": 100,
     "test_fashion_experiments.py::test_every_section_on_tiny_runs_and_the_report_regenerates": 100,
     "test_binaries.py::test_digits_resume_after_sigkill_matches_uninterrupted_run": 84,

@@ -104,3 +104,36 @@ def test_every_section_on_tiny_runs_and_the_report_regenerates(tmp_path):
     with pytest.raises(reporting.FewerRunsError, match="fewer runs or rounds than"):
         grid.write_report(fashion.report(fewer, store), params.docs_dir, params.output_dir)
     assert {p: (docs / p).read_bytes() for p in before} == before
+
+
+def test_experiment_driver_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """SIGINT mid-section (a real process: the signal): one line naming the section, the
+    round and the saved checkpoints, exit 130 (`fedpt_cli.experiment_binary`, every
+    experiment's driver)."""
+    import signal
+    import subprocess
+    import time
+
+    write_fashion(str(tmp_path / "data"), train=200)
+    results = tmp_path / "out" / "results"
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "scripts", "fashion_experiments.py"),
+         "--sections=a", f"--data_dir={tmp_path}/data", "--num_clients=10", "--rounds=500",
+         "--clients_per_round=3", "--learning_rates=0.1", "--fedpt_extra_rates=",
+         "--presets=dense", "--untuned_presets=", "--nobaselines", "--seeds=0",
+         f"--output_dir={tmp_path}/out", f"--docs_dir={tmp_path}/docs"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not any(
+            m.read_text().count("\n") > 2 for m in results.glob("*/metrics.csv")
+        ):
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 130 and len(lines) == 1, stderr[-2000:]
+    assert "Interrupted in section a" in lines[0] and "rerun the same command" in lines[0]

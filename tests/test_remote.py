@@ -220,7 +220,7 @@ def test_binary_on_workers_stops_naming_a_dead_worker_and_resumes(tmp_path):
         "--experiment_name=run",
     ]
     # The oracle: the same run, locally and uninterrupted.
-    local = _binary("run_digits.py", *args, f"--root_output_dir={tmp_path}/local", process=True)
+    local = _binary("run_digits.py", *args, f"--root_output_dir={tmp_path}/local")
     assert local.returncode == 0, local.stderr[-3000:]
 
     metrics = tmp_path / "remote" / "results" / "run" / "metrics.csv"

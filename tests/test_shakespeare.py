@@ -130,6 +130,8 @@ def test_task_public_plays_words_and_bad_input(tmp_path):
 
 
 def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
+    import dataclasses
+
     from experiments import grid
     from experiments import shakespeare as experiment
     from tff_fedpt import frozen
@@ -144,7 +146,7 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
         clients_per_round=2,
         rounds=2,
         rounds_per_eval=1,
-        only=("fedavg", "fedpt_recurrent", "fedpt_pre_head"),
+        only=("fedavg", "fedpt_recurrent", "fedpt_pre_head"),  # pre_head: checked, not run
         max_rates=1,
         seeds=(1,),
         last_evals=2,
@@ -156,7 +158,14 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
         p.check()
     frozen.PretrainedWeights.from_keras_model(shakespeare.char_lstm(3)).save(weights)
     p.check()
+    # The pretrained setting's run carries the file and its freeze (a binary trains from
+    # such a file in test_pretrain_on_public_plays_then_the_binary_trains_from_it); the
+    # other two settings train, so the grid's four runs build the LSTM processes once each.
     store, tasks = grid.Store(p.output_dir), grid.Tasks()
+    runs = {run.name: run for run in experiment.SECTIONS[0].runs(p, store)}
+    values = runs["chars_fedpt_pre_head_lr1"].values
+    assert values["pretrained_weights"] == weights and values["freeze"] == "all_but_output"
+    p = dataclasses.replace(p, only=("fedavg", "fedpt_recurrent"))
     for section in experiment.SECTIONS:
         grid.run_section(section, p, store, tasks=tasks)
     grid.write_report(experiment.report(p, store), p.docs_dir, p.output_dir)
@@ -166,12 +175,9 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
     assert [(r["run"], r["seed"]) for r in rows] == [
         ("FedAvg", 0),
         ("FedPT, every LSTM frozen", 0),
-        ("FedPT, all but the output layer pretrained and frozen", 0),
         ("FedAvg", 1),
         ("FedPT, every LSTM frozen", 1),
     ]
-    hparams = grid.Store(p.output_dir).hparams("chars_fedpt_pre_head_lr1")
-    assert hparams["pretrained_weights"] == weights and hparams["freeze"] == "all_but_output"
     # Every LSTM frozen: 720 + 23,130 of 820,522 parameters travel, each way.
     assert rows[1]["bytes/client/round"] < rows[0]["bytes/client/round"] / 30
     assert [r["seeds"] for r in result["sections"]["seeds"]] == [2, 2]
@@ -231,36 +237,25 @@ def test_pretrain_on_public_plays_then_the_binary_trains_from_it(tmp_path):
     assert result.returncode == 2 and len(lines) == 1 and "GAMMA" in lines[0], result.stderr
 
 
-def test_experiment_driver_ctrl_c_is_one_line_and_exit_130(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def test_experiment_driver_checks_its_flags_and_writes_the_report(tmp_path):
+    """scripts/shakespeare_experiments.py: its flags are the grid's parameters, a bad one or
+    a missing pretrained file is one line, the report section runs over the stored runs.
+    (A driver's Ctrl-C, the same `experiment_binary.main` for every experiment, is
+    test_fashion_experiments'.)"""
     _build(tmp_path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    metrics = tmp_path / "out" / "results" / "chars_fedavg_lr1" / "metrics.csv"
-    process = subprocess.Popen(
-        [sys.executable, os.path.join(root, "scripts", "shakespeare_experiments.py"),
-         "--sections=runs", f"--cache_dir={tmp_path}/cache", "--public_plays=ALPHA",
-         "--clients_per_round=2", "--rounds=500", "--max_rates=1", "--only=fedavg",
-         f"--output_dir={tmp_path}/out", f"--docs_dir={tmp_path}/docs"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not (
-            metrics.exists() and metrics.read_text().count("\n") > 2
-        ):
-            time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=300)
-    finally:
-        process.kill()
-    lines = stderr.strip().splitlines()
-    assert process.returncode == 130 and len(lines) == 1, stderr[-2000:]
-    assert "Interrupted in section runs" in lines[0] and "rerun the same command" in lines[0]
+    data = [f"--cache_dir={tmp_path}/cache", "--public_plays=ALPHA"]
+    out = [f"--output_dir={tmp_path}/out", f"--docs_dir={tmp_path}/docs"]
+    result = _script("shakespeare_experiments.py", *data, *out, "--only=fedsgd")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "fedsgd" in lines[0], result.stderr
+    result = _script("shakespeare_experiments.py", *data, *out, "--pretrained=no.npz")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "no.npz does not exist" in lines[0]
+    result = _script(
+        "shakespeare_experiments.py", *data, *out, "--only=fedavg", "--sections=report"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "docs" / "results.md").exists()
 
 
 def test_char_model_device_round_equals_process_next():
@@ -321,9 +316,24 @@ def test_words_binary_trains_fedpt_with_adapters_on_its_dense_layers(tmp_path):
     assert "LoRADense" in result.stdout and "Done: 2 rounds" in result.stdout
 
 
-def test_round_time_benchmark_section_on_tiny_files(tmp_path):
+def test_round_time_benchmark_section_on_tiny_files(tmp_path, monkeypatch):
+    """Round times measured; the peak-memory rows come from `benchmarks.memory_probe`
+    processes, which test_fashion_mnist's benchmark test runs for real (the same code for
+    every task): here each probe's task and configuration are checked to prepare, and a
+    peak is stood in, so no LSTM process is built twice in processes of its own."""
     from benchmarks import suite
+    from benchmarks import training as benchmark_training
+    from tff_fedpt import training
 
+    probes = []
+
+    def peak_memory(name, rounds, out, task, task_kwargs, config):
+        loaded = load_task(task, **task_kwargs)
+        training.prepare(training.ExperimentConfig(task=task, **config), loaded)
+        probes.append((name, rounds, config["freeze"]))
+        return 1024 * (len(probes) + 1), {}
+
+    monkeypatch.setattr(benchmark_training, "peak_memory", peak_memory)
     _build(tmp_path)
     params = suite.Params(
         repeats=1,
@@ -342,3 +352,5 @@ def test_round_time_benchmark_section_on_tiny_files(tmp_path):
     ]
     assert rows[0]["vs_fedavg"] == rows[3]["vs_fedavg"] == 1.0
     assert all(r["value"] > 0 for r in rows)
+    assert probes == [("fedavg", 1, "none"), ("fedpt", 1, "recurrent")]
+    assert rows[4]["vs_fedavg"] == 1.5

@@ -79,28 +79,35 @@ def _frozen_sources_of(model) -> tuple[tuple, tuple[int, ...]]:
 
 class _ClientModel(NamedTuple):
     """What a client trains: its model function, the frozen sources of that model's
-    frozen tensors and their indices in the seed's draws, and its data type."""
+    frozen tensors and their indices in the seed's draws, its data type and its metrics'
+    finalizers; and the full model's frozen sources (what the server regenerates)."""
 
     model_fn: Callable
     sources: tuple
     indices: tuple
     data_type: Any
+    metric_finalizers: Any
+    full_sources: tuple
 
 
 def _client_model(model_fn, train_on_features: bool) -> _ClientModel:
+    """Asks one model, built in a graph of its own, all the process needs to know of it
+    before tracing (a model can take seconds to build: an LSTM's backend selection)."""
+    client_fn = model_fn
     if train_on_features:
         from tff_fedpt import features  # imports keras_models, which imports this module
 
-        full_fn = model_fn
-
-        def model_fn():
-            return features.remainder_model(full_fn())
+        def client_fn():
+            return features.remainder_model(model_fn())
 
     with tf.Graph().as_default():
-        model = model_fn()
+        full = model_fn()
+        full_sources, _ = _frozen_sources_of(full)
+        model = features.remainder_model(full) if train_on_features else full
         sources, indices = _frozen_sources_of(model)
         data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
-    return _ClientModel(model_fn, sources, indices, data_type)
+        finalizers = model.metric_finalizers()
+    return _ClientModel(client_fn, sources, indices, data_type, finalizers, full_sources)
 
 
 def _build_client_work(
@@ -161,8 +168,7 @@ def _build_client_work(
         )
         return client_update(optimizer, initial_weights, dataset, hparams)
 
-    with tf.Graph().as_default():
-        metrics_aggregation_fn = checked.metrics_aggregator(model_fn().metric_finalizers())
+    metrics_aggregation_fn = checked.metrics_aggregator(client_model.metric_finalizers)
 
     @tff.federated_computation(
         init_fn.type_signature.result,
@@ -351,9 +357,8 @@ def build_fedpt_process(
         metrics_aggregator,
         broadcast_bits,
     )
-    with tf.Graph().as_default():
-        frozen_initializers, _ = _frozen_sources_of(model_fn())
     client_model = _client_model(model_fn, train_on_features)
+    frozen_initializers = client_model.full_sources
     fingerprint = frozen_lib.sources_fingerprint(frozen_initializers)
     initial_model_weights_fn = _initial_model_weights_fn(model_fn)
     model_weights_type = initial_model_weights_fn.type_signature.result

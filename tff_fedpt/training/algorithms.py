@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Optional
 
@@ -209,6 +210,10 @@ def freeze_spec_of(config: ExperimentConfig, task: Task) -> frozen.FreezeSpec:
     return dataclasses.replace(spec, pretrained=held, generator=config.frozen_generator)
 
 
+# model_fn -> {train_on_features mode: whether it trains on features}
+_FEATURES_WANTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class FedPT(Algorithm):
     """FedPT: the frozen part is regenerated from a seed and never travels."""
 
@@ -248,11 +253,16 @@ class FedPT(Algorithm):
 
     @staticmethod
     def _on_features(model_fn, config) -> bool:
-        with tf.Graph().as_default():
-            try:
-                return features.wanted(config.train_on_features, model_fn())
-            except features.NoPrefixError as e:
-                raise ConfigError(str(e), ["train_on_features"]) from None
+        # Asked by build_process and client_input of one model_fn: its model built once.
+        known = _FEATURES_WANTED.setdefault(model_fn, {})
+        if config.train_on_features not in known:
+            with tf.Graph().as_default():
+                try:
+                    wanted = features.wanted(config.train_on_features, model_fn())
+                except features.NoPrefixError as e:
+                    raise ConfigError(str(e), ["train_on_features"]) from None
+            known[config.train_on_features] = wanted
+        return known[config.train_on_features]
 
     def eval_keras_model(self, model_fn, keras_model_fn):
         return model_fn().keras_model  # built with the frozen layers frozen

@@ -10,6 +10,7 @@ evaluation model. `loop.run` takes the result and never rebuilds or re-checks an
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -413,7 +414,6 @@ def build_parts(prepared: Prepared, model_aggregator=None) -> Experiment:
     learning_process = algorithm.build_process(model_fn, config, parts)
     with tf.Graph().as_default():
         report = getattr(model_fn(), "freeze_report", None)
-    full_model_fn = algorithms.tff_model_fn(lambda: task.models[config.model](config.seed), task)
     return Experiment(
         config=config,
         task=task,
@@ -422,12 +422,26 @@ def build_parts(prepared: Prepared, model_aggregator=None) -> Experiment:
         model_fn=model_fn,
         keras_model_fn=keras_model_fn,
         cost=algorithm.communication_cost(learning_process),
-        fedavg_cost=communication.fedavg_communication_cost(full_model_fn),
+        fedavg_cost=_fedavg_cost(task, config.model),
         freeze_report=report,
         client_input=algorithm.client_input(model_fn, config),
         privacy=setting,
         target_delta=prepared.target_delta,
     ).for_run(prepared)
+
+
+# (id(task), model name) -> (the task, weakly; what TFF's FedAvg sends for that model):
+# the same for every run of a grid (a Task holds mappings: not hashable).
+_FEDAVG_COSTS: dict = {}
+
+
+def _fedavg_cost(task: Task, model: str) -> communication.CommunicationCost:
+    held = _FEDAVG_COSTS.get((id(task), model))
+    if held is None or held[0]() is not task:
+        model_fn = algorithms.tff_model_fn(lambda: task.models[model](0), task)
+        held = (weakref.ref(task), communication.fedavg_communication_cost(model_fn))
+        _FEDAVG_COSTS[(id(task), model)] = held
+    return held[1]
 
 
 def build_experiment(config, task: Optional[Task] = None, *, model_aggregator=None) -> Experiment:
