@@ -22,9 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLIM_PYTHON = os.path.join(ROOT, ".venv-slim", "bin", "python")
 
 
-def _measure_client(content, runtime, steps, shape, classes, repeats=3):
+def _measure_client(content, runtime, steps, shape, classes, repeats=3, features_batch=0):
     """`python -m fedpt_device.measure` in fresh processes (medians): peak MiB of local
-    training above the process's baseline, MiB after start_round, median step ms."""
+    training above the process's baseline, MiB after start_round, median step ms
+    (`features_batch`: examples per call of a features signature; 0: the whole batch)."""
     python = SLIM_PYTHON if runtime == "slim" else sys.executable
     if not os.path.exists(python):
         raise BenchmarkError(f"{python} does not exist: run `make slim` first.")
@@ -37,7 +38,8 @@ def _measure_client(content, runtime, steps, shape, classes, repeats=3):
             subprocess.run(
                 [python, "-m", "fedpt_device.measure", f"--model={path}", f"--runtime={runtime}",
                  f"--steps={steps}", f"--shape={','.join(map(str, shape))}",
-                 f"--classes={classes}", "--batch=20", f"--out={out}"],
+                 f"--classes={classes}", "--batch=20", f"--features_batch={features_batch}",
+                 f"--out={out}"],
                 check=True,
                 env={**os.environ, "PYTHONPATH": ROOT},
             )  # fmt: skip
@@ -148,8 +150,10 @@ def device_slim(params, log):
             ("builtin_fedpt_slim", portable, True, "slim"),
             ("builtin_fedpt_in_tf_interpreter", portable, True, "tensorflow"),
         ]
-        if layers[0] == "conv1":  # a frozen prefix: the features file too
+        if layers[0] == "conv1":  # a frozen prefix: the features file too, its features
+            # computed for the whole batch at once and one example at a time
             clients.append(("builtin_fedpt_slim_on_features", portable, True, "slim"))
+            clients.append(("builtin_fedpt_slim_on_features_per_example", portable, True, "slim"))
         for client, freeze, builtins_only, where in clients:
             model_fn = fedpt_model_fn(lambda: spec.build(0), spec.input_spec, freeze)
             content = device.export_tflite(
@@ -157,9 +161,16 @@ def device_slim(params, log):
                 sgd,
                 batch_size=20,
                 builtins_only=builtins_only,
-                train_on_features=client.endswith("_on_features"),
+                train_on_features="_on_features" in client,
             )
-            measured[client] = _measure_client(content, where, params.device_steps, (28, 28, 1), 62)
+            measured[client] = _measure_client(
+                content,
+                where,
+                params.device_steps,
+                (28, 28, 1),
+                62,
+                features_batch=1 if client.endswith("_per_example") else 0,
+            )
             measured[client].update(
                 flex_ops=len(device.flex_ops(content)), runtime_mib=runtimes[where]
             )

@@ -33,6 +33,12 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", required=True, help="one example's shape, e.g. 28,28,1")
     parser.add_argument("--classes", type=int, required=True)
     parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument(
+        "--features_batch",
+        type=int,
+        default=0,
+        help="examples per call of the features signature (0: the whole batch at once)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.runtime == "slim":
@@ -64,8 +70,12 @@ def main(argv=None) -> int:
     start(**kwargs)
     features_s = None
     if "features" in interpreter.get_signature_list():  # a file that trains on features
+        features = interpreter.get_signature_runner("features")
+        step = args.features_batch or len(x)
         t = time.perf_counter()
-        x = interpreter.get_signature_runner("features")(x=x)["features"]
+        x = np.concatenate(
+            [features(x=x[i : i + step])["features"] for i in range(0, len(x), step)]
+        )
         features_s = time.perf_counter() - t  # once per example, not per step
     loaded = _status("VmRSS:") - baseline
     times = []

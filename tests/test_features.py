@@ -300,6 +300,19 @@ def test_a_builtin_only_features_file_trains_on_the_slim_runtime(tmp_path):
     path.write_bytes(tflite)
     state = process.initialize()
     data = _digits_clients(5)
+    # Features in calls of any size (the runtime resizes the fixed batch of 4): the same.
+    client = device.DeviceClient(tflite)
+    client.start_round(**{k: v for k, v in device.broadcast_payload(process, state).items()
+                          if k in ("trainable", "frozen_seed")})  # fmt: skip
+    whole = client.features(data[0][0])
+    for batch_size in (1, 3, 100):
+        np.testing.assert_array_equal(client.features(data[0][0], batch_size), whole)
+    with pytest.raises(protocol_error(), match="batch_size must be an integer >= 1"):
+        client.features(data[0][0], 0)
+    # A prefix whose ops kept the export's batch (stood in: the rows of a batch of 4).
+    client._runners["features"] = lambda x: {"features": np.zeros((4, *whole.shape[1:]))}
+    with pytest.raises(protocol_error(), match="prefix fixes its batch at 4; pass that"):
+        client.features(data[0][0], 1)
     updates = _run_slim(tmp_path, path, device.broadcast_payload(process, state), data, 4)
     out = device.apply_device_updates(process, state, updates)
     _assert_same_trainable(
