@@ -142,6 +142,22 @@ def tff_model_fn(keras_model_fn, task: Task, freeze: Optional[frozen.FreezeSpec]
     return model_fn
 
 
+# (id(task), model name) -> (the task, weakly; what TFF's FedAvg sends for that model):
+# the same for every run of a grid (a Task holds mappings: not hashable).
+_FEDAVG_COSTS: dict = {}
+
+
+def fedavg_cost(task: Task, model: str) -> communication.CommunicationCost:
+    """What TFF's FedAvg sends per client per round for `task.models[model]`: computed
+    once per task and model (shapes do not depend on the seed)."""
+    held = _FEDAVG_COSTS.get((id(task), model))
+    if held is None or held[0]() is not task:
+        model_fn = tff_model_fn(lambda: task.models[model](0), task)
+        held = (weakref.ref(task), communication.fedavg_communication_cost(model_fn))
+        _FEDAVG_COSTS[(id(task), model)] = held
+    return held[1]
+
+
 def adapted_keras_model_fn(
     config: ExperimentConfig, keras_model_fn: Callable[[], tf.keras.Model]
 ) -> Callable[[], tf.keras.Model]:

@@ -10,7 +10,6 @@ evaluation model. `loop.run` takes the result and never rebuilds or re-checks an
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -422,26 +421,12 @@ def build_parts(prepared: Prepared, model_aggregator=None) -> Experiment:
         model_fn=model_fn,
         keras_model_fn=keras_model_fn,
         cost=algorithm.communication_cost(learning_process),
-        fedavg_cost=_fedavg_cost(task, config.model),
+        fedavg_cost=algorithms.fedavg_cost(task, config.model),
         freeze_report=report,
         client_input=algorithm.client_input(model_fn, config),
         privacy=setting,
         target_delta=prepared.target_delta,
     ).for_run(prepared)
-
-
-# (id(task), model name) -> (the task, weakly; what TFF's FedAvg sends for that model):
-# the same for every run of a grid (a Task holds mappings: not hashable).
-_FEDAVG_COSTS: dict = {}
-
-
-def _fedavg_cost(task: Task, model: str) -> communication.CommunicationCost:
-    held = _FEDAVG_COSTS.get((id(task), model))
-    if held is None or held[0]() is not task:
-        model_fn = algorithms.tff_model_fn(lambda: task.models[model](0), task)
-        held = (weakref.ref(task), communication.fedavg_communication_cost(model_fn))
-        _FEDAVG_COSTS[(id(task), model)] = held
-    return held[1]
 
 
 def build_experiment(config, task: Optional[Task] = None, *, model_aggregator=None) -> Experiment:
