@@ -5,7 +5,9 @@
 round.npz holds the broadcast (`trainable_000`.., `frozen_seed`, optionally
 `frozen_fingerprint`), `batch_size`, and each client's data (`x_000`, `y_000`, ...);
 updates.npz receives each client's upload (`delta_000_000`.., `weight_000`,
-`num_examples_000`). With --check_no_tensorflow it fails if TensorFlow was imported.
+`num_examples_000`). With --check_no_tensorflow it fails if TensorFlow was imported. On a
+file that trains on features, --features_batch_size=N maps each client's x through the
+frozen prefix N examples per call (lower peak memory; 0: the file's batch).
 """
 
 import argparse
@@ -48,7 +50,15 @@ def main(argv=None) -> int:
     parser.add_argument("--round", required=True, help="the broadcast and the clients' data")
     parser.add_argument("--updates", required=True, help="where the uploads go (this path)")
     parser.add_argument("--check_no_tensorflow", action="store_true")
+    parser.add_argument(
+        "--features_batch_size",
+        type=int,
+        default=0,
+        help="examples per call of a features signature (0: the file's batch)",
+    )
     args = parser.parse_args(argv)
+    if args.features_batch_size < 0:
+        return _fail(f"--features_batch_size must be >= 0; received {args.features_batch_size}.")
     if os.path.isdir(args.updates):
         return _fail(f"--updates={args.updates} is a directory; name the file to write.")
     out = {}
@@ -59,8 +69,11 @@ def main(argv=None) -> int:
         for c in clients:
             client = SlimDeviceClient(args.model)
             client.start_round(trainable, data[SEED], data.get(FINGERPRINT_SIGNATURE))
+            x, on_features = data[f"x_{c}"], False
+            if args.features_batch_size and client.trains_on_features:
+                x, on_features = client.features(x, args.features_batch_size), True
             update = client.train(
-                data[f"x_{c}"], data[f"y_{c}"], batch_size=int(data["batch_size"])
+                x, data[f"y_{c}"], batch_size=int(data["batch_size"]), x_is_features=on_features
             )
             for i, d in enumerate(update.delta):
                 out[f"delta_{c}_{i:03d}"] = d

@@ -313,8 +313,14 @@ def test_a_builtin_only_features_file_trains_on_the_slim_runtime(tmp_path):
     client._runners["features"] = lambda x: {"features": np.zeros((4, *whole.shape[1:]))}
     with pytest.raises(protocol_error(), match="prefix fixes its batch at 4; pass that"):
         client.features(data[0][0], 1)
-    updates = _run_slim(tmp_path, path, device.broadcast_payload(process, state), data, 4)
+    payload = device.broadcast_payload(process, state)
+    updates = _run_slim(tmp_path, path, payload, data, 4)
     out = device.apply_device_updates(process, state, updates)
     _assert_same_trainable(
         out, _reference_round(process, state, features.FeatureMap(model_fn, 2), data, 4)
     )
+    # The features one example per call on the device: the same updates.
+    per_example = _run_slim(tmp_path, path, payload, data, 4, "--features_batch_size=1")
+    for a, b in zip(per_example, updates):
+        for x, y in zip(a.delta, b.delta):
+            np.testing.assert_array_equal(x, y)

@@ -188,7 +188,7 @@ def test_a_portable_process_holds_the_reference_values():
         tff_fedpt.FreezeSpec(layers=("dense",), generator="pcg")
 
 
-def _run_slim(tmp_path, tflite_path, payload, data, batch_size):
+def _run_slim(tmp_path, tflite_path, payload, data, batch_size, *flags):
     """Trains the clients in .venv-slim (tflite_runtime, no TensorFlow); their updates."""
     assert os.path.exists(SLIM_PYTHON), "no .venv-slim: run `make slim` (make test does)"
     round_file, updates_file = tmp_path / "round.npz", tmp_path / "updates.npz"
@@ -207,6 +207,7 @@ def _run_slim(tmp_path, tflite_path, payload, data, batch_size):
             f"--round={round_file}",
             f"--updates={updates_file}",
             "--check_no_tensorflow",
+            *flags,
         ],
         capture_output=True,
         text=True,

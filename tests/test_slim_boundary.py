@@ -35,12 +35,12 @@ def files(tmp_path_factory):
     return tmp, arrays
 
 
-def _device(tmp, model, arrays, updates="updates.npz"):
+def _device(tmp, model, arrays, updates="updates.npz", *flags):
     np.savez(tmp / "round.npz", **arrays)
     assert os.path.exists(SLIM_PYTHON), "no .venv-slim: run `make slim` (make test does)"
     return subprocess.run(
         [SLIM_PYTHON, "-m", "fedpt_device", f"--model={tmp / model}", f"--round={tmp}/round.npz",
-         f"--updates={tmp / updates}", "--check_no_tensorflow"],
+         f"--updates={tmp / updates}", "--check_no_tensorflow", *flags],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": ROOT},
     )  # fmt: skip
@@ -61,6 +61,10 @@ def test_updates_go_to_exactly_the_path_given_and_labels_are_checked(files):
     with np.load(tmp / "x.bin") as f:
         assert float(f["weight_000"]) == 8.0
     _one_line(_device(tmp, "builtin.tflite", arrays, updates=""), "--updates=", "directory")
+    _one_line(
+        _device(tmp, "builtin.tflite", arrays, "u.npz", "--features_batch_size=-1"),
+        "--features_batch_size must be >= 0; received -1",
+    )
     for bad in (99, -1):
         labels = arrays["y_000"].copy()
         labels[3] = bad
