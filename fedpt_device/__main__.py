@@ -69,11 +69,11 @@ def main(argv=None) -> int:
         for c in clients:
             client = SlimDeviceClient(args.model)
             client.start_round(trainable, data[SEED], data.get(FINGERPRINT_SIGNATURE))
-            x, on_features = data[f"x_{c}"], False
-            if args.features_batch_size and client.trains_on_features:
-                x, on_features = client.features(x, args.features_batch_size), True
             update = client.train(
-                x, data[f"y_{c}"], batch_size=int(data["batch_size"]), x_is_features=on_features
+                data[f"x_{c}"],
+                data[f"y_{c}"],
+                batch_size=int(data["batch_size"]),
+                features_batch_size=args.features_batch_size or None,
             )
             for i, d in enumerate(update.delta):
                 out[f"delta_{c}_{i:03d}"] = d

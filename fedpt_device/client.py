@@ -311,16 +311,18 @@ class Client:
         epochs: int = 1,
         shuffle_seed: Optional[int] = None,
         x_is_features: bool = False,
+        features_batch_size: Optional[int] = None,
     ) -> DeviceUpdate:
         """A client's local training from numpy arrays, as a device does it.
 
         Batches of `batch_size` in order (or shuffled per epoch with `shuffle_seed`), the
         last batch of an epoch possibly smaller; returns the update to upload. A file that
         trains on features (`trains_on_features`) maps `x` through its frozen prefix once
-        first, unless `x_is_features` (`x` is what `features` returned, kept by the app).
+        first (`features(x, features_batch_size)`), unless `x_is_features` (`x` is what
+        `features` returned, kept by the app).
         """
         if self.trains_on_features and not x_is_features:
-            x = self.features(x)
+            x = self.features(x, features_batch_size)
         elif x_is_features and not self.trains_on_features:
             raise DeviceError(
                 "train: x_is_features=True, but this file trains on inputs (no features "
