@@ -101,6 +101,11 @@ def test_epsilon_matches_dp_accounting():
             dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.0))
         )
     assert rdp == pytest.approx(independent.get_epsilon(1e-5), rel=1e-9)
+    # One round's curve is computed once and scaled: equal to composing the rounds.
+    for rounds in (1, 7, 300):
+        composed = dp_accounting.rdp.RdpAccountant()
+        composed.compose(setting.event(rounds))
+        assert privacy.compute_epsilon(setting, rounds, 1e-5) == composed.get_epsilon(1e-5)
     uniform = privacy.PrivacySetting(1.0, 10, 1000, sampling="uniform")
     replace_one = dp_accounting.rdp.RdpAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
