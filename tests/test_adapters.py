@@ -211,6 +211,50 @@ def test_keras_model_from_state_predicts_as_the_tff_model(kind):
     assert adapted == (kind in ("ffa", "lora"))
 
 
+def test_keras_lstm_without_its_cudnn_variant_computes_the_same_bit_for_bit():
+    """tff_fedpt.lstm.keras_lstm (what the tasks build) on a machine without a GPU: the
+    same class and weights as Keras' LSTM, on the standard path only; outputs and
+    gradients equal a Keras LSTM built with both variants, masked steps included."""
+    from tff_fedpt.lstm import keras_lstm
+
+    def model(make):
+        return tf.keras.Sequential(
+            [
+                tf.keras.layers.InputLayer(input_shape=(12,), dtype=tf.int32),
+                tf.keras.layers.Embedding(20, 4, mask_zero=True, name="embedding"),
+                make(8, return_sequences=True, name="lstm1"),
+                make(8, return_sequences=True, name="lstm2"),
+                tf.keras.layers.Dense(20, name="logits"),
+            ]
+        )
+
+    tf.keras.utils.set_random_seed(0)
+    keras = model(tf.keras.layers.LSTM)
+    ours = model(keras_lstm)
+    ours.set_weights(keras.get_weights())
+    assert [type(layer) for layer in ours.layers] == [type(layer) for layer in keras.layers]
+    assert [w.name for w in ours.weights] == [w.name for w in keras.weights]
+    assert keras.layers[1]._could_use_gpu_kernel and not ours.layers[1]._could_use_gpu_kernel
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 20, (3, 12)).astype(np.int32)
+    x[:, 9:] = 0
+    y = rng.integers(0, 20, (3, 12)).astype(np.int32)
+
+    def outputs_and_gradients(m):
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                out = m(x)
+                loss = _loss()(y, out)
+            return out, [tf.convert_to_tensor(g) for g in tape.gradient(loss, m.weights)]
+
+        out, grads = step()
+        return [out.numpy()] + [g.numpy() for g in grads]
+
+    for a, b in zip(outputs_and_gradients(keras), outputs_and_gradients(ours)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_lstm_adapters_compute_keras_lstm_merge_exactly_and_train_in_fedpt():
     from tff_fedpt.tasks import shakespeare
 

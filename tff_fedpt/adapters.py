@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tff_fedpt.adapter_layers import MODES, LoRAConv2D, LoRADense, LoRAEmbedding, LoRALSTM
 from tff_fedpt.frozen.source import short_name
+from tff_fedpt.lstm import keras_lstm
 from tff_fedpt.options import option
 
 ADAPTABLE = ("Dense", "Conv2D", "Embedding", "LSTM")
@@ -244,9 +245,7 @@ def merge_adapters(keras_model: tf.keras.Model) -> tf.keras.Model:
                 layer.input_dim, layer.output_dim, mask_zero=layer.mask_zero, name=layer.name
             )
         if isinstance(layer, LoRALSTM):
-            return tf.keras.layers.LSTM(
-                layer.units, return_sequences=layer.return_sequences, name=layer.name
-            )
+            return keras_lstm(layer.units, return_sequences=layer.return_sequences, name=layer.name)
         return None
 
     clone, built = _clone(keras_model, replace)

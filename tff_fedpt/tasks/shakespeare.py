@@ -32,6 +32,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt import frozen
+from tff_fedpt.lstm import keras_lstm
 from tff_fedpt.options import option
 from tff_fedpt.tasks import base, shakespeare_text
 from tff_fedpt.tasks import stackoverflow as so
@@ -210,14 +211,14 @@ def char_lstm(seed: int = 0, units: int = 256) -> tf.keras.Model:
                 name="embedding",
                 embeddings_initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05, seed),
             ),
-            tf.keras.layers.LSTM(
+            keras_lstm(
                 units,
                 return_sequences=True,
                 name="lstm1",
                 kernel_initializer=init(seed + 1),
                 recurrent_initializer=tf.keras.initializers.Orthogonal(seed=seed + 2),
             ),
-            tf.keras.layers.LSTM(
+            keras_lstm(
                 units,
                 return_sequences=True,
                 name="lstm2",

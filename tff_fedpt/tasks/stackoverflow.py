@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_fedpt import frozen
+from tff_fedpt.lstm import keras_lstm
 from tff_fedpt.options import option
 from tff_fedpt.tasks import base
 
@@ -118,7 +119,7 @@ def lstm(seed: int, total_vocab: int, units: int = 670) -> tf.keras.Model:
                 name="embedding",
                 embeddings_initializer=tf.keras.initializers.RandomUniform(-0.05, 0.05, seed),
             ),
-            tf.keras.layers.LSTM(
+            keras_lstm(
                 units,
                 return_sequences=True,
                 name="lstm",
