@@ -37,7 +37,9 @@ def features_rounds(params, log):
     median round time of FedPT on features, FedPT on inputs, and TFF's own FedAvg with the
     same layers `trainable=False`, in one run (features kept in memory, and in files:
     TFF serializes an in-memory dataset into every round's computation, a file-backed
-    one by its path); and the one-time cost of the features.
+    one by its path), the same with one batch a client (the runtime's own cost of a
+    round of 10 clients, which no model change removes); and the one-time cost of the
+    features.
     The frozen values are seeded here: a round's compute does not depend on them."""
     data_kwargs = {"num_clients": params.fashion_num_clients}
     if params.fashion_data_dir:
@@ -75,7 +77,11 @@ def features_rounds(params, log):
             ("FedPT on inputs", fedpt, inputs),
             ("FedPT on features", fedpt_features, on_features),
             ("FedPT on features in files", fedpt_features, on_files),
-        )
+            # The same clients with one batch each: what a round costs the runtime
+            # whatever the work (the floor under the rows above).
+            ("floor: FedPT on features in files, 1 batch a client", fedpt_features,
+             [d.take(1) for d in on_files]),
+        )  # fmt: skip
         reference = None
         for name, process, data in runs:
             seconds = median_round_seconds(process, data, params.repeats)

@@ -245,14 +245,15 @@ def test_benchmark_workload_on_tiny_files(tmp_path):
     assert rows[0]["vs_fedavg"] == 1.0 and rows[3]["vs_fedavg"] == 1.0
     assert all(r["value"] > 0 for r in rows)
     rows = results["features"]
-    assert len(rows) == 5 and all(r["value"] > 0 for r in rows)
-    assert [r["measure"].split(": ")[-1] for r in rows[:4]] == [
+    assert len(rows) == 6 and all(r["value"] > 0 for r in rows)
+    assert [r["measure"].split(": ", 1)[-1] for r in rows[:5]] == [
         "TFF FedAvg, same layers trainable=False",
         "FedPT on inputs",
         "FedPT on features",
         "FedPT on features in files",
+        "floor: FedPT on features in files, 1 batch a client",
     ]
-    assert rows[0]["vs_fedavg"] == 1.0 and "(12, 12, 64)" in rows[4]["measure"]
+    assert rows[0]["vs_fedavg"] == 1.0 and "(12, 12, 64)" in rows[5]["measure"]
 
 
 def test_the_report_never_replaces_results_with_fewer_runs(tmp_path):

@@ -112,7 +112,7 @@ def test_the_remainder_draws_its_frozen_tensors_as_the_full_model_does():
         np.testing.assert_array_equal(a, b)
 
 
-def test_features_past_the_memory_bound_go_to_files_and_read_back_the_same(tmp_path):
+def test_features_past_the_memory_bound_go_to_files_and_read_back_the_same(tmp_path, monkeypatch):
     model_fn = _model_fn()
     in_memory = features.FeatureMap(model_fn, 3)
     on_disk = features.FeatureMap(model_fn, 3, memory_bytes=0, directory=str(tmp_path))
@@ -123,6 +123,13 @@ def test_features_past_the_memory_bound_go_to_files_and_read_back_the_same(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["client_000000.tfrecord"]
     assert len(a) == len(b) == 9
     for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["x"], y["x"])
+        np.testing.assert_array_equal(x["y"], y["y"])
+    # Records hold chunks of examples (here 4, 4 and 1): the same examples, one by one.
+    monkeypatch.setattr(features, "RECORD_EXAMPLES", 4)
+    chunked = features.FeatureMap(model_fn, 3, memory_bytes=0)(data)
+    assert chunked.element_spec == in_memory(data).element_spec
+    for x, y in zip(a, list(chunked.as_numpy_iterator()), strict=True):
         np.testing.assert_array_equal(x["x"], y["x"])
         np.testing.assert_array_equal(x["y"], y["y"])
     assert in_memory(data.take(0)).cardinality() == 0
