@@ -215,6 +215,26 @@ def test_build_once_reports_the_parts(task):
     assert experiment.privacy is None and experiment.target_delta == 1 / 20
 
 
+def test_fedavg_cost_is_computed_once_per_task_and_model_and_forgets_dead_tasks():
+    import gc
+
+    from tff_fedpt.communication import fedavg_communication_cost
+
+    other = load_task("digits", num_clients=20)
+    cost = algorithms.fedavg_cost(other, "cnn")
+    assert algorithms.fedavg_cost(other, "cnn") is cost  # cached
+    cnn = other.models["cnn"]
+    expected = fedavg_communication_cost(algorithms.tff_model_fn(lambda: cnn(0), other))
+    assert cost == expected
+    key = (id(other), "cnn")
+    assert key in algorithms._FEDAVG_COSTS
+    del other
+    gc.collect()
+    fresh = load_task("digits", num_clients=20)
+    assert algorithms.fedavg_cost(fresh, "cnn") == cost  # same shapes, recomputed
+    assert all(ref() is not None for ref, _ in algorithms._FEDAVG_COSTS.values())
+
+
 def test_a_grid_builds_a_process_once_for_the_settings_that_define_it(tmp_path, task):
     """Runs that differ only in the loop's rounds and outputs share the process a grid
     built (a grid's continued runs, a resume); any other setting, another task object or

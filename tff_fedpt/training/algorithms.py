@@ -154,6 +154,8 @@ def fedavg_cost(task: Task, model: str) -> communication.CommunicationCost:
     if held is None or held[0]() is not task:
         model_fn = tff_model_fn(lambda: task.models[model](0), task)
         held = (weakref.ref(task), communication.fedavg_communication_cost(model_fn))
+        for key in [k for k, (ref, _) in _FEDAVG_COSTS.items() if ref() is None]:
+            del _FEDAVG_COSTS[key]  # tasks gone: their ids may be reused
         _FEDAVG_COSTS[(id(task), model)] = held
     return held[1]
 
