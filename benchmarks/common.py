@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_fedpt
-from benchmarks import memory_probe
+from tff_fedpt import runtime
 
 LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -97,7 +97,7 @@ def peak_memory(name, rounds, out, task="digits", task_kwargs=None, config=None)
     )
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, memory_probe.rss_kib([proc.pid, *child_pids(proc.pid)]))
+        peak = max(peak, runtime.rss_kib([proc.pid, *child_pids(proc.pid)]))
         time.sleep(0.05)
     if proc.returncode != 0:
         raise RuntimeError(f"memory run {name} x {rounds} failed ({proc.returncode})")

@@ -24,18 +24,6 @@ from tff_fedpt.tasks import load_task  # noqa: E402
 baselines.register()
 
 
-def rss_kib(pids) -> int:
-    """Summed VmRSS (KiB) of `pids` (a process that ended is skipped)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-        except (FileNotFoundError, StopIteration):
-            pass
-    return total
-
-
 def probe(
     name: str, rounds: int, out: str, task_name: str, task_kwargs: dict, config_values: dict
 ) -> dict:
@@ -45,7 +33,7 @@ def probe(
 
     def on_round_end(round_num, row):
         del row
-        samples[round_num] = rss_kib([os.getpid(), *runtime.worker_pids()])
+        samples[round_num] = runtime.rss_kib([os.getpid(), *runtime.worker_pids()])
 
     values = dict(clients_per_round=10, client_epochs_per_round=1, client_batch_size=20)
     config = training.ExperimentConfig(

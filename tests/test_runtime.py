@@ -101,3 +101,41 @@ def test_worker_restarts_count_the_rounds_a_worker_ran_across_runs(monkeypatch):
     # A context that is not ours (remote workers): never restarted, nothing fails.
     monkeypatch.setattr(runtime, "restart_worker", lambda: False)
     assert not any(runtime.WorkerRestarts(1)(r) for r in range(1, 4))
+
+
+def test_worker_restarts_once_its_memory_passes_the_bound(monkeypatch):
+    """The memory bound, on the real worker: a bound below its size restarts it after the
+    round; the default bound does not (a fresh worker holds a few hundred MiB); rounds
+    and memory each turn off with 0, and negative options are refused by name."""
+    import numpy as np
+    import pytest
+    import tensorflow_federated as tff
+
+    from tff_fedpt import runtime, training
+    from tff_fedpt.tasks import load_task
+
+    @tff.tensorflow.computation(np.int32)
+    def add_one(x):
+        return x + 1
+
+    assert add_one(1) == 2
+    (pid,) = runtime.worker_pids()
+    size_kib = runtime.rss_kib([pid])
+    assert 10 << 10 < size_kib < runtime.RuntimeOptions().worker_restart_mb << 10
+    assert not runtime.WorkerRestarts(0, runtime.RuntimeOptions().worker_restart_mb)(1)
+    assert runtime.worker_pids() == [pid]
+    assert runtime.WorkerRestarts(0, size_kib // 2048)(2)  # half its size: restarted
+    assert not _alive(pid) and runtime.worker_pids() == []
+    assert add_one(2) == 3  # a fresh worker serves the next computation
+
+    assert runtime.RuntimeOptions(worker_restart_rounds=0, worker_restart_mb=0).after_round() == ()
+    (hook,) = runtime.RuntimeOptions(worker_restart_rounds=0).after_round()
+    assert (hook.every, hook.max_mib) == (0, 4096)
+    with pytest.raises(ValueError, match="one of them > 0"):
+        runtime.WorkerRestarts(0, 0)
+    task = load_task("digits")
+    for name in ("worker_restart_rounds", "worker_restart_mb"):
+        config = training.ExperimentConfig(task="digits", **{name: -1})
+        with pytest.raises(training.ConfigError, match=f"{name} must be >= 0") as e:
+            training.prepare(config, task)
+        assert name in e.value.fields

@@ -80,7 +80,9 @@ def test_options_are_owned_by_their_groups():
     names = [f.name for g in config.groups() for f in dataclasses.fields(g)]
     assert names == [f.name for f in config.fields()] and len(set(names)) == len(names)
     assert config.fields()[names.index("clip")].metadata["group"] is privacy.DPOptions
-    cfg = training.ExperimentConfig(dp=True, clip=0.5, upload_bits=8, worker_restart_rounds=0)
+    cfg = training.ExperimentConfig(
+        dp=True, clip=0.5, upload_bits=8, worker_restart_rounds=0, worker_restart_mb=0
+    )
     assert cfg.group(privacy.DPOptions) == privacy.DPOptions(dp=True, clip=0.5)
     assert cfg.group(compression.CompressionOptions).upload_bits == 8
     assert cfg.group(runtime.RuntimeOptions).after_round() == ()

@@ -63,7 +63,7 @@ class Experiment:
       row_annotations: Functions round_num -> dict of extra metrics for the round's row
         (with DP: `privacy.RoundAccounting`, the epsilon spent so far).
       after_round: Functions of round_num run after the round is saved (with
-        --worker_restart_rounds: `runtime.WorkerRestarts`).
+        `runtime.RuntimeOptions`: `runtime.WorkerRestarts`).
     """
 
     config: ExperimentConfig
@@ -193,12 +193,14 @@ def validate(config: ExperimentConfig, task: Task) -> ExperimentConfig:
         config.group(features.FeatureOptions).check(
             algorithm=config.algorithm, supported=algorithm.feature_trainable
         )
+        config.group(runtime.RuntimeOptions).check()
     except (ValueError, TypeError) as e:
         raise config_lib.group_error(
             e,
             compression.CompressionOptions,
             privacy.DPOptions,
             features.FeatureOptions,
+            runtime.RuntimeOptions,
             also=_DP_ALSO,
         ) from None
     return config
