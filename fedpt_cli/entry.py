@@ -25,12 +25,32 @@ class ScriptError(Exception):
 
 def fail(message: str, code: int = 2, *, now: bool = False):
     """One line on stderr, then exit. `now`: skip Python's teardown (after the TFF workers
-    were killed mid-computation, whose finalizers would print noise)."""
-    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr, flush=True)
+    were killed mid-computation, whose finalizers would print noise), removing the
+    temporary files its exit handlers would have."""
+    line = f"{os.path.basename(sys.argv[0])}: error: {message}"
     if now:
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except (OSError, RuntimeError, ValueError):
+            pass  # see say_now
+        say_now(line, sys.stderr)
+        runtime.remove_temporary_files()
         os._exit(code)
+    print(line, file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def say_now(line: str, stream=None) -> None:
+    """`line` on `stream` (stdout) from a signal handler: to its file descriptor, as the
+    interrupted main thread may be inside a write to the same buffered stream (tqdm's bar
+    writes stderr every round), where a nested write raises "reentrant call"."""
+    stream = stream or sys.stdout
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured output)
+        print(line, file=stream, flush=True)
+        return
+    os.write(fd, (line + "\n").encode())
 
 
 def run(body, *, local_runtime: bool = True, errors: tuple = ()) -> None:

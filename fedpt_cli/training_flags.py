@@ -164,16 +164,19 @@ class _Interrupt:
 
     def _handle(self, signum, frame):
         self._count += 1
-        if self._count == 1:
-            return  # the loop asks `requested()` after the round
+        if self._count == 1:  # the loop asks `requested()` after the round
+            bar_line = "\n" if FLAGS.progress and sys.stderr.isatty() else ""  # tqdm's
+            entry.say_now(f"{bar_line}Ctrl-C: stopping after this round; again stops at once.")
+            return
         last = max(training.CheckpointStore(self._checkpoint_dir).versions(), default=0)
         runtime.kill_workers()
-        entry.fail(
-            f"Interrupted twice: stopped at once. Rounds 1..{last} are saved in "
-            f"{self._checkpoint_dir}; rerun the same command to resume from round {last + 1}.",
-            code=130,
-            now=True,
+        saved = (
+            f"Rounds 1..{last} are saved in {self._checkpoint_dir}; rerun the same command "
+            f"to resume from round {last + 1}."
+            if last
+            else "No round was saved yet; rerun the same command to start again."
         )
+        entry.fail(f"Interrupted twice: stopped at once. {saved}", code=130, now=True)
 
     def requested(self) -> bool:
         return self._count > 0

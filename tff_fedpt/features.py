@@ -15,10 +15,8 @@ cache: on a model without randomness the trajectory is the full model's
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import Optional
@@ -27,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_fedpt import frozen
+from tff_fedpt import frozen, runtime
 from tff_fedpt.options import option
 
 MODES = ("auto", "on", "off")
@@ -232,7 +230,7 @@ class FeatureMap:
         if self._directory is None:
             self._directory = tempfile.mkdtemp(prefix="fedpt_features_")
             # At exit, not with this object: its datasets outlive it and read the files.
-            atexit.register(shutil.rmtree, self._directory, True)
+            runtime.remove_at_exit(self._directory)
         os.makedirs(self._directory, exist_ok=True)
         path = os.path.join(self._directory, f"client_{self.files:06d}.tfrecord")
         self.files += 1

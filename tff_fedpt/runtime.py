@@ -189,6 +189,33 @@ def kill_workers(timeout: float = 5.0) -> None:
             pass
 
 
+_temporary_paths: list[str] = []
+
+
+def remove_at_exit(path: str) -> None:
+    """Removes `path` (a directory this process wrote) when Python exits, and in
+    `remove_temporary_files` for an exit that skips Python's exit handlers."""
+    if not _temporary_paths:
+        atexit.register(remove_temporary_files)
+    _temporary_paths.append(path)
+
+
+def remove_temporary_files() -> None:
+    """Removes what exit handlers would: the directories of `remove_at_exit` and the
+    modules TF's autograph generates in the temporary directory (one file per converted
+    function; TF removes them in an exit handler). Only for a process about to exit, as
+    before `os._exit` (a second Ctrl-C): features directories can hold gigabytes."""
+    import shutil
+
+    while _temporary_paths:
+        shutil.rmtree(_temporary_paths.pop(), ignore_errors=True)
+    for name in [n for n in sys.modules if n.startswith("__autograph_generated_file")]:
+        try:  # only these modules' attributes: a lazily loaded module imports on access
+            os.remove(sys.modules[name].__file__)
+        except (AttributeError, KeyError, OSError, TypeError):
+            pass
+
+
 def restart_worker() -> bool:
     """Replaces the local worker with a fresh one (started on the next computation).
 
