@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 
 import tensorflow_federated as tff
 
 import tff_fedpt
 from benchmarks.common import BenchmarkError, fedpt_model_fn, median_round_seconds, tff_model_fn
-from tff_fedpt import adapters, features
+from tff_fedpt import adapters, features, frozen
 from tff_fedpt.tasks import fashion_mnist, load_task
 
 CONVS = ("conv1", "conv2")
@@ -40,7 +41,19 @@ def features_rounds(params, log):
     one by its path), the same with one batch a client (the runtime's own cost of a
     round of 10 clients, which no model change removes); and the one-time cost of the
     features.
-    The frozen values are seeded here: a round's compute does not depend on them."""
+    The frozen values (`features_frozen`) are pretrained, as in the runs: constants of a
+    second model of the same shapes (the values do not change the compute, their form
+    does), or seeded: drawn again in every client's computation, which costs a round
+    time."""
+    unknown = sorted(set(params.features_settings) - set(SETTINGS))
+    if unknown:
+        raise BenchmarkError(f"--features_settings: unknown {unknown}; valid: {list(SETTINGS)}.")
+    kinds = ("pretrained", "seeded")
+    if not params.features_frozen or set(params.features_frozen) - set(kinds):
+        raise BenchmarkError(
+            f"--features_frozen: expected one or both of {list(kinds)}; received "
+            f"{list(params.features_frozen)}."
+        )
     data_kwargs = {"num_clients": params.fashion_num_clients}
     if params.fashion_data_dir:
         data_kwargs["data_dir"] = params.fashion_data_dir
@@ -48,9 +61,6 @@ def features_rounds(params, log):
     ids = task.train_data.client_ids[:10]
     if len(ids) < 10:
         raise BenchmarkError(f"--fashion_num_clients: the section takes 10; received {len(ids)}.")
-    unknown = sorted(set(params.features_settings) - set(SETTINGS))
-    if unknown:
-        raise BenchmarkError(f"--features_settings: unknown {unknown}; valid: {list(SETTINGS)}.")
     mapped = [task.to_model_input(task.train_data.create_tf_dataset_for_client(c)) for c in ids]
     inputs = [m.batch(20) for m in mapped]
     examples = sum(int(m.reduce(0, lambda n, _: n + 1)) for m in mapped)
@@ -58,8 +68,17 @@ def features_rounds(params, log):
     sgd = tff.learning.optimizers.build_sgdm(0.2)
     what = f"10 clients ({examples} examples)"
     rows = []
-    for label, build, preset, keras_frozen in (SETTINGS[s] for s in params.features_settings):
-        model_fn = fedpt_model_fn(build, spec, fashion_mnist.PRESETS["cnn"][preset])
+    pretrained = frozen.PretrainedWeights.from_keras_model(fashion_mnist.cnn(1, 128))
+    settings = [
+        (f"{label}, {kind}" if kind == "seeded" else label, build, preset, keras_frozen, kind)
+        for label, build, preset, keras_frozen in (SETTINGS[s] for s in params.features_settings)
+        for kind in params.features_frozen
+    ]
+    for label, build, preset, keras_frozen, kind in settings:
+        freeze = fashion_mnist.PRESETS["cnn"][preset]
+        if kind == "pretrained":
+            freeze = dataclasses.replace(freeze, pretrained=pretrained)
+        model_fn = fedpt_model_fn(build, spec, freeze)
         start = time.perf_counter()
         feature_map = features.FeatureMap(model_fn, 0)
         on_features = [feature_map(m).batch(20) for m in mapped]

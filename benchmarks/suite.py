@@ -28,6 +28,11 @@ class Params:
     features_settings: tuple[str, ...] = option(
         ("head", "lora4", "ffa16"), "Settings of the features section (head, lora4, ffa16)."
     )
+    features_frozen: tuple[str, ...] = option(
+        ("pretrained",),
+        "Frozen values of the features section's FedPT runs: pretrained (constants, as the "
+        "binaries' --pretrained_weights) and/or seeded (regenerated in every client's call).",
+    )
     shakespeare_cache_dir: Optional[str] = option(
         None, "Directory of shakespeare.sqlite (default: TFF's, then `make data`'s)."
     )

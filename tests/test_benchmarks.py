@@ -33,6 +33,17 @@ def test_unknown_sections_are_named():
     assert issubclass(common.BenchmarkError, ValueError)
 
 
+def test_features_section_names_a_bad_setting_or_frozen_kind_before_loading_data():
+    from benchmarks import features
+
+    with pytest.raises(common.BenchmarkError, match=r"--features_settings: unknown \['x'\]"):
+        features.features_rounds(suite.Params(features_settings=("head", "x")), print)
+    with pytest.raises(common.BenchmarkError, match=r"--features_frozen: .* received \['x'\]"):
+        features.features_rounds(suite.Params(features_frozen=("x",)), print)
+    with pytest.raises(common.BenchmarkError, match=r"--features_frozen: .* received \[\]"):
+        features.features_rounds(suite.Params(features_frozen=()), print)
+
+
 def test_model_functions_freeze_the_way_they_say():
     spec = catalog.MODELS["digits/cnn"]
 
