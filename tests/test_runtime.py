@@ -139,3 +139,45 @@ def test_worker_restarts_once_its_memory_passes_the_bound(monkeypatch):
         with pytest.raises(training.ConfigError, match=f"{name} must be >= 0") as e:
             training.prepare(config, task)
         assert name in e.value.fields
+
+
+def test_temporary_files_go_at_exit_and_before_an_exit_that_skips_its_handlers(
+    tmp_path, monkeypatch
+):
+    """`remove_at_exit` directories (features files) at a normal exit; with TF autograph's
+    generated modules also in `remove_temporary_files`, which `os._exit` paths call (the
+    binaries' second Ctrl-C: tests/test_binaries.py runs that end to end)."""
+    import atexit
+    import types
+
+    from tff_fedpt import runtime
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(runtime, "_temporary_paths", [])
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (second / "client_000000.tfrecord").write_bytes(b"x")
+    runtime.remove_at_exit(str(first))
+    runtime.remove_at_exit(str(second))
+    assert len(registered) == 1  # one exit handler for all
+    registered[0]()  # what a normal exit runs
+    assert not first.exists() and not second.exists()
+
+    generated = tmp_path / "__autograph_generated_filexyz.py"
+    generated.write_text("")
+    other = tmp_path / "kept.py"
+    other.write_text("")
+    modules = {
+        "__autograph_generated_filexyz": types.SimpleNamespace(__file__=str(generated)),
+        "__autograph_generated_filegone": types.SimpleNamespace(__file__=str(tmp_path / "no")),
+        "kept": types.SimpleNamespace(__file__=str(other)),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    third = tmp_path / "c"
+    third.mkdir()
+    runtime.remove_at_exit(str(third))
+    runtime.remove_temporary_files()
+    assert not third.exists() and not generated.exists() and other.exists()

@@ -19,6 +19,7 @@ import ctypes
 import dataclasses
 import gc
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,8 +197,13 @@ def remove_at_exit(path: str) -> None:
     """Removes `path` (a directory this process wrote) when Python exits, and in
     `remove_temporary_files` for an exit that skips Python's exit handlers."""
     if not _temporary_paths:
-        atexit.register(remove_temporary_files)
+        atexit.register(_remove_paths)
     _temporary_paths.append(path)
+
+
+def _remove_paths() -> None:
+    while _temporary_paths:
+        shutil.rmtree(_temporary_paths.pop(), ignore_errors=True)
 
 
 def remove_temporary_files() -> None:
@@ -205,10 +211,7 @@ def remove_temporary_files() -> None:
     modules TF's autograph generates in the temporary directory (one file per converted
     function; TF removes them in an exit handler). Only for a process about to exit, as
     before `os._exit` (a second Ctrl-C): features directories can hold gigabytes."""
-    import shutil
-
-    while _temporary_paths:
-        shutil.rmtree(_temporary_paths.pop(), ignore_errors=True)
+    _remove_paths()
     for name in [n for n in sys.modules if n.startswith("__autograph_generated_file")]:
         try:  # only these modules' attributes: a lazily loaded module imports on access
             os.remove(sys.modules[name].__file__)
