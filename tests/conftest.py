@@ -1,10 +1,23 @@
 """Test fixtures: the TFF runtime is started leak-proof and stopped after the session."""
 
+import atexit
 import importlib
 import os
+import shutil
 import signal
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# A test's process that is killed (SIGKILL, a timeout) runs no exit handler, so what TF
+# wrote in the temporary directory stays there (autograph's generated modules: about 33
+# a suite run). Everything the run and its processes write there goes under one directory
+# of its own instead, removed when the run ends (pytest-xdist's workers each make one
+# inside their controller's). pytest's own directories stay where pytest keeps them.
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+_TEMPORARY = tempfile.mkdtemp(prefix="tff_fedpt_tests_")
+os.environ["TMPDIR"] = tempfile.tempdir = _TEMPORARY
+atexit.register(shutil.rmtree, _TEMPORARY, ignore_errors=True)
 
 # A process started in the background by a non-interactive shell ignores SIGINT, and an
 # ignored signal stays ignored in every process it starts. TFF's own local worker (what
