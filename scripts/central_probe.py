@@ -84,6 +84,13 @@ def main():
     def accuracy():
         return float(model.evaluate(test_x, test_y, batch_size=512, verbose=0)[1])
 
+    # What the output layer sees from the pretrained part: DP noise of a fixed size on the
+    # head's weights moves its logits in proportion to this.
+    below_head = tf.keras.Model(model.inputs, model.layers[-2].output)
+    feature_norm = float(
+        np.mean(np.linalg.norm(below_head.predict(test_x, batch_size=512, verbose=0), axis=1))
+    )
+
     curve = [accuracy()]
     print(f"before training: test accuracy {curve[0]:.4f}", flush=True)
     for epoch in range(1, FLAGS.epochs + 1):
@@ -101,6 +108,7 @@ def main():
         learning_rate=FLAGS.learning_rate,
         test_accuracy_by_epoch=curve,
         best=max(curve[1:]),
+        test_feature_norm_before_training=feature_norm,
     )
     if FLAGS.output:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
