@@ -370,6 +370,8 @@ def test_central_probe_trains_the_head_or_every_weight(tmp_path):
     import json
     import sys
 
+    import tensorflow as tf
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     write_fashion(str(tmp_path / "data"))
     weights = str(tmp_path / "cnn8.npz")
@@ -382,6 +384,11 @@ def test_central_probe_trains_the_head_or_every_weight(tmp_path):
             capture_output=True, text=True,
         )  # fmt: skip
 
+    # The mean norm of what the output layer sees from the pretrained model (the saved one).
+    model = fashion_mnist.cnn(0, 8)
+    below_head = tf.keras.Model(model.inputs, model.layers[-2].output)
+    test_x = fashion_mnist.client_examples(str(tmp_path / "data"))["test_x"]
+    norm = np.mean(np.linalg.norm(below_head(test_x).numpy(), axis=1))
     for train, parameters in (
         ("head", 8 * 10 + 10),
         ("all", fashion_mnist.cnn(0, 8).count_params()),
@@ -392,13 +399,6 @@ def test_central_probe_trains_the_head_or_every_weight(tmp_path):
         summary = json.loads(out.read_text())
         assert summary["examples"] == 96 and summary["trainable_parameters"] == parameters
         assert len(summary["test_accuracy_by_epoch"]) == 2
-        # The features the output layer sees from the pretrained model (before training).
-        import tensorflow as tf
-
-        test_x = fashion_mnist.client_examples(str(tmp_path / "data"))["test_x"]
-        model = fashion_mnist.cnn(0, 8)
-        below_head = tf.keras.Model(model.inputs, model.layers[-2].output)
-        norm = np.mean(np.linalg.norm(below_head(test_x).numpy(), axis=1))
         assert summary["test_feature_norm_before_training"] == pytest.approx(norm, rel=1e-4)
     for args, words in (
         ([f"--pretrained_weights={tmp_path}/none.npz"], "none.npz"),
