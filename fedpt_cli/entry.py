@@ -53,6 +53,10 @@ def say_now(line: str, stream=None) -> None:
     os.write(fd, (line + "\n").encode())
 
 
+# The arguments absl takes as a request for the short help.
+HELP_ARGS = ("--help", "-h", "-help", "--helpshort", "-?")
+
+
 def run(body, *, local_runtime: bool = True, errors: tuple = ()) -> None:
     """Runs `body()` as the script's main (through absl's app.run).
 
@@ -87,6 +91,9 @@ def run(body, *, local_runtime: bool = True, errors: tuple = ()) -> None:
             fail(*error)
         return code
 
+    if any(arg in HELP_ARGS for arg in sys.argv[1:]):
+        # absl's --help exits 1; asking for help is not a failure.
+        app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
     app.run(main)
 
 
@@ -121,6 +128,15 @@ def define_flags(params_class: type) -> None:
             )
         else:
             DEFINE[value_type(hint)](field.name, field.default, help_text)
+    key_flags(*(field.name for field in dataclasses.fields(params_class)))
+
+
+def key_flags(*names: str) -> None:
+    """Makes `names` key flags of the script being run, so that its `--help` lists them
+    (absl lists only the flags the main module itself defines; these are defined for it
+    by this package and `experiments`)."""
+    for name in names:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
 def params_from_flags(params_class: type):

@@ -24,6 +24,7 @@ def define(experiment) -> tuple[str, ...]:
     """Defines --sections and the experiment's parameter flags; returns the section names."""
     sections = section_names(experiment)
     flags.DEFINE_list("sections", list(sections), f"Which sections to run: {sections}.")
+    entry.key_flags("sections")
     entry.define_flags(experiment.Params)
     return sections
 

@@ -248,7 +248,6 @@ def train(task_name: str, task_kwargs: dict) -> None:
 
 
 _BINARY_FLAGS = ("progress", "workers", "worker_timeout")
-HELP_ARGS = ("--help", "-h", "-help", "--helpshort", "-?")
 
 
 def _flag_line(name: str) -> str:
@@ -285,7 +284,7 @@ def main(task_name: str, doc: str = "") -> None:
     options = define_task_flags(task_name)
     for name, value in getattr(task_module(task_name), "RECOMMENDED", {}).items():
         FLAGS.set_default(name, value)
-    if any(arg in HELP_ARGS for arg in sys.argv[1:]):
+    if any(arg in entry.HELP_ARGS for arg in sys.argv[1:]):
         print(help_text(task_name, doc))
         sys.exit(0)
 

@@ -469,3 +469,28 @@ def test_a_resume_is_announced(tmp_path):
     again = _binary("run_digits.py", *args, "--total_rounds=4")
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"Resuming from round 3: rounds 1..2 are in {tmp_path}/checkpoints/r." in again.stdout
+
+
+@pytest.mark.parametrize(
+    "script,params",
+    [
+        ("fashion_experiments.py", "experiments.fashion"),
+        ("pretrained_experiments.py", "experiments.pretrained"),
+        ("shakespeare_experiments.py", "experiments.shakespeare"),
+        ("benchmark.py", "benchmarks.suite"),
+    ],
+)
+def test_help_of_a_driver_lists_every_parameter_flag(script, params):
+    """The drivers' flags are defined for them by fedpt_cli from a Params dataclass; absl's
+    --help lists only the flags the script's own module defines, so it listed none."""
+    import dataclasses
+    import importlib
+
+    result = _binary(script, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = [f.name for f in dataclasses.fields(importlib.import_module(params).Params)]
+    listed = {
+        line.split(":")[0].strip().replace("--[no]", "--") for line in result.stdout.splitlines()
+    }
+    missing = [n for n in ["sections", *names] if f"--{n}" not in listed]
+    assert not missing, result.stdout[-2000:]
