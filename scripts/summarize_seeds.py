@@ -1,5 +1,7 @@
 """Mean and spread over seeds of finished runs, from their metrics.csv: the final test
-accuracy, the mean of the last five evaluations, the best, and the median round time.
+accuracy, the mean of the last five evaluations, the best, and the median round time;
+`--rounds=N` summarizes every run at round N (runs still in progress, compared at equal
+rounds).
 
   .venv/bin/python scripts/summarize_seeds.py --root_output_dir=DIR \\
       --groups='DP-FedPT head=run_a,run_b;DP-FedAvg fine-tuning=run_c' --output=x.json
@@ -17,11 +19,20 @@ from experiments import grid
 flags.DEFINE_string("root_output_dir", None, "Where the runs are (results/<name>/metrics.csv).")
 flags.DEFINE_string("groups", None, "label=run,run;label=run,... (one label per setting).")
 flags.DEFINE_string("output", None, "Where the JSON goes (also printed as a table).")
+flags.DEFINE_integer(
+    "rounds", 0, "Summarize each run at this round (0: at its last).", lower_bound=0
+)
 FLAGS = flags.FLAGS
 
 
-def _run(store, name):
+def _run(store, name, rounds):
     rows = store.rows(name)
+    if rounds:
+        if len(rows) < rounds:
+            raise entry.ScriptError(
+                f"--rounds={rounds}: run {name!r} has reached round {len(rows)} under {store.root}."
+            )
+        rows = [r for r in rows if int(r["round"]) <= rounds]
     evals = grid.evaluations(rows)
     if not evals:
         raise entry.ScriptError(f"--groups: run {name!r} has no evaluation under {store.root}.")
@@ -44,7 +55,7 @@ def main():
     summary = []
     for part in FLAGS.groups.split(";"):
         label, _, names = part.partition("=")
-        runs = [_run(store, n.strip()) for n in names.split(",") if n.strip()]
+        runs = [_run(store, n.strip(), FLAGS.rounds) for n in names.split(",") if n.strip()]
         summary.append(
             dict(
                 label=label.strip(),

@@ -227,3 +227,12 @@ def test_summarize_seeds_gives_mean_and_spread_of_final_and_last_five(tmp_path):
         [*script, f"--root_output_dir={tmp_path}", "--groups=A=nope", f"--output={out}"]
     )
     assert result.returncode == 2 and "run 'nope' has no evaluation" in result.stderr
+    # At equal rounds: each run cut at round 5 (a_s1's last five then 0.42), and a run
+    # with fewer rounds named.
+    args = [*script, f"--root_output_dir={tmp_path}", f"--output={out}", "--rounds=5"]
+    result = scripts.run([*args, "--groups=A=a_s1"])
+    assert result.returncode == 0, result.stderr
+    (a,) = json.loads(out.read_text())
+    assert a["runs"][0]["rounds"] == 5 and a["last5_mean"] == pytest.approx(0.42)
+    result = scripts.run([*args, "--groups=B=b_s1"])
+    assert result.returncode == 2 and "--rounds=5: run 'b_s1' has reached round 1" in result.stderr
