@@ -75,13 +75,16 @@ class Params:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One algorithm setting, run at each of `rates` (the first: TFF's baseline rate)."""
+    """One algorithm setting, run at each of `rates` (the character model's; the first:
+    TFF's baseline rate) or `word_rates` (the words model's)."""
 
     name: str
     label: str
     rates: tuple[float, ...]
     options: tuple[tuple[str, object], ...] = ()
     pretrained: bool = False  # starts from the public plays' model (every layer it holds)
+    word_rates: tuple[float, ...] = (0.3, 0.1, 1.0)
+    units: tuple[str, ...] = shakespeare.UNITS  # the models it applies to
 
 
 def _fedpt(preset: str) -> tuple[tuple[str, object], ...]:
@@ -89,6 +92,11 @@ def _fedpt(preset: str) -> tuple[tuple[str, object], ...]:
 
 
 # Client SGD rates: TFF's Shakespeare baseline uses 1 (server SGD 1); each grid brackets it.
+# The words model from scratch: TFF's StackOverflow baseline's client rate, about 0.3. From
+# the public plays' words model, 0.5 (fine-tuning) and 1 (LoRA on the output layer) made
+# the loss infinite within the first round, and 0.1 did best of {0.1, 0.02} over 10 rounds
+# (docs/shakespeare.md).
+PRETRAINED_WORD_RATES = (0.1, 0.5, 0.02)
 GRID = (
     Setting("fedavg", "FedAvg", (1.0, 0.5, 2.0), (("algorithm", "fedavg"), ("freeze", "none"))),
     Setting("fedpt_embedding", "FedPT, embedding frozen", (1.0, 0.5, 2.0), _fedpt("embedding")),
@@ -108,6 +116,7 @@ PRETRAINED_GRID = (
         (0.5, 1.0, 0.2),
         (("algorithm", "fedavg"), ("freeze", "none")),
         pretrained=True,
+        word_rates=PRETRAINED_WORD_RATES,
     ),
     Setting(
         "fedpt_pre_recurrent",
@@ -115,6 +124,7 @@ PRETRAINED_GRID = (
         (1.0, 0.5, 2.0),
         _fedpt("recurrent"),
         pretrained=True,
+        word_rates=PRETRAINED_WORD_RATES,
     ),
     Setting(
         "fedpt_pre_head",
@@ -122,6 +132,7 @@ PRETRAINED_GRID = (
         (1.0, 0.5, 2.0),
         _fedpt("all_but_output"),
         pretrained=True,
+        word_rates=PRETRAINED_WORD_RATES,
     ),
     Setting(
         "fedpt_pre_lstm_lora8",
@@ -134,6 +145,7 @@ PRETRAINED_GRID = (
             ("adapter_mode", "lora"),
         ),
         pretrained=True,
+        units=("chars",),  # the words model has one LSTM
     ),
     Setting(
         "fedpt_pre_lora8",
@@ -146,6 +158,7 @@ PRETRAINED_GRID = (
             ("adapter_mode", "lora"),
         ),
         pretrained=True,
+        word_rates=PRETRAINED_WORD_RATES,
     ),
 )
 GRID = GRID + PRETRAINED_GRID
@@ -164,17 +177,23 @@ def name(p: Params, setting: Setting, rate: float, seed: int = 0) -> str:
     return f"{p.unit}_{setting.name}_lr{rate:g}" + (f"_seed{seed}" if seed else "")
 
 
+def unit_rates(p: Params, setting: Setting) -> tuple[float, ...]:
+    """The setting's whole bracket for the task's model, its first rate first."""
+    return setting.word_rates if p.unit == "words" else setting.rates
+
+
 def rates(p: Params, setting: Setting) -> tuple[float, ...]:
-    return grid.capped(setting.rates, p.max_rates)
+    return grid.capped(unit_rates(p, setting), p.max_rates)
 
 
 def selected(p: Params, among=None) -> list[Setting]:
-    return grid.select(GRID, p.only, among)
+    """The settings of `p.only` (all when empty) that apply to `p.unit`."""
+    return [s for s in grid.select(GRID, p.only, among) if p.unit in s.units]
 
 
 def best_rate(p: Params, store: Store, setting: Setting) -> float:
     candidates = {rate: name(p, setting, rate) for rate in rates(p, setting)}
-    return store.best(candidates, setting.rates[0])
+    return store.best(candidates, unit_rates(p, setting)[0])
 
 
 def _run(p: Params, setting: Setting, rate: float, seed: int = 0) -> Run:

@@ -192,6 +192,40 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
         experiment.Params(only=("fedsgd",)).check()
 
 
+def test_the_words_model_has_its_own_rates_and_settings(tmp_path):
+    """The words model's grid: its own rate brackets (the character model's made the
+    pretrained words model's loss infinite in the first round), and no setting that names
+    layers it lacks (LoRA on two LSTMs)."""
+    from experiments import grid
+    from experiments import shakespeare as experiment
+
+    store = grid.Store(str(tmp_path))
+    only = ("fedavg", "fedavg_finetune", "fedpt_pre_lstm_lora8", "fedpt_pre_lora8")
+
+    def names(unit):
+        p = experiment.Params(unit=unit, only=only, max_rates=2)
+        return [run.name for run in experiment.SECTIONS[0].runs(p, store)]
+
+    assert names("words") == [
+        "words_fedavg_lr0.3",
+        "words_fedavg_lr0.1",
+        "words_fedavg_finetune_lr0.1",
+        "words_fedavg_finetune_lr0.5",
+        "words_fedpt_pre_lora8_lr0.1",
+        "words_fedpt_pre_lora8_lr0.5",
+    ]
+    assert names("chars") == [
+        "chars_fedavg_lr1",
+        "chars_fedavg_lr0.5",
+        "chars_fedavg_finetune_lr0.5",
+        "chars_fedavg_finetune_lr1",
+        "chars_fedpt_pre_lstm_lora8_lr1",
+        "chars_fedpt_pre_lstm_lora8_lr0.5",
+        "chars_fedpt_pre_lora8_lr1",
+        "chars_fedpt_pre_lora8_lr0.5",
+    ]
+
+
 def _script(name, *args):
     import sys
 
