@@ -64,13 +64,18 @@ class Params:
         for field in ("rounds", "rounds_per_eval", "last_evals"):
             if getattr(self, field) < 1:
                 raise ExperimentError(f"{field}: must be >= 1; received {getattr(self, field)}.")
-        needing = [s.name for s in selected(self) if s.pretrained]
-        if needing and not os.path.exists(self.pretrained):
-            raise ExperimentError(
-                f"pretrained: {self.pretrained} does not exist, and {needing} start from it; "
-                f"make it with scripts/pretrain.py --task=shakespeare --unit={self.unit} "
-                f"--output={self.pretrained}, or leave those settings out (--only)."
-            )
+
+
+def check_pretrained(p: Params, section: Optional[Section] = None) -> None:
+    """Before a section trains: the public plays' model of the selected pretrained
+    settings exists (the report reads stored runs only and needs no file)."""
+    needing = [s.name for s in selected(p) if s.pretrained]
+    if needing and not os.path.exists(p.pretrained):
+        raise ExperimentError(
+            f"pretrained: {p.pretrained} does not exist, and {needing} start from it; "
+            f"make it with scripts/pretrain.py --task=shakespeare --unit={p.unit} "
+            f"--output={p.pretrained}, or leave those settings out (--only)."
+        )
 
 
 @dataclasses.dataclass(frozen=True)

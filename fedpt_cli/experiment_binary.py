@@ -46,7 +46,10 @@ def main(experiment, before_section: Optional[Callable[[Any, Any], None]] = None
         if section.name in flags.FLAGS.sections:
             entry.log(f"\n# section {section.name}")
             if before_section is not None:
-                before_section(params, section)
+                try:
+                    before_section(params, section)
+                except grid.ExperimentError as e:
+                    raise entry.ScriptError(f"--{e}") from None
             try:
                 grid.run_section(section, params, store, entry.log, tasks)
             except training.RunInterrupted as e:

@@ -12,4 +12,4 @@ from experiments import shakespeare
 experiment_binary.define(shakespeare)
 
 if __name__ == "__main__":
-    entry.run(lambda: experiment_binary.main(shakespeare))
+    entry.run(lambda: experiment_binary.main(shakespeare, shakespeare.check_pretrained))

@@ -155,9 +155,10 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
     with pytest.raises(
         grid.ExperimentError, match=r"chars.npz does not exist, and \['fedpt_pre_head'\]"
     ):
-        p.check()
+        experiment.check_pretrained(p)
+    p.check()  # the report alone needs no file
     frozen.PretrainedWeights.from_keras_model(shakespeare.char_lstm(3)).save(weights)
-    p.check()
+    experiment.check_pretrained(p)
     # The pretrained setting's run carries the file and its freeze (a binary trains from
     # such a file in test_pretrain_on_public_plays_then_the_binary_trains_from_it); the
     # other two settings train, so the grid's four runs build the LSTM processes once each.
@@ -285,8 +286,14 @@ def test_experiment_driver_checks_its_flags_and_writes_the_report(tmp_path):
     result = _script("shakespeare_experiments.py", *data, *out, "--pretrained=no.npz")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "no.npz does not exist" in lines[0]
+    # The report reads stored runs only: a pretrained setting's file is not needed for it.
     result = _script(
-        "shakespeare_experiments.py", *data, *out, "--only=fedavg", "--sections=report"
+        "shakespeare_experiments.py",
+        *data,
+        *out,
+        "--only=fedavg,fedavg_finetune",
+        "--sections=report",
+        "--pretrained=no.npz",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "docs" / "results.md").exists()
