@@ -36,20 +36,14 @@ def main(experiment, before_section: Optional[Callable[[Any, Any], None]] = None
     """
     entry.check_sections(flags.FLAGS.sections, section_names(experiment))
     params = entry.params_from_flags(experiment.Params)
-    try:
-        getattr(params, "check", lambda: None)()
-    except grid.ExperimentError as e:
-        raise entry.ScriptError(f"--{e}") from None
+    _check(getattr(params, "check", lambda: None))
     store = grid.Store(params.output_dir)
     tasks = grid.Tasks()  # loaded once for every section
     for section in experiment.SECTIONS:
         if section.name in flags.FLAGS.sections:
             entry.log(f"\n# section {section.name}")
             if before_section is not None:
-                try:
-                    before_section(params, section)
-                except grid.ExperimentError as e:
-                    raise entry.ScriptError(f"--{e}") from None
+                _check(before_section, params, section)
             try:
                 grid.run_section(section, params, store, entry.log, tasks)
             except training.RunInterrupted as e:
@@ -68,3 +62,12 @@ def main(experiment, before_section: Optional[Callable[[Any, Any], None]] = None
         except reporting.FewerRunsError as e:
             raise entry.ScriptError(f"{e} (--output_dir, --docs_dir)") from None
         print("\n".join(result.lines))
+
+
+def _check(call, *args) -> None:
+    """Runs a check; its ExperimentError (which names a parameter) becomes one line naming
+    the flag."""
+    try:
+        call(*args)
+    except grid.ExperimentError as e:
+        raise entry.ScriptError(f"--{e}") from None

@@ -195,7 +195,7 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
 
 def test_the_words_model_has_its_own_rates_and_settings(tmp_path):
     """The words model's grid: its own rate brackets (the character model's made the
-    pretrained words model's loss infinite in the first round), and no setting that names
+    pretrained words model's training loss diverge within three rounds), and no setting that names
     layers it lacks (LoRA on two LSTMs)."""
     from experiments import grid
     from experiments import shakespeare as experiment
