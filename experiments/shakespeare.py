@@ -47,11 +47,16 @@ class Params:
     )
     seeds: tuple[int, ...] = option((1, 2), "Extra seeds of the seeds section.")
     pretrained: str = option(
-        "output/pretrained/shakespeare_chars.npz",
+        "",
         "The public plays' model (scripts/pretrain.py --task=shakespeare) of the pretrained "
-        "settings.",
+        "settings (default: output/pretrained/shakespeare_<unit>.npz).",
     )
     last_evals: int = option(5, "Evaluations averaged next to the final one.")
+
+    @property
+    def pretrained_file(self) -> str:
+        """`pretrained`, or where docs/shakespeare.md's pretraining command puts `unit`'s model."""
+        return self.pretrained or f"output/pretrained/shakespeare_{self.unit}.npz"
 
     def check(self) -> None:
         unknown = set(self.only) - {s.name for s in GRID}
@@ -70,11 +75,11 @@ def check_pretrained(p: Params, section: Optional[Section] = None) -> None:
     """Before a section trains: the public plays' model of the selected pretrained
     settings exists (the report reads stored runs only and needs no file)."""
     needing = [s.name for s in selected(p) if s.pretrained]
-    if needing and not os.path.exists(p.pretrained):
+    if needing and not os.path.exists(p.pretrained_file):
         raise ExperimentError(
-            f"pretrained: {p.pretrained} does not exist, and {needing} start from it; "
+            f"pretrained: {p.pretrained_file} does not exist, and {needing} start from it; "
             f"make it with scripts/pretrain.py --task=shakespeare --unit={p.unit} "
-            f"--output={p.pretrained}, or leave those settings out (--only)."
+            f"--output={p.pretrained_file}, or leave those settings out (--only)."
         )
 
 
@@ -208,7 +213,7 @@ def _run(p: Params, setting: Setting, rate: float, seed: int = 0) -> Run:
         "seed": seed,
     }
     if setting.pretrained:
-        values["pretrained_weights"] = p.pretrained
+        values["pretrained_weights"] = p.pretrained_file
     task = dict(name="shakespeare", unit=p.unit, public_plays=p.public_plays, cache_dir=p.cache_dir)
     settings = dict(setting=setting.name, label=setting.label, rate=rate, seed=seed)
     return Run(name(p, setting, rate, seed), values, task, settings)
@@ -272,14 +277,17 @@ def report(p: Params, store: Store) -> grid.Report:
     )
     table = [_row(p, run, rows, fedavg_bytes) for run, rows in runs + seeds]
     lines = [f"# Shakespeare ({p.unit}): FedAvg and FedPT", ""]
-    result = {"params": dataclasses.asdict(p), "sections": {"runs": table}}
+    result = {
+        "params": {**dataclasses.asdict(p), "pretrained": p.pretrained_file},
+        "sections": {"runs": table},
+    }
     if table:
         short = [r for r in table if r["rounds"] < p.rounds]
         lines += ["Every run (client learning rate, seed):", "", reporting.table(table), ""]
         if short:
             lines += [
-                f"{len(short)} of these runs are still short of {p.rounds} rounds (in "
-                "progress: the driver resumes them).",
+                f"{len(short)} of these runs are short of {p.rounds} rounds (stopped or "
+                "still running: the driver resumes them).",
                 "",
             ]
     best = {s.name: best_rate(p, store, s) for s in selected(p)}

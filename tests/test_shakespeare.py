@@ -286,6 +286,16 @@ def test_experiment_driver_checks_its_flags_and_writes_the_report(tmp_path):
     result = _script("shakespeare_experiments.py", *data, *out, "--pretrained=no.npz")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "no.npz does not exist" in lines[0]
+    # Without --pretrained the file is the one the docs' pretraining writes for the unit.
+    import contextlib
+
+    from experiments import shakespeare as experiment
+    from experiments.grid import ExperimentError
+
+    with contextlib.chdir(tmp_path):
+        for unit in ("chars", "words"):
+            with pytest.raises(ExperimentError, match=f"shakespeare_{unit}.npz does not exist"):
+                experiment.check_pretrained(experiment.Params(unit=unit))
     # The report reads stored runs only: a pretrained setting's file is not needed for it.
     result = _script(
         "shakespeare_experiments.py",
