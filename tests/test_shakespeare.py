@@ -196,7 +196,7 @@ def test_grid_runs_and_report_regenerate_on_tiny_files(tmp_path):
 def test_the_words_model_has_its_own_rates_and_settings(tmp_path):
     """The words model's grid: its own rate brackets (the character model's made the
     pretrained words model's training loss diverge within three rounds), and no setting that names
-    layers it lacks (LoRA on two LSTMs)."""
+    layers it lacks (LoRA on two LSTMs); the seeds of each model's headline pairs."""
     from experiments import grid
     from experiments import shakespeare as experiment
 
@@ -224,6 +224,19 @@ def test_the_words_model_has_its_own_rates_and_settings(tmp_path):
         "chars_fedpt_pre_lstm_lora8_lr0.5",
         "chars_fedpt_pre_lora8_lr1",
         "chars_fedpt_pre_lora8_lr0.5",
+    ]
+    # Seeds: each model's pairs, at the first rate while no run has an evaluation.
+    seeds = experiment.SECTIONS[1].runs(experiment.Params(seeds=(1,)), store)
+    assert [r.name for r in seeds] == [
+        "chars_fedavg_lr1_seed1",
+        "chars_fedpt_recurrent_lr1_seed1",
+        "chars_fedavg_finetune_lr0.5_seed1",
+        "chars_fedpt_pre_lstm_lora8_lr1_seed1",
+    ]
+    p = experiment.Params(unit="words", seeds=(1,))
+    assert [r.name for r in experiment.SECTIONS[1].runs(p, store)][2:] == [
+        "words_fedavg_finetune_lr0.1_seed1",
+        "words_fedpt_pre_lora8_lr0.1_seed1",
     ]
 
 
