@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -91,6 +92,12 @@ def run(body, *, local_runtime: bool = True, errors: tuple = ()) -> None:
             fail(*error)
         return code
 
+    # Started in the background by a non-interactive shell (`nohup ... &`, a queue script),
+    # a process inherits SIGINT ignored: `kill -INT`, the way to stop a run after its round
+    # with the checkpoint saved, would do nothing, and the TFF worker would inherit it too
+    # (it is stopped with SIGINT).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if any(arg in HELP_ARGS for arg in sys.argv[1:]):
         # absl's --help exits 1; asking for help is not a failure.
         app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)

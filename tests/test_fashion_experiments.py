@@ -109,7 +109,8 @@ def test_every_section_on_tiny_runs_and_the_report_regenerates(tmp_path):
 def test_experiment_driver_ctrl_c_is_one_line_and_exit_130(tmp_path):
     """SIGINT mid-section (a real process: the signal): one line naming the section, the
     round and the saved checkpoints, exit 130 (`fedpt_cli.experiment_binary`, every
-    experiment's driver)."""
+    experiment's driver). Started with SIGINT ignored, as a background job of a script
+    starts it (`nohup ... &`): `kill -INT` still stops it."""
     import signal
     import subprocess
     import time
@@ -123,6 +124,7 @@ def test_experiment_driver_ctrl_c_is_one_line_and_exit_130(tmp_path):
          "--presets=dense", "--untuned_presets=", "--nobaselines", "--seeds=0",
          f"--output_dir={tmp_path}/out", f"--docs_dir={tmp_path}/docs"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         deadline = time.time() + 300
